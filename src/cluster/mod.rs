@@ -1,0 +1,1 @@
+//! placeholder: cluster definition (issue 2).

@@ -1,0 +1,17 @@
+//! kimg: bakes bootable, immutable Kubernetes machine images (etcd, master, worker) and
+//! carries the Rust control plane and node agents that run inside them.
+//!
+//! Layout (one folder per component, see `ARCHITECTURE.md` §1):
+//! - [`cluster`]: `cluster.toml` and `profiles/*.toml` — schema, validation, node identity.
+//! - [`pki`]: CA and leaf certificates, bootstrap tokens, the CA pin hash, kubeconfigs.
+//! - [`build`]: Debian package source, rootfs assembly, initramfs, disks, PXE bundle.
+//! - [`node`]: `kimg init` (PID 1), the supervisor, network bring-up.
+//! - [`store`]: the storage trait with its etcd and memory backends.
+//! - [`cli`]: the command-line surface; `main.rs` only calls into it.
+
+pub mod build;
+pub mod cli;
+pub mod cluster;
+pub mod node;
+pub mod pki;
+pub mod store;

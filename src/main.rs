@@ -1,0 +1,20 @@
+//! The `kimg` multi-call binary: parse the command line, run, report the error chain once.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = kimg::cli::Cli::parse();
+    kimg::cli::init_tracing(&cli);
+    match kimg::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

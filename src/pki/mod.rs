@@ -1,0 +1,1 @@
+//! placeholder: PKI (issue 2).
