@@ -1,1 +1,3 @@
-//! placeholder: filled in by its issue.
+//! `kimg build`: Debian package source, rootfs assembly, initramfs, disks and the PXE bundle.
+
+pub mod tree;
