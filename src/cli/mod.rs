@@ -1,0 +1,85 @@
+//! The command-line surface of `kimg` (clap derive). `main.rs` parses, then calls [`run`].
+//! One file per command group; each turns arguments into calls on the library modules.
+
+mod cluster;
+mod token;
+
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// kimg: bake bootable, immutable Kubernetes machine images (etcd, master, worker) that
+/// assemble themselves into an HA cluster when powered on.
+///
+/// Typical flow: `kimg cluster new prod --vip … --etcd … --masters … --workers …`, then
+/// `kimg build --profile etcd|master|worker --cluster prod`, flash or PXE-boot the images,
+/// and `kimg kubeconfig prod -o admin.conf` to drive the cluster with kubectl.
+#[derive(Debug, Parser)]
+#[command(name = "kimg", version, about, long_about)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text (level via KIMG_LOG, e.g. debug).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and inspect cluster definitions: cluster.toml, PKI, CA pin.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
+    /// Manage bootstrap tokens that let workers join (kubeadm semantics).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Write an admin kubeconfig (O=system:masters) for a cluster, pointing at its VIP.
+    Kubeconfig {
+        /// Cluster directory (made by `kimg cluster new`).
+        dir: PathBuf,
+        /// API server URL; defaults to https://<api-vip>:<api-port>.
+        #[arg(long)]
+        server: Option<String>,
+        /// Write to FILE (mode 0600) instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `source <(kimg completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Starts `tracing` for the process: human-readable on stderr, or JSON with `--log-json`.
+pub fn init_tracing(cli: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KIMG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Cluster(cmd) => cluster::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+        Command::Kubeconfig {
+            dir,
+            server,
+            output,
+        } => cluster::kubeconfig(&dir, server, output),
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
