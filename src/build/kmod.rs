@@ -452,14 +452,15 @@ mod tests {
     /// The virtio and netfilter corner of Debian's cloud kernel, with its real dependencies.
     fn kernel_tree() -> Tree {
         let mut t = Tree::new();
-        ko(&mut t, "drivers/virtio/virtio.ko", "", &[]);
-        ko(&mut t, "drivers/virtio/virtio_ring.ko", "virtio", &[]);
+        // `depends=` as in linux-image-6.1.0-56-cloud-amd64.
+        ko(&mut t, "drivers/virtio/virtio_ring.ko", "", &[]);
+        ko(&mut t, "drivers/virtio/virtio.ko", "virtio_ring", &[]);
         ko(&mut t, "drivers/virtio/virtio_pci_modern_dev.ko", "", &[]);
         ko(&mut t, "drivers/virtio/virtio_pci_legacy_dev.ko", "", &[]);
         ko(
             &mut t,
             "drivers/virtio/virtio_pci.ko",
-            "virtio_pci_modern_dev,virtio_ring,virtio,virtio_pci_legacy_dev",
+            "virtio_ring,virtio_pci_modern_dev,virtio_pci_legacy_dev,virtio",
             &["pci:v00001AF4d*sv*sd*bc*sc*i*"],
         );
         ko(&mut t, "net/core/failover.ko", "", &[]);
@@ -467,7 +468,7 @@ mod tests {
         ko(
             &mut t,
             "drivers/net/virtio_net.ko",
-            "net_failover,virtio,virtio_ring",
+            "virtio_ring,virtio,net_failover",
             &["virtio:d00000001v*"],
         );
         ko(&mut t, "fs/overlayfs/overlay.ko.xz", "", &["fs-overlay"]);
@@ -501,16 +502,16 @@ mod tests {
     }
 
     #[test]
-    fn virtio_loads_in_the_order_measured_in_facts() {
+    fn virtio_modules_load_after_their_dependencies_in_a_stable_order() {
         let set = select_modules(&kernel_tree(), &["virtio_pci", "virtio-net"]).unwrap();
         assert_eq!(set.kernel_version, V);
         assert_eq!(
             set.load_order,
             [
-                "virtio_pci_modern_dev",
-                "virtio",
                 "virtio_ring",
+                "virtio_pci_modern_dev",
                 "virtio_pci_legacy_dev",
+                "virtio",
                 "virtio_pci",
                 "failover",
                 "net_failover",
@@ -540,9 +541,9 @@ mod tests {
         assert_eq!(
             String::from_utf8(data.to_vec()).unwrap(),
             "kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\n\
-             kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n\
-             kernel/drivers/virtio/virtio.ko:\n\
-             kernel/drivers/virtio/virtio_ring.ko: kernel/drivers/virtio/virtio.ko\n\
+             kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko\n\
+             kernel/drivers/virtio/virtio_ring.ko:\n\
              kernel/net/core/failover.ko:\n"
         );
     }
@@ -629,5 +630,39 @@ mod tests {
         let a = select_modules(&kernel_tree(), &["virtio_net", "br_netfilter", "overlay"]).unwrap();
         let b = select_modules(&kernel_tree(), &["virtio_net", "br_netfilter", "overlay"]).unwrap();
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn modules_extracted_from_a_synthetic_kernel_deb_are_selected() {
+        use crate::build::deb::tests::{write_deb, Item};
+        use crate::build::deb::{Deb, Filter};
+        let source = kernel_tree();
+        let mut items = Vec::new();
+        for (path, entry) in source.iter() {
+            match entry {
+                Entry::File { mode, data } => items.push(Item::File(path, *mode, data.as_slice())),
+                Entry::Dir { mode } => items.push(Item::Dir(path, *mode)),
+                Entry::Symlink { target } => items.push(Item::Symlink(path, target)),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let deb = write_deb(
+            dir.path(),
+            "linux-image",
+            "Package: linux-image\n",
+            ".xz",
+            &items,
+        );
+        let mut tree = Tree::new();
+        Deb::open(&deb)
+            .unwrap()
+            .extract(&Filter::new(&["lib/modules/**"]).unwrap(), &mut tree)
+            .unwrap();
+        let set = select_modules(&tree, &["virtio_pci", "virtio_net"]).unwrap();
+        assert_eq!(
+            set,
+            select_modules(&source, &["virtio_pci", "virtio_net"]).unwrap()
+        );
+        assert_eq!(set.load_order.len(), 8);
     }
 }
