@@ -251,11 +251,14 @@ impl Deb {
         &self.control
     }
 
-    /// Every path in `data.tar`, normalised, in archive order (directories included).
+    /// Every path in `data.tar`, normalised, in archive order (directories included, the
+    /// archive's root `./` left out).
     pub fn paths(&self) -> Result<Vec<String>, DebError> {
         let mut out = Vec::new();
         self.for_each_data_entry(|path, _entry| {
-            out.push(path.to_string());
+            if !path.is_empty() {
+                out.push(path.to_string());
+            }
             Ok(())
         })?;
         Ok(out)
@@ -576,6 +579,7 @@ pub(crate) mod tests {
 
     fn sample_items() -> Vec<Item<'static>> {
         vec![
+            Item::Dir(".", 0o755),
             Item::Dir("usr", 0o755),
             Item::Dir("usr/bin", 0o755),
             Item::File("usr/bin/etcd", 0o755, b"ELF etcd"),
@@ -609,7 +613,9 @@ pub(crate) mod tests {
                 "a demo\nline two\n.\nline four"
             );
             let paths = deb.paths().unwrap();
-            assert_eq!(paths.len(), sample_items().len(), "{ext}");
+            // The archive root `./` is not a path of its own.
+            assert_eq!(paths.len(), sample_items().len() - 1, "{ext}");
+            assert_eq!(paths[0], "usr");
             assert_eq!(paths[2], "usr/bin/etcd");
         }
     }
@@ -623,7 +629,7 @@ pub(crate) mod tests {
             .unwrap()
             .extract(&Filter::all(), &mut tree)
             .unwrap();
-        assert_eq!(n, sample_items().len());
+        assert_eq!(n, sample_items().len() - 1);
         assert_eq!(
             tree.get("usr/bin/etcd-alias"),
             Some(&Entry::File {
