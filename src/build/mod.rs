@@ -1,3 +1,6 @@
 //! `kimg build`: Debian package source, rootfs assembly, initramfs, disks and the PXE bundle.
 
+pub mod deb;
+pub mod elf;
+pub mod kmod;
 pub mod tree;
