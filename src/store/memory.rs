@@ -391,6 +391,33 @@ mod tests {
         crate::store::conformance::run_all(&store).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creates_racing_on_threads_give_one_winner_and_distinct_revisions() {
+        let store = MemoryStore::new();
+        let tasks: Vec<_> = (0..32)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let same = store.create("/k/same", vec![i]).await;
+                    let own = store.create(&format!("/k/own/{i}"), vec![i]).await;
+                    (same.is_ok(), own.expect("own key"))
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        let mut revisions = Vec::new();
+        for task in tasks {
+            let (won, revision) = task.await.expect("task");
+            winners += usize::from(won);
+            revisions.push(revision);
+        }
+        assert_eq!(winners, 1);
+        revisions.sort();
+        revisions.dedup();
+        assert_eq!(revisions.len(), 32);
+        assert_eq!(store.current_revision().await.expect("revision"), 1 + 33);
+    }
+
     #[tokio::test]
     async fn a_slow_watcher_receives_every_event_written_while_it_was_not_reading() {
         let store = MemoryStore::new();
