@@ -8,7 +8,7 @@
 //! ([`strip_comments`]) remove them first. Lines without a colon are ignored.
 
 /// One stanza: its fields in file order.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Stanza<'a> {
     pub fields: Vec<(&'a str, &'a str)>,
 }
@@ -26,6 +26,12 @@ impl<'a> Stanza<'a> {
 /// Splits `text` into stanzas.
 pub(crate) fn stanzas(text: &str) -> Vec<Stanza<'_>> {
     let mut out = Vec::new();
+    for_each_stanza(text, |s| out.push(s.clone()));
+    out
+}
+
+/// Calls `f` for each stanza of `text`, reusing one buffer (no allocation per stanza).
+pub(crate) fn for_each_stanza<'a>(text: &'a str, mut f: impl FnMut(&Stanza<'a>)) {
     let mut current = Stanza::default();
     // (key, value start offset, value end offset) of the field being read.
     let mut open: Option<(&str, usize, usize)> = None;
@@ -34,16 +40,7 @@ pub(crate) fn stanzas(text: &str) -> Vec<Stanza<'_>> {
         let start = offset;
         offset += line.len();
         let content = line.trim_end_matches(['\n', '\r']);
-        if content.trim().is_empty() {
-            if let Some((k, s, e)) = open.take() {
-                current.fields.push((k, text[s..e].trim()));
-            }
-            if !current.fields.is_empty() {
-                out.push(std::mem::take(&mut current));
-            }
-            continue;
-        }
-        if content.starts_with([' ', '\t']) {
+        if content.starts_with([' ', '\t']) && !content.trim().is_empty() {
             if let Some((_, _, e)) = open.as_mut() {
                 *e = start + content.len();
             }
@@ -51,6 +48,13 @@ pub(crate) fn stanzas(text: &str) -> Vec<Stanza<'_>> {
         }
         if let Some((k, s, e)) = open.take() {
             current.fields.push((k, text[s..e].trim()));
+        }
+        if content.trim().is_empty() {
+            if !current.fields.is_empty() {
+                f(&current);
+                current.fields.clear();
+            }
+            continue;
         }
         if let Some(colon) = content.find(':') {
             open = Some((
@@ -64,9 +68,8 @@ pub(crate) fn stanzas(text: &str) -> Vec<Stanza<'_>> {
         current.fields.push((k, text[s..e].trim()));
     }
     if !current.fields.is_empty() {
-        out.push(current);
+        f(&current);
     }
-    out
 }
 
 /// Removes full-line `#` comments (apt allows them in `.sources` files).

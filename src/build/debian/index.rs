@@ -116,8 +116,16 @@ fn load_suite(
         let url = format!("{}/dists/{}/{}", src.uri, src.suite, path);
         fetch::download_verified(agent, &url, &file, &expected, cache, opts.quiet)?;
     }
+    let started = Instant::now();
     let text = decompress(&file, path.ends_with(".xz"))?;
-    Ok(parse_packages(&text, &src.suite))
+    let decompressed = started.elapsed();
+    let packages = parse_packages(&text, &src.suite);
+    tracing::debug!(
+        suite = %src.suite, bytes = text.len(),
+        decompress_ms = decompressed.as_millis() as u64,
+        parse_ms = (started.elapsed() - decompressed).as_millis() as u64, "packages index parsed"
+    );
+    Ok(packages)
 }
 
 fn decompress(path: &Path, xz: bool) -> Result<String, SourceError> {

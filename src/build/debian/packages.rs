@@ -16,8 +16,10 @@ pub struct BinaryPackage {
     pub version: String,
     pub architecture: String,
     pub section: String,
-    /// Depends and Pre-Depends together: each inner list is a group of alternatives.
-    pub depends: Vec<Vec<Dependency>>,
+    /// The raw `Pre-Depends` and `Depends` fields (parsed on demand by [`Self::depends`]:
+    /// resolution looks at a few dozen packages out of tens of thousands).
+    pub pre_depends_field: String,
+    pub depends_field: String,
     /// Provided (virtual) names, with the version provided if any.
     pub provides: Vec<(String, Option<String>)>,
     pub filename: String,
@@ -25,6 +27,15 @@ pub struct BinaryPackage {
     pub sha256: String,
     /// The suite whose index listed it.
     pub suite: String,
+}
+
+impl BinaryPackage {
+    /// Pre-Depends and Depends together: each inner list is a group of alternatives.
+    pub fn depends(&self) -> Vec<Vec<Dependency>> {
+        let mut groups = parse_relations(&self.pre_depends_field);
+        groups.extend(parse_relations(&self.depends_field));
+        groups
+    }
 }
 
 /// One alternative of a dependency: a name and an optional `(op, version)`.
@@ -36,35 +47,61 @@ pub struct Dependency {
 
 /// Parses a whole Packages file, tagging each package with `suite`.
 pub fn parse_packages(text: &str, suite: &str) -> Vec<BinaryPackage> {
-    deb822::stanzas(text)
-        .iter()
-        .filter_map(|s| {
-            let size = s.get("Size")?.parse().ok()?;
-            let sha256 = s.get("SHA256")?.to_ascii_lowercase();
-            if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return None;
-            }
-            let mut depends = parse_relations(s.get("Pre-Depends").unwrap_or(""));
-            depends.extend(parse_relations(s.get("Depends").unwrap_or("")));
-            let provides = parse_relations(s.get("Provides").unwrap_or(""))
-                .into_iter()
-                .flatten()
-                .map(|d| (d.name, d.constraint.map(|(_, v)| v)))
-                .collect();
-            Some(BinaryPackage {
-                name: s.get("Package")?.to_string(),
-                version: s.get("Version")?.to_string(),
-                architecture: s.get("Architecture").unwrap_or("").to_string(),
-                section: s.get("Section").unwrap_or("").to_string(),
-                depends,
-                provides,
-                filename: s.get("Filename")?.to_string(),
-                size,
-                sha256,
-                suite: suite.to_string(),
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    deb822::for_each_stanza(text, |s| out.extend(package(s, suite)));
+    out
+}
+
+/// Fields kept, in slot order.
+const KEPT: [&str; 10] = [
+    "Package",
+    "Version",
+    "Architecture",
+    "Section",
+    "Pre-Depends",
+    "Depends",
+    "Provides",
+    "Filename",
+    "Size",
+    "SHA256",
+];
+
+fn package(s: &deb822::Stanza, suite: &str) -> Option<BinaryPackage> {
+    // One pass over the fields (Packages files use canonical key case).
+    let mut slot: [Option<&str>; KEPT.len()] = [None; KEPT.len()];
+    for (k, v) in &s.fields {
+        if let Some(i) = KEPT.iter().position(|kept| kept == k) {
+            slot[i] = Some(v);
+        }
+    }
+    let [name, version, arch, section, pre_depends, depends, provides, filename, size, sha256] =
+        slot;
+    let size = size?.parse().ok()?;
+    let sha256 = sha256?.to_ascii_lowercase();
+    if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let provides = match provides {
+        Some(field) => parse_relations(field)
+            .into_iter()
+            .flatten()
+            .map(|d| (d.name, d.constraint.map(|(_, v)| v)))
+            .collect(),
+        None => Vec::new(),
+    };
+    Some(BinaryPackage {
+        name: name?.to_string(),
+        version: version?.to_string(),
+        architecture: arch.unwrap_or("").to_string(),
+        section: section.unwrap_or("").to_string(),
+        pre_depends_field: pre_depends.unwrap_or("").to_string(),
+        depends_field: depends.unwrap_or("").to_string(),
+        provides,
+        filename: filename?.to_string(),
+        size,
+        sha256,
+        suite: suite.to_string(),
+    })
 }
 
 /// Parses a relationship field (`Depends`-style) into groups of alternatives.
@@ -158,15 +195,16 @@ mod tests {
         assert_eq!(p.name, "runc");
         assert_eq!(p.suite, "bookworm");
         assert_eq!(p.size, 2_700_000);
-        assert_eq!(p.depends.len(), 4);
-        assert_eq!(p.depends[0][0].name, "init-system-helpers");
+        let depends = p.depends();
+        assert_eq!(depends.len(), 4);
+        assert_eq!(depends[0][0].name, "init-system-helpers");
         assert_eq!(
-            p.depends[0][0].constraint,
+            depends[0][0].constraint,
             Some((">=".to_string(), "1.54~".to_string()))
         );
-        assert_eq!(p.depends[2].len(), 2);
-        assert_eq!(p.depends[2][1].name, "libseccomp-alt");
-        assert_eq!(p.depends[3][0].name, "foo");
+        assert_eq!(depends[2].len(), 2);
+        assert_eq!(depends[2][1].name, "libseccomp-alt");
+        assert_eq!(depends[3][0].name, "foo");
         assert_eq!(
             p.provides,
             vec![

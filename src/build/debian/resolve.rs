@@ -131,7 +131,7 @@ pub fn resolve(index: &PackageIndex, wanted: &[String]) -> Result<Vec<Resolved>,
                 required_by: BTreeSet::new(),
             });
             entry.required_by.insert(root.clone());
-            let deps = entry.package.depends.clone();
+            let deps = entry.package.depends();
             for group in &deps {
                 let Some(dep) = pick_alternative(index, &chosen, group) else {
                     continue;

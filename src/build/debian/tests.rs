@@ -554,6 +554,35 @@ fn indexes_resolve_and_runc_downloads_against_the_host_mirror() {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
+    // The whole package set of the images stays a small closure.
+    let all: Vec<String> = [
+        "etcd-server",
+        "containerd",
+        "runc",
+        "linux-image-cloud-amd64",
+        "busybox-static",
+        "nftables",
+        "containernetworking-plugins",
+        "systemd-boot-efi",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let full = ensure_locked(&offline, &lock_path, &all, false).expect("full set from cache");
+    let full_names: Vec<&str> = full.packages.iter().map(|p| p.name.as_str()).collect();
+    assert!(full_names.contains(&"libnftables1"), "{full_names:?}");
+    assert!(full_names.len() < 60, "closure too large: {full_names:?}");
+    assert!(
+        !full_names
+            .iter()
+            .any(|n| n.starts_with("systemd") && *n != "systemd-boot-efi"),
+        "{full_names:?}"
+    );
+    eprintln!(
+        "host mirror full set: {} packages: {}",
+        full_names.len(),
+        full_names.join(" ")
+    );
     eprintln!(
         "host mirror figures: cold fetch+verify+resolve {cold:?}, warm {warm:?}, offline {off:?}, \
          runc download {dl:?} ({} bytes), index cache {index_bytes} bytes, {} locked packages",
