@@ -216,6 +216,34 @@ fn a_cached_deb_is_served_without_any_network_and_a_miss_says_the_cache_is_empty
     ));
 }
 
+#[test]
+fn a_full_disk_is_reported_naming_the_cache_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = vec![7u8; 64 << 10];
+    let pkg = locked("runc", "pool/main/r/runc/runc.deb", &data);
+    let mirror = TestMirror::start(HashMap::from([(
+        "/debian/pool/main/r/runc/runc.deb".to_string(),
+        data,
+    )]));
+    let cache = dir.path().join("cache");
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).expect("mkdir");
+    // The partial download lands on /dev/full, whose writes fail with ENOSPC.
+    let part = debs.join(format!("{}.deb.{}.part", pkg.sha256, std::process::id()));
+    std::os::unix::fs::symlink("/dev/full", &part).expect("symlink");
+    let opts = options(dir.path(), &cache, &format!("{}/debian", mirror.url));
+    let err = fetch_package(&opts, &pkg).unwrap_err();
+    match &err {
+        SourceError::DiskFull { dir } => assert_eq!(dir, &cache),
+        other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains(&cache.display().to_string()));
+    assert!(
+        std::fs::symlink_metadata(&part).is_err(),
+        "partial file removed"
+    );
+}
+
 /// A throwaway gpg home with one signing key; the agent it starts is stopped on drop.
 struct TestKey {
     home: tempfile::TempDir,
