@@ -1,6 +1,7 @@
 //! `kimg build`: Debian package source, rootfs assembly, initramfs, disks and the PXE bundle.
 
 pub mod deb;
+pub mod debian;
 pub mod elf;
 pub mod kmod;
 pub mod tree;
