@@ -4,4 +4,7 @@ pub mod deb;
 pub mod debian;
 pub mod elf;
 pub mod kmod;
+pub mod cpio;
+pub mod disk;
+pub mod inspect;
 pub mod tree;
