@@ -63,7 +63,15 @@ fn boot(args: &[String], log: &Path) -> Duration {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-m", "512", "-accel", "tcg", "-smp", "1"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -94,7 +102,14 @@ fn boot(args: &[String], log: &Path) -> Duration {
         Ok(elapsed) => elapsed,
         Err(_) => panic!(
             "no {BOOT_LINE:?} within 120 s; console:\n{}",
-            console.chars().rev().take(4000).collect::<String>().chars().rev().collect::<String>()
+            console
+                .chars()
+                .rev()
+                .take(4000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
         ),
     }
 }
@@ -126,7 +141,10 @@ fn the_initrd_boots_a_debian_kernel_directly_under_qemu_tcg() {
         "console=ttyS0 panic=-1".into(),
     ];
     let took = boot(&args, &dir.path().join("console.log"));
-    eprintln!("kimg-figure: direct_kernel_boot_to_init_line_ms={}", took.as_millis());
+    eprintln!(
+        "kimg-figure: direct_kernel_boot_to_init_line_ms={}",
+        took.as_millis()
+    );
 }
 
 #[test]
@@ -142,7 +160,11 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
         "kimg boot test",
     );
     let mut state = Tree::new();
-    state.insert_file("kimg/cluster.toml", 0o600, b"name = \"boot-test\"\n".to_vec());
+    state.insert_file(
+        "kimg/cluster.toml",
+        0o600,
+        b"name = \"boot-test\"\n".to_vec(),
+    );
     let spec = DiskSpec {
         esp,
         state,
@@ -170,13 +192,28 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
         .arg(&qcow2)
         .output()
         .expect("qemu-img (qemu-utils) is needed");
-    assert!(compare.status.success(), "{}", String::from_utf8_lossy(&compare.stdout));
-    let check = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&qcow2)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     let vars = dir.path().join("OVMF_VARS.fd");
     std::fs::copy(OVMF_VARS, &vars).expect("OVMF_VARS.fd (ovmf) is needed");
-    assert!(Path::new(OVMF_CODE).exists(), "{OVMF_CODE} (ovmf) is needed");
+    assert!(
+        Path::new(OVMF_CODE).exists(),
+        "{OVMF_CODE} (ovmf) is needed"
+    );
     for (name, image, format) in [("raw", &raw, "raw"), ("qcow2", &qcow2, "qcow2")] {
         let args: Vec<String> = vec![
             "-drive".into(),
@@ -187,11 +224,16 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
             format!("file={},format={format},if=virtio", image.display()),
         ];
         let took = boot(&args, &dir.path().join(format!("console-{name}.log")));
-        eprintln!("kimg-figure: uefi_{name}_boot_to_init_line_ms={}", took.as_millis());
+        eprintln!(
+            "kimg-figure: uefi_{name}_boot_to_init_line_ms={}",
+            took.as_millis()
+        );
     }
 }
 
 fn allocated(path: &PathBuf) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }

@@ -1,0 +1,533 @@
+//! The `kimg build` pipeline: profile + cluster + locked packages → `out/<profile>/`.
+//!
+//! Steps: resolve the lock (`images/bookworm.lock`) → fetch `.deb`s into the sha256 cache →
+//! extract only the files each role needs (cached per package and filter) → ELF library
+//! closure → kernel module subset with its `modules.dep` → rootfs (kimg as `/init`, config,
+//! the role's secrets) → `initrd.img` (newc cpio, zstd) + `vmlinuz` + `cmdline` +
+//! `boot.ipxe` → `disk.raw` (GPT: ESP with systemd-boot, ext4 `STATE`) → `disk.qcow2` →
+//! `manifest.json`. No root, no loop devices, no mounts. Every timestamp is the fixed
+//! epoch (`SOURCE_DATE_EPOCH`, default [`DEFAULT_EPOCH`]) and every order sorted, so the same
+//! inputs give byte-identical outputs. Outputs are written to a temp dir beside the output
+//! dir and renamed into place, so a failed build never leaves half an image.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::deb::{Deb, Filter};
+use super::debian::{self, LockedPackage, SourceOptions};
+use super::progress::Steps;
+use super::role;
+use super::tree::{Entry, Tree};
+use super::{cache, cpio, disk, elf, kmod, BuildError};
+use crate::cluster::{Cluster, Profile, Role};
+use crate::pki;
+
+/// 2023-11-14T22:13:20Z: the fixed mtime of every file when `SOURCE_DATE_EPOCH` is unset.
+pub const DEFAULT_EPOCH: u64 = 1_700_000_000;
+
+/// Everything `kimg build` takes.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    pub profile: String,
+    pub profiles_dir: Option<PathBuf>,
+    /// The cluster directory; `None` means `./cluster`, created with defaults if missing.
+    pub cluster_dir: Option<PathBuf>,
+    /// Output directory; default `out/<profile>`.
+    pub out_dir: Option<PathBuf>,
+    pub lock_path: PathBuf,
+    pub update_lock: bool,
+    pub mirror: Option<String>,
+    pub offline: bool,
+    pub quiet: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub epoch: u64,
+}
+
+/// One output file in `manifest.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OutputRecord {
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// One input package in `manifest.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct InputRecord {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Manifest {
+    pub profile: String,
+    pub roles: Vec<String>,
+    pub cluster: String,
+    pub kernel_version: String,
+    pub kimg_version: String,
+    pub source_date_epoch: u64,
+    pub outputs: BTreeMap<String, OutputRecord>,
+    pub packages: Vec<InputRecord>,
+    pub modules: Vec<String>,
+    pub rootfs_files: usize,
+}
+
+/// What `image.toml` in the image says (read by `kimg init`).
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct ImageToml<'a> {
+    profile: &'a str,
+    roles: Vec<&'a str>,
+    kernel_version: &'a str,
+    modules: Vec<String>,
+    debug_shell: bool,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Loads the cluster: the given dir (must exist), or `./cluster` (created if missing).
+fn load_cluster(dir: Option<&Path>, steps: &Steps) -> Result<Cluster, BuildError> {
+    match dir {
+        Some(d) => Ok(Cluster::load(d)?),
+        None => {
+            let d = Path::new("cluster");
+            if !d.join(crate::cluster::CLUSTER_FILE).exists() {
+                steps.note("no --cluster given and ./cluster is missing: creating the single-machine default there");
+                crate::cluster::create(d, &Default::default(), false)?;
+            }
+            Ok(Cluster::load(d)?)
+        }
+    }
+}
+
+/// Extracts `patterns` of one package, through the extraction cache.
+fn extract(
+    opts: &SourceOptions,
+    pkg: &LockedPackage,
+    patterns: &[&str],
+) -> Result<Tree, BuildError> {
+    let cache_file = cache::key_path(&opts.cache_dir, &pkg.sha256, patterns);
+    if let Some(tree) = cache::load(&cache_file) {
+        return Ok(tree);
+    }
+    let path = debian::fetch_package(opts, pkg)?;
+    let deb = Deb::open(&path).map_err(|source| BuildError::Deb {
+        package: pkg.name.clone(),
+        source,
+    })?;
+    let filter = Filter::new(patterns).map_err(|e| BuildError::Filter {
+        package: pkg.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut tree = Tree::new();
+    deb.extract(&filter, &mut tree)
+        .map_err(|source| BuildError::Deb {
+            package: pkg.name.clone(),
+            source,
+        })?;
+    cache::store(&cache_file, &tree);
+    Ok(tree)
+}
+
+fn find<'a>(pkgs: &[&'a LockedPackage], name: &str) -> Result<&'a LockedPackage, BuildError> {
+    pkgs.iter()
+        .copied()
+        .find(|p| p.name == name)
+        .ok_or_else(|| BuildError::NotLocked {
+            package: name.to_string(),
+        })
+}
+
+fn file_data(tree: &Tree, path: &str) -> Option<Vec<u8>> {
+    match tree.get(path) {
+        Some(Entry::File { data, .. }) => Some(data.as_ref().clone()),
+        _ => None,
+    }
+}
+
+/// The running kimg binary, which becomes the image's `/init`; it must be static.
+fn own_binary() -> Result<Vec<u8>, BuildError> {
+    let path = std::env::current_exe().map_err(|source| BuildError::Io {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let data = std::fs::read(&path).map_err(|source| BuildError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    match elf::inspect(&data) {
+        Ok(info) if info.interpreter.is_none() && info.needed.is_empty() => Ok(data),
+        _ => Err(BuildError::NotStatic { path }),
+    }
+}
+
+/// Runs the whole build and returns the manifest it wrote.
+pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+    let started = Instant::now();
+    let steps = Steps::new(opts.quiet);
+    let profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+    let cluster = load_cluster(opts.cluster_dir.as_deref(), &steps)?;
+    for w in &cluster.warnings {
+        steps.note(&format!("warning: {w}"));
+    }
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| Path::new("out").join(&profile.name));
+    let cache_dir = match &opts.cache_dir {
+        Some(c) => c.clone(),
+        None => debian::default_cache_dir().ok_or(BuildError::NoCacheDir)?,
+    };
+    let mut source = SourceOptions::for_host(cache_dir);
+    source.mirror_override = opts.mirror.clone();
+    source.offline = opts.offline;
+    source.quiet = opts.quiet;
+
+    // 1. Packages.
+    let step = steps.start("resolve packages");
+    let wanted = role::packages(&profile);
+    let lock = debian::ensure_locked(&source, &opts.lock_path, &wanted, opts.update_lock)?;
+    let pkgs = lock.packages_for(&wanted);
+    step.done(&format!(
+        "{} packages pinned in {}",
+        pkgs.len(),
+        opts.lock_path.display()
+    ));
+
+    // 2. Extraction.
+    let step = steps.start("extract files");
+    let mut rootfs = Tree::new();
+    let mut binaries: Vec<&str> = Vec::new();
+    for part in role::parts(&profile) {
+        let pkg = find(&pkgs, part.package)?;
+        rootfs.merge(&extract(&source, pkg, part.patterns)?);
+        binaries.extend(part.binaries);
+    }
+    let mut libs = Tree::new();
+    for pkg in pkgs.iter().filter(|p| p.name.starts_with("lib")) {
+        libs.merge(&extract(&source, pkg, role::LIBRARY_PATTERNS)?);
+    }
+    let kernel_pkg = pkgs
+        .iter()
+        .copied()
+        .find(|p| p.name.starts_with("linux-image-") && p.name != profile.kernel.package())
+        .ok_or_else(|| BuildError::NotLocked {
+            package: format!("the kernel behind {}", profile.kernel.package()),
+        })?;
+    let kernel = extract(&source, kernel_pkg, role::KERNEL_PATTERNS)?;
+    step.done(&format!(
+        "{} files from {} packages",
+        rootfs.len() + libs.len(),
+        pkgs.len()
+    ));
+
+    // 3. Libraries and modules.
+    let step = steps.start("resolve libraries and kernel modules");
+    let mut candidates = libs.clone();
+    candidates.merge(&rootfs);
+    for path in elf::library_closure(&binaries, &candidates)? {
+        if !rootfs.contains(&path) {
+            if let Some(entry) = candidates.get(&path) {
+                insert_entry(&mut rootfs, &path, entry.clone());
+            }
+        }
+    }
+    let wanted_modules = role::modules(&profile);
+    let wanted_refs: Vec<&str> = wanted_modules.iter().map(String::as_str).collect();
+    let modules = kmod::select_modules(&kernel, &wanted_refs)?;
+    rootfs.merge(&modules.files);
+    let vmlinuz = kernel
+        .iter()
+        .find_map(|(p, e)| match e {
+            Entry::File { data, .. } if p.starts_with("boot/vmlinuz-") => {
+                Some(data.as_ref().clone())
+            }
+            _ => None,
+        })
+        .ok_or_else(|| BuildError::NotLocked {
+            package: format!("{} (no boot/vmlinuz-*)", kernel_pkg.name),
+        })?;
+    step.done(&format!(
+        "{} modules for kernel {}",
+        modules.load_order.len(),
+        modules.kernel_version
+    ));
+
+    // 4. Rootfs.
+    let step = steps.start("assemble rootfs");
+    let kimg = own_binary()?;
+    rootfs.insert_file("init", 0o755, kimg.clone());
+    rootfs.insert_file("usr/bin/kimg", 0o755, kimg);
+    for d in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "var/lib/kimg",
+        "var/log",
+        "etc",
+        "root",
+    ] {
+        rootfs.insert_dir(d, 0o755);
+    }
+    rootfs.insert_dir("tmp", 0o1777);
+    if profile.debug_shell {
+        for applet in [
+            "sh", "ls", "cat", "ps", "ip", "ping", "mount", "dmesg", "vi", "wget",
+        ] {
+            rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+        }
+    }
+    let config = config_tree(&cluster, &profile, &modules)?;
+    rootfs.merge(&prefixed(&config, "etc/kimg"));
+    step.done(&format!(
+        "{} entries, {} MiB of files",
+        rootfs.len(),
+        rootfs.file_bytes() >> 20
+    ));
+
+    // 5. Outputs.
+    let step = steps.start("write initrd.img");
+    let initrd = cpio::write_initrd(&rootfs, opts.epoch, cpio::Codec::Zstd)?;
+    step.done(&format!("{} MiB", initrd.len() >> 20));
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|source| BuildError::from_io(parent, source))?;
+    let staging = parent.join(format!(
+        ".{}.build-{}",
+        out_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("out"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|source| BuildError::from_io(&staging, source))?;
+    let result = write_outputs(
+        opts, &profile, &cluster, &staging, &initrd, &vmlinuz, &config, &steps, &source, &pkgs,
+    );
+    let outputs = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let manifest = Manifest {
+        profile: profile.name.clone(),
+        roles: profile
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        cluster: cluster.name.clone(),
+        kernel_version: modules.kernel_version.clone(),
+        kimg_version: env!("CARGO_PKG_VERSION").to_string(),
+        source_date_epoch: opts.epoch,
+        outputs,
+        packages: pkgs
+            .iter()
+            .map(|p| InputRecord {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                sha256: p.sha256.clone(),
+            })
+            .collect(),
+        modules: modules.load_order.clone(),
+        rootfs_files: rootfs.len(),
+    };
+    let json =
+        serde_json::to_string_pretty(&manifest).expect("the manifest always serialises") + "\n";
+    let mpath = staging.join("manifest.json");
+    std::fs::write(&mpath, json).map_err(|source| BuildError::from_io(&mpath, source))?;
+    if out_dir.exists() {
+        std::fs::remove_dir_all(&out_dir)
+            .map_err(|source| BuildError::from_io(&out_dir, source))?;
+    }
+    std::fs::rename(&staging, &out_dir).map_err(|source| BuildError::from_io(&out_dir, source))?;
+    steps.note(&format!(
+        "built {} in {:.1}s → {}",
+        profile.name,
+        started.elapsed().as_secs_f64(),
+        out_dir.display()
+    ));
+    Ok(manifest)
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
+fn write_outputs(
+    opts: &BuildOptions,
+    profile: &Profile,
+    cluster: &Cluster,
+    dir: &Path,
+    initrd: &[u8],
+    vmlinuz: &[u8],
+    config: &Tree,
+    steps: &Steps,
+    source: &SourceOptions,
+    pkgs: &[&LockedPackage],
+) -> Result<BTreeMap<String, OutputRecord>, BuildError> {
+    let mut outputs = BTreeMap::new();
+    let mut put = |name: &str, data: &[u8]| -> Result<(), BuildError> {
+        let path = dir.join(name);
+        std::fs::write(&path, data).map_err(|source| BuildError::from_io(&path, source))?;
+        outputs.insert(
+            name.to_string(),
+            OutputRecord {
+                sha256: sha256_hex(data),
+                size: data.len() as u64,
+            },
+        );
+        Ok(())
+    };
+    let cmdline = format!("{}\n", profile.cmdline.trim());
+    if profile.outputs.pxe {
+        put("vmlinuz", vmlinuz)?;
+        put("initrd.img", initrd)?;
+        put("cmdline", cmdline.as_bytes())?;
+        let ipxe = format!(
+            "#!ipxe\n# kimg {} image of cluster {}\nkernel vmlinuz initrd=initrd.img {}\ninitrd initrd.img\nboot\n",
+            profile.name,
+            cluster.name,
+            profile.cmdline.trim()
+        );
+        put("boot.ipxe", ipxe.as_bytes())?;
+    }
+    if profile.outputs.disk {
+        let step = steps.start("write disk.raw (GPT: ESP + STATE)");
+        let efi_pkg = find(pkgs, role::SYSTEMD_BOOT.package)?;
+        let efi_tree = extract(source, efi_pkg, role::SYSTEMD_BOOT.patterns)?;
+        let efi = file_data(&efi_tree, role::SYSTEMD_BOOT.patterns[0]).ok_or_else(|| {
+            BuildError::NotLocked {
+                package: "systemd-boot-efi (no systemd-bootx64.efi)".into(),
+            }
+        })?;
+        let title = format!("kimg {} ({})", profile.name, cluster.name);
+        let esp = disk::systemd_boot_esp(
+            efi,
+            vmlinuz.to_vec(),
+            initrd.to_vec(),
+            profile.cmdline.trim(),
+            &title,
+        );
+        let esp_mib = ((esp.file_bytes() * 11 / 10) >> 20) + 16;
+        let spec = disk::DiskSpec {
+            esp,
+            state: prefixed(config, "kimg"),
+            esp_size_mib: esp_mib.max(64),
+            state_size_mib: profile.state_size_mib,
+            seed: format!("{}/{}", cluster.name, profile.name),
+            epoch: opts.epoch,
+        };
+        let raw = dir.join("disk.raw");
+        disk::write_disk(&spec, &raw)?;
+        outputs.insert("disk.raw".into(), hash_file(&raw)?);
+        step.done(&format!(
+            "{} MiB",
+            (spec.esp_size_mib + spec.state_size_mib)
+        ));
+        if profile.outputs.qcow2 {
+            let step = steps.start("write disk.qcow2");
+            let q = dir.join("disk.qcow2");
+            disk::qcow2::write_qcow2(&raw, &q)?;
+            let rec = hash_file(&q)?;
+            step.done(&format!("{} MiB", rec.size >> 20));
+            outputs.insert("disk.qcow2".into(), rec);
+        }
+    }
+    Ok(outputs)
+}
+
+fn hash_file(path: &Path) -> Result<OutputRecord, BuildError> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|source| BuildError::from_io(path, source))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|source| BuildError::from_io(path, source))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(OutputRecord {
+        sha256: hex::encode(h.finalize()),
+        size,
+    })
+}
+
+fn insert_entry(tree: &mut Tree, path: &str, entry: Entry) {
+    match entry {
+        Entry::File { mode, data } => tree.insert_file(path, mode, data),
+        Entry::Dir { mode } => tree.insert_dir(path, mode),
+        Entry::Symlink { target } => tree.insert_symlink(path, &target),
+    }
+}
+
+/// `tree` with every path under `prefix`.
+fn prefixed(tree: &Tree, prefix: &str) -> Tree {
+    let mut out = Tree::new();
+    out.insert_dir(prefix, 0o755);
+    for (p, e) in tree.iter() {
+        insert_entry(&mut out, &format!("{prefix}/{p}"), e.clone());
+    }
+    out
+}
+
+/// The first-boot config of an image: `cluster.toml`, `image.toml`, the role's PKI files
+/// and (workers) the bootstrap token. Paths are relative to `/etc/kimg`.
+fn config_tree(
+    cluster: &Cluster,
+    profile: &Profile,
+    modules: &kmod::ModuleSet,
+) -> Result<Tree, BuildError> {
+    let mut t = Tree::new();
+    t.insert_file("cluster.toml", 0o644, cluster.to_toml().into_bytes());
+    let image = ImageToml {
+        profile: &profile.name,
+        roles: profile.roles.iter().map(|r| r.as_str()).collect(),
+        kernel_version: &modules.kernel_version,
+        modules: modules
+            .load_order
+            .iter()
+            .filter_map(|m| modules.paths.get(m).cloned())
+            .collect(),
+        debug_shell: profile.debug_shell,
+    };
+    let image = toml::to_string(&image).expect("image.toml always serialises");
+    t.insert_file("image.toml", 0o644, image.into_bytes());
+    let pki_dir = pki::pki_dir(&cluster.dir);
+    for rel in role::pki_files(cluster, profile) {
+        let path = pki_dir.join(&rel);
+        let data = std::fs::read(&path).map_err(|source| BuildError::Secret {
+            path: path.clone(),
+            source,
+        })?;
+        let mode = if rel.ends_with(".key") { 0o600 } else { 0o644 };
+        t.insert_file(&format!("pki/{rel}"), mode, data);
+    }
+    t.insert_dir("pki", 0o700);
+    if profile.has(Role::Worker) {
+        let tokens = pki::token::load(&cluster.dir)?;
+        let now = time::OffsetDateTime::now_utc();
+        let token = pki::token::newest_valid(&tokens, now).ok_or_else(|| BuildError::NoToken {
+            dir: cluster.dir.clone(),
+        })?;
+        t.insert_file("token", 0o600, format!("{}\n", token.value()).into_bytes());
+    }
+    Ok(t)
+}
