@@ -38,9 +38,32 @@ fn host_file(path: &str, package: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{path} ({package}) is needed: {e}"))
 }
 
-/// A busybox initramfs whose /init prints [`BOOT_LINE`] and powers off.
-fn initramfs() -> Tree {
+/// A busybox initramfs whose /init prints [`BOOT_LINE`] and powers off. With `padding`,
+/// it also carries `/padding` (1 MiB of noise, 6 MiB of zeros, the same noise again: the
+/// repeat is only reachable with an 8 MiB zstd window) and prints the line only if the
+/// file's SHA-256 matches — proof that the kernel unpacked the whole archive.
+fn initramfs(padding: bool) -> Tree {
     let mut t = Tree::new();
+    let mut check = String::new();
+    if padding {
+        let mut noise = vec![0u8; 1 << 20];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut data = noise.clone();
+        data.resize(7 << 20, 0);
+        data.extend_from_slice(&noise);
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        t.insert_file("padding", 0o644, data);
+        check = format!(
+            "/bin/busybox sha256sum /padding | /bin/busybox grep -q '^{digest} ' || \
+             {{ /bin/busybox echo 'kimg: padding corrupt'; /bin/busybox poweroff -f; }}\n"
+        );
+    }
     t.insert_file("bin/busybox", 0o755, host_file(BUSYBOX, "busybox-static"));
     t.insert_symlink("bin/sh", "busybox");
     for dir in ["dev", "proc", "sys"] {
@@ -50,6 +73,7 @@ fn initramfs() -> Tree {
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
          exec >/dev/console 2>&1 </dev/console\n\
+         {check}\
          /bin/busybox echo '{BOOT_LINE}'\n\
          /bin/busybox poweroff -f\n"
     );
@@ -63,7 +87,15 @@ fn boot(args: &[String], log: &Path) -> Duration {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "q35", "-m", "512", "-accel", "tcg", "-smp", "1"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"])
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -90,11 +122,20 @@ fn boot(args: &[String], log: &Path) -> Duration {
     let _ = child.wait();
     let console = reader.join().unwrap_or_default();
     let _ = std::fs::write(log, &console);
+    let tail: Vec<&str> = console.lines().rev().take(40).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
     match result {
         Ok(elapsed) => elapsed,
-        Err(_) => panic!(
-            "no {BOOT_LINE:?} within 120 s; console:\n{}",
-            console.chars().rev().take(4000).collect::<String>().chars().rev().collect::<String>()
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!(
+                "no {BOOT_LINE:?} within 120 s; console tail:\n{}",
+                tail.join("\n")
+            )
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+            "QEMU exited after {:?} without printing {BOOT_LINE:?}; console tail:\n{}",
+            start.elapsed(),
+            tail.join("\n")
         ),
     }
 }
@@ -104,13 +145,13 @@ fn work_dir() -> tempfile::TempDir {
 }
 
 #[test]
-fn the_initrd_boots_a_debian_kernel_directly_under_qemu_tcg() {
+fn a_large_window_zstd_initrd_boots_a_debian_kernel_directly_under_qemu_tcg() {
     let dir = work_dir();
     let kernel_path = dir.path().join("vmlinuz");
     std::fs::write(&kernel_path, kernel()).unwrap();
     let initrd_path = dir.path().join("initrd.img");
     let started = Instant::now();
-    let initrd = write_initrd(&initramfs(), EPOCH, Codec::Zstd).unwrap();
+    let initrd = write_initrd(&initramfs(true), EPOCH, Codec::ZstdBest).unwrap();
     eprintln!(
         "kimg-figure: initrd_write_ms={} initrd_bytes={}",
         started.elapsed().as_millis(),
@@ -126,14 +167,17 @@ fn the_initrd_boots_a_debian_kernel_directly_under_qemu_tcg() {
         "console=ttyS0 panic=-1".into(),
     ];
     let took = boot(&args, &dir.path().join("console.log"));
-    eprintln!("kimg-figure: direct_kernel_boot_to_init_line_ms={}", took.as_millis());
+    eprintln!(
+        "kimg-figure: direct_kernel_boot_to_init_line_ms={}",
+        took.as_millis()
+    );
 }
 
 #[test]
 fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
     let dir = work_dir();
     let started = Instant::now();
-    let initrd = write_initrd(&initramfs(), EPOCH, Codec::Zstd).unwrap();
+    let initrd = write_initrd(&initramfs(false), EPOCH, Codec::Zstd).unwrap();
     let esp = systemd_boot_esp(
         host_file(SYSTEMD_BOOT, "systemd-boot-efi"),
         kernel(),
@@ -142,7 +186,11 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
         "kimg boot test",
     );
     let mut state = Tree::new();
-    state.insert_file("kimg/cluster.toml", 0o600, b"name = \"boot-test\"\n".to_vec());
+    state.insert_file(
+        "kimg/cluster.toml",
+        0o600,
+        b"name = \"boot-test\"\n".to_vec(),
+    );
     let spec = DiskSpec {
         esp,
         state,
@@ -170,13 +218,28 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
         .arg(&qcow2)
         .output()
         .expect("qemu-img (qemu-utils) is needed");
-    assert!(compare.status.success(), "{}", String::from_utf8_lossy(&compare.stdout));
-    let check = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+    let check = Command::new("qemu-img")
+        .arg("check")
+        .arg(&qcow2)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
 
     let vars = dir.path().join("OVMF_VARS.fd");
     std::fs::copy(OVMF_VARS, &vars).expect("OVMF_VARS.fd (ovmf) is needed");
-    assert!(Path::new(OVMF_CODE).exists(), "{OVMF_CODE} (ovmf) is needed");
+    assert!(
+        Path::new(OVMF_CODE).exists(),
+        "{OVMF_CODE} (ovmf) is needed"
+    );
     for (name, image, format) in [("raw", &raw, "raw"), ("qcow2", &qcow2, "qcow2")] {
         let args: Vec<String> = vec![
             "-drive".into(),
@@ -187,11 +250,16 @@ fn the_uefi_disk_boots_through_ovmf_and_systemd_boot_under_qemu_tcg() {
             format!("file={},format={format},if=virtio", image.display()),
         ];
         let took = boot(&args, &dir.path().join(format!("console-{name}.log")));
-        eprintln!("kimg-figure: uefi_{name}_boot_to_init_line_ms={}", took.as_millis());
+        eprintln!(
+            "kimg-figure: uefi_{name}_boot_to_init_line_ms={}",
+            took.as_millis()
+        );
     }
 }
 
 fn allocated(path: &PathBuf) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }
