@@ -83,7 +83,9 @@ pub enum CpioError {
 pub fn write_newc(tree: &Tree, epoch: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(tree.file_bytes() as usize + tree.len() * 128 + 512);
     let mtime = epoch.min(u32::MAX as u64) as u32;
-    for (ino, (path, entry)) in tree.iter().enumerate() {
+    // The root itself (an empty path) has no archive entry: the kernel's rootfs is it.
+    let entries = tree.iter().filter(|(path, _)| !path.is_empty());
+    for (ino, (path, entry)) in entries.enumerate() {
         let (mode, nlink, data): (u32, u32, &[u8]) = match entry {
             Entry::File { mode, data } => (S_IFREG | mode, 1, data.as_slice()),
             Entry::Dir { mode } => (S_IFDIR | mode, 2, &[]),
@@ -393,6 +395,56 @@ mod tests {
         let raw = write_newc(&sample(), 0);
         for cut in [10, HEADER_LEN + 3, raw.len() / 2, raw.len() - 8] {
             assert!(read_newc(&raw[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn tree_strategy() -> impl Strategy<Value = Tree> {
+            let name = "[a-z0-9_-][a-z0-9._-]{0,11}";
+            let path = proptest::collection::vec(name, 1..4).prop_map(|segs| segs.join("/"));
+            let entry = prop_oneof![
+                (0u32..0o7777, proptest::collection::vec(any::<u8>(), 0..300))
+                    .prop_map(|(mode, data)| (0u8, mode, data, String::new())),
+                (0u32..0o7777).prop_map(|mode| (1u8, mode, Vec::new(), String::new())),
+                "[a-z/.]{1,20}".prop_map(|target| (2u8, 0, Vec::new(), target)),
+            ];
+            proptest::collection::vec((path, entry), 0..12).prop_map(|items| {
+                let mut t = Tree::new();
+                for (path, (kind, mode, data, target)) in items {
+                    // A later entry under an earlier file's path would need the file to
+                    // become a directory; skip such clashes, they are not valid trees.
+                    let clash = t.iter().any(|(p, e)| {
+                        !matches!(e, Entry::Dir { .. }) && path.starts_with(&format!("{p}/"))
+                    });
+                    if clash || t.contains(&path) {
+                        continue;
+                    }
+                    match kind {
+                        0 => t.insert_file(&path, mode, data),
+                        1 => t.insert_dir(&path, mode),
+                        _ => t.insert_symlink(&path, &target),
+                    }
+                }
+                t
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_tree_round_trips_through_newc(tree in tree_strategy(), epoch in 0u64..u32::MAX as u64) {
+                prop_assert_eq!(read_newc(&write_newc(&tree, epoch)).unwrap(), tree);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_the_reader(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+                let _ = read_initrd(&data);
+                let mut framed = NEWC_MAGIC.to_vec();
+                framed.extend_from_slice(&data);
+                let _ = read_newc(&framed);
+            }
         }
     }
 }
