@@ -267,7 +267,8 @@ pub fn read<R: Read + Seek>(disk: &mut R) -> Result<(Guid, Vec<GptPartition>), G
         return Err(GptError::BadHeader);
     }
     let mut entries = vec![0u8; count * size];
-    disk.seek(SeekFrom::Start(u64_at(72) * SECTOR))
+    let entries_at = u64_at(72).checked_mul(SECTOR).ok_or(GptError::BadHeader)?;
+    disk.seek(SeekFrom::Start(entries_at))
         .and_then(|_| disk.read_exact(&mut entries))
         .map_err(GptError::ReadFailed)?;
     if crc32fast::hash(&entries) != u32_at(88) {
@@ -406,5 +407,18 @@ mod tests {
             text.contains(&Guid::derive("t", "disk").to_string()),
             "{text}"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_sectors_never_panic_the_reader(
+            mut data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            signed in proptest::prelude::any::<bool>(),
+        ) {
+            if signed && data.len() >= 600 {
+                data[512..520].copy_from_slice(SIGNATURE);
+            }
+            let _ = read(&mut Cursor::new(data));
+        }
     }
 }

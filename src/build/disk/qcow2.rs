@@ -65,7 +65,7 @@ pub fn write_qcow2(raw: &Path, out: &Path) -> Result<Qcow2Stats, Qcow2Error> {
     let mut buf = vec![0u8; CLUSTER as usize];
     for index in 0..guest_clusters {
         let n = read_cluster(&mut input, &mut buf).map_err(read_failed)?;
-        if buf[..n].iter().any(|b| *b != 0) {
+        if !super::is_zero(&buf[..n]) {
             used.push(index);
         }
     }
