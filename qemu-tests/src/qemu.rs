@@ -8,6 +8,7 @@
 //! Every VM runs as `ip netns exec <ns> qemu-system-x86_64 …` (ip execs QEMU, so the PID we
 //! hold is QEMU's) with `-nodefaults -display none -no-reboot`, its serial console appended to
 //! `<work>/<vm>.console.log`, and one virtio NIC on the VM's tap inside the namespace.
+//! PXE boots use SeaBIOS and QEMU's iPXE option ROM for virtio-net (package ipxe-qemu).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -202,7 +203,10 @@ pub fn prepare(vm: &VmConfig, work: &Path) -> Result<BootPlan, QemuError> {
                 with_console("panic=-1", &vm.cmdline),
             ));
         }
-        (BootMode::Uefi | BootMode::Pxe, image) => {
+        // SeaBIOS hands over to the NIC's iPXE ROM (bootindex=1); serving DHCP/TFTP is
+        // the scenario's job, so there is nothing to prepare beyond the optional disk.
+        (BootMode::Pxe, _) => {}
+        (BootMode::Uefi, image) => {
             let vars = work.join(format!("{}.OVMF_VARS.fd", vm.name));
             if !vars.exists() {
                 std::fs::copy(need(&vm.name, OVMF_VARS.into())?, &vars)
