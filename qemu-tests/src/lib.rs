@@ -6,6 +6,7 @@
 //! down on success, failure, panic or Ctrl-C. The test harness lives in its own crate so none
 //! of it ends up in the kimg binary.
 
+pub mod console;
 pub mod netns;
 pub mod process;
 pub mod qemu;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::console::{last_lines, read_from, tail_lines, ConsoleClock};
 use crate::netns::Netns;
 use crate::process::{self, Group};
 use crate::qemu::{self, Accel, VmConfig, VmProcess};
@@ -48,6 +49,7 @@ struct VmState {
 
 /// Everything the run created; field order is drop order.
 struct Lab {
+    clock: ConsoleClock,
     tasks: HashMap<String, Group>,
     vms: Vec<VmState>,
     netns: Netns,
@@ -142,7 +144,9 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Report> {
         scenario.network.host.get_ref()
     );
 
+    let clock = ConsoleClock::start(vms.iter().map(|v: &VmState| v.console.clone()).collect());
     let mut lab = Lab {
+        clock,
         tasks: HashMap::new(),
         vms,
         netns,
@@ -184,8 +188,11 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Report> {
             println!("{}", tail_lines(&vm.console, 30));
         }
     }
+    let mut events = std::mem::take(&mut lab.events);
+    // Console events are dated by arrival, so step order is not always time order.
+    events.sort_by_key(|e| e.at);
     Ok(Report {
-        events: std::mem::take(&mut lab.events),
+        events,
         failure,
         work,
     })
@@ -250,18 +257,23 @@ impl Lab {
     }
 
     fn record(&mut self, label: impl Into<String>, vm: Option<usize>) {
-        let now = Instant::now();
+        self.record_at(label, vm, Instant::now());
+    }
+
+    fn record_at(&mut self, label: impl Into<String>, vm: Option<usize>, now: Instant) {
         let (vm_name, since) = match vm.map(|i| &self.vms[i]) {
             Some(v) => (
                 Some(v.config.name.clone()),
-                v.process.as_ref().map(|p| now - p.powered_on),
+                v.process
+                    .as_ref()
+                    .map(|p| now.saturating_duration_since(p.powered_on)),
             ),
             None => (None, None),
         };
         self.events.push(Event {
             label: label.into(),
             vm: vm_name,
-            at: now - self.start,
+            at: now.saturating_duration_since(self.start),
             since_power_on: since,
         });
     }
@@ -378,11 +390,15 @@ impl Lab {
                 let matched = m.as_str().trim().to_owned();
                 // Lossy decoding may change lengths only around invalid bytes; never move back.
                 self.vms[i].cursor += consumed.min(bytes.len() as u64);
+                let seen = self
+                    .clock
+                    .arrival(&self.vms[i].console, self.vms[i].cursor)
+                    .unwrap_or_else(Instant::now);
                 let label = w
                     .event
                     .clone()
                     .unwrap_or_else(|| format!("console /{}/", w.pattern.0));
-                self.record(label, Some(i));
+                self.record_at(label, Some(i), seen);
                 return Ok(format!(", matched {matched:?}"));
             }
             if running.has_exited() {
@@ -480,23 +496,6 @@ pub fn check_assert(a: &AssertStep, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_from(path: &Path, offset: u64) -> Vec<u8> {
-    std::fs::read(path)
-        .map(|b| b.get(offset as usize..).unwrap_or_default().to_vec())
-        .unwrap_or_default()
-}
-
-fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The last `n` lines of a log file, carriage returns removed.
-pub fn tail_lines(path: &Path, n: usize) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    last_lines(&String::from_utf8_lossy(&bytes).replace('\r', ""), n)
-}
-
 /// Prints the timeline and the verdict; returns whether the run passed.
 pub fn print_report(report: &Report) -> bool {
     println!("\ntimeline:\n{}", timeline::format_table(&report.events));
@@ -543,14 +542,5 @@ mod tests {
         assert!(check_assert(&a, "x\nacked 10").is_ok());
         assert!(check_assert(&a, "acked 9").is_err());
         assert!(check_assert(&a, "acked 10 LOST").is_err());
-    }
-
-    #[test]
-    fn tails_keep_the_last_lines_without_carriage_returns() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("log");
-        std::fs::write(&p, "a\r\nb\r\nc\r\n").expect("write");
-        assert_eq!(tail_lines(&p, 2), "b\nc");
-        assert_eq!(tail_lines(&dir.path().join("none"), 2), "");
     }
 }

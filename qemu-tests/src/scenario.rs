@@ -473,6 +473,12 @@ fn validate(s: &Scenario, text: &str) -> Result<(), (usize, String)> {
                 ))
             }
         }
+        if v.boot != BootMode::Kernel && !v.cmdline.is_empty() {
+            return Err((
+                line,
+                format!("vm {:?}: cmdline only applies to boot = \"kernel\"", v.name),
+            ));
+        }
     }
     let mut captures: HashSet<&str> = HashSet::new();
     let mut running: HashSet<&str> = HashSet::new();
@@ -667,6 +673,16 @@ stop = "loop"
         let text = GOOD.replace("boot = \"uefi\"", "boot = \"uefi\"\nkernel = \"/k\"");
         let err = parse(&text).expect_err("both sources").to_string();
         assert!(err.starts_with("t.toml:17:"), "{err}");
+    }
+
+    #[test]
+    fn a_cmdline_on_a_uefi_vm_is_rejected() {
+        let text = GOOD.replace("boot = \"uefi\"", "boot = \"uefi\"\ncmdline = \"x\"");
+        let err = parse(&text).expect_err("cmdline with uefi").to_string();
+        assert!(
+            err.starts_with("t.toml:17:") && err.contains("cmdline"),
+            "{err}"
+        );
     }
 
     #[test]
