@@ -108,7 +108,14 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Report> {
     ];
 
     run_build(scenario, opts, &vars, &mut env)?;
-    let accel = qemu::choose_accel(scenario.qemu.accel, &work)?;
+    // Any kernel the scenario boots will do for the KVM probe.
+    let probe_kernel = scenario.vm.iter().find_map(|v| {
+        let v = v.get_ref();
+        let image_kernel = v.image.as_ref().map(|i| format!("{i}/vmlinuz"));
+        let k = PathBuf::from(expand(v.kernel.as_ref().or(image_kernel.as_ref())?, &vars));
+        k.is_file().then_some(k)
+    });
+    let accel = qemu::choose_accel(scenario.qemu.accel, probe_kernel.as_deref(), &work)?;
     println!("accelerator: {}", accel.name());
 
     let netns = Netns::create(&netns_name)?;
