@@ -550,4 +550,52 @@ mod tests {
         assert!(check_assert(&a, "acked 9").is_err());
         assert!(check_assert(&a, "acked 10 LOST").is_err());
     }
+
+    #[test]
+    fn a_failing_scenario_reports_its_step_and_leaves_no_netns_or_task_behind_needs_root() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        let o = outside.path().display();
+        let text = format!(
+            r#"
+[network]
+host = "10.213.1.1/24"
+
+[[step]]
+spawn = {{ name = "sleeper", cmd = "echo $$ > {o}/pid; echo $KIMG_NETNS > {o}/ns; exec sleep 100" }}
+
+[[step]]
+run = {{ cmd = "test -s {o}/ns && ip link show br0", retry-until-success = "10s", capture-as = "links" }}
+
+[[step]]
+assert = {{ capture = "links", contains = "br0" }}
+
+[[step]]
+run = {{ cmd = "exit 7" }}
+
+[[step]]
+sleep = "1s"
+"#
+        );
+        let scenario = crate::scenario::load_str(Path::new("t.toml"), &text).expect("scenario");
+        let opts = Options {
+            keep: false,
+            timeout_scale: 1.0,
+            repo: PathBuf::from("/"),
+            scenario_path: PathBuf::from("/t.toml"),
+        };
+        let report = run(&scenario, &opts).expect("setup works (needs root and iproute2)");
+        let (index, line, _, err) = report.failure.expect("step 4 fails");
+        assert_eq!((index, line), (4, 14));
+        assert!(err.contains("expected exit 0, got exit 7"), "{err}");
+        assert!(!report.work.exists(), "scratch directory left behind");
+        let ns = std::fs::read_to_string(outside.path().join("ns")).expect("ns name");
+        assert!(!Netns::exists(ns.trim()), "netns {ns} left behind");
+        let pid: i32 = std::fs::read_to_string(outside.path().join("pid"))
+            .expect("pid")
+            .trim()
+            .parse()
+            .expect("pid number");
+        // SAFETY: signal 0 only checks whether the process exists.
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "task {pid} still running");
+    }
 }
