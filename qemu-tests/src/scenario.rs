@@ -69,6 +69,35 @@
 //! A `run` kills whatever its command left behind in its process group when it exits;
 //! long-running things belong in `spawn`.
 //!
+//! # Example: acknowledged etcd writes survive a leader's power loss
+//!
+//! ```toml
+//! [[step]]
+//! spawn = { name = "writer", cmd = """
+//!   i=0; while true; do i=$((i+1))
+//!     etcdctl --endpoints=http://10.77.0.11:2379,http://10.77.0.12:2379 \
+//!       --command-timeout=3s put k$i v$i >/dev/null 2>&1 && echo "acked $i"
+//!   done""" }
+//! [[step]]
+//! kill = "etcd-1"
+//! [[step]]
+//! sleep = "10s"
+//! [[step]]
+//! stop = "writer"                    # its output (the acked keys) is now capture "writer"
+//! [[step]]
+//! run = { cmd = "qemu-tests/checks/etcd-acked.sh {work}/writer.log", capture-as = "check" }
+//! [[step]]
+//! assert = { capture = "check", contains = "lost 0" }
+//! ```
+//!
+//! # Running
+//!
+//! `qemu-tests/run NAME [--keep] [--timeout-scale F]` (root). Each run gets a scratch
+//! directory `/tmp/kimg-qemu-*` (console logs `<vm>.console.log`, QEMU stderr
+//! `<vm>.qemu.log`, task logs, per-run disks), removed at the end unless `--keep`, and a
+//! netns `kimg-<pid>-<n>`, always removed. The run prints each step, then a timeline, and on
+//! failure the failing step and the last 30 console lines of every VM.
+//!
 //! # Limits
 //!
 //! IPv4 only; one NIC per VM; no placeholders for per-VM values (write addresses literally).
