@@ -72,7 +72,11 @@ mod tests {
     fn malformed_values_are_ignored_with_a_reason_and_never_fatal() {
         let c = parse("kimg.node= kimg.node=Bad_Name kimg.node");
         assert_eq!(c.node, None);
-        let reasons: Vec<_> = c.ignored.iter().map(|i| (i.key.as_str(), i.reason)).collect();
+        let reasons: Vec<_> = c
+            .ignored
+            .iter()
+            .map(|i| (i.key.as_str(), i.reason))
+            .collect();
         assert_eq!(
             reasons,
             vec![

@@ -52,7 +52,10 @@ pub fn service(cluster: &Cluster, node: &Node, state: ClusterState) -> ServiceSp
         ("--name", name.clone()),
         ("--data-dir", DATA_DIR.into()),
         ("--listen-peer-urls", format!("https://{ip}:2380")),
-        ("--initial-advertise-peer-urls", format!("https://{ip}:2380")),
+        (
+            "--initial-advertise-peer-urls",
+            format!("https://{ip}:2380"),
+        ),
         (
             "--listen-client-urls",
             format!("https://{ip}:2379,https://127.0.0.1:2379"),

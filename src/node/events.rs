@@ -3,7 +3,7 @@
 //! The QEMU tests and the builder's boot checks read these lines, so their shape is an
 //! interface: the event name first, then fields in the order they were added. Values that
 //! contain spaces, quotes or `=` are written in double quotes with `"` and `\` escaped, so a
-//! line always splits back into its fields.
+//! line always splits back into its fields. An empty value prints as `key=`.
 
 use std::fmt;
 
@@ -34,7 +34,7 @@ impl Event {
 }
 
 fn needs_quotes(v: &str) -> bool {
-    v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '"' || c == '=')
+    v.chars().any(|c| c.is_whitespace() || c == '"' || c == '=')
 }
 
 impl fmt::Display for Event {
@@ -69,10 +69,10 @@ mod tests {
     fn values_with_spaces_or_quotes_are_quoted_and_escaped() {
         let e = Event::new("module-failed")
             .field("error", "unknown symbol \"x\"\nin module")
-            .field("empty", "");
+            .field("services", "");
         assert_eq!(
             e.to_string(),
-            "kimg: module-failed error=\"unknown symbol \\\"x\\\" in module\" empty=\"\""
+            "kimg: module-failed error=\"unknown symbol \\\"x\\\" in module\" services="
         );
     }
 }

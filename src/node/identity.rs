@@ -51,7 +51,9 @@ pub struct Identity {
 pub enum IdentifyError {
     #[error("kimg.node={name} is not in the node table")]
     UnknownNode { name: String },
-    #[error("no kimg.node= on the kernel command line, and no MAC or address matches the node table")]
+    #[error(
+        "no kimg.node= on the kernel command line, and no MAC or address matches the node table"
+    )]
     NoMatch,
     #[error("NICs match several nodes: {}", .nodes.join(", "))]
     AmbiguousMac { nodes: Vec<String> },
@@ -186,7 +188,10 @@ mod tests {
     #[test]
     fn a_listed_mac_beats_a_listed_address() {
         let c = cluster();
-        let nics = [nic("eth0", "52:54:00:99:99:99"), nic("eth1", "52:54:00:00:00:12")];
+        let nics = [
+            nic("eth0", "52:54:00:99:99:99"),
+            nic("eth1", "52:54:00:00:00:12"),
+        ];
         let addr: Ipv4Addr = "10.0.0.11".parse().unwrap();
         let id = identify(&c, ETCD, None, &nics, &[addr]).unwrap();
         assert_eq!(id.node.name, "etcd-2");
@@ -200,7 +205,10 @@ mod tests {
         let nics = [nic("eth0", "52:54:00:99:99:99")];
         let addr: Ipv4Addr = "10.0.0.13".parse().unwrap();
         let id = identify(&c, ETCD, None, &nics, &[addr]).unwrap();
-        assert_eq!((id.node.name.as_str(), id.source), ("etcd-3", Source::Address));
+        assert_eq!(
+            (id.node.name.as_str(), id.source),
+            ("etcd-3", Source::Address)
+        );
     }
 
     #[test]
@@ -222,7 +230,10 @@ mod tests {
     #[test]
     fn nics_matching_two_nodes_are_ambiguous() {
         let c = cluster();
-        let nics = [nic("eth0", "52:54:00:00:00:11"), nic("eth1", "52:54:00:00:00:12")];
+        let nics = [
+            nic("eth0", "52:54:00:00:00:11"),
+            nic("eth1", "52:54:00:00:00:12"),
+        ];
         let err = identify(&c, ETCD, None, &nics, &[]).unwrap_err();
         assert_eq!(err.reason(), "ambiguous-mac");
     }

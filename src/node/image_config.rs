@@ -92,7 +92,10 @@ mod tests {
     #[test]
     fn rendered_config_parses_back_to_the_same_value() {
         let text = sample().render();
-        assert!(text.contains("kernel-version = \"6.1.0-28-cloud-amd64\""), "{text}");
+        assert!(
+            text.contains("kernel-version = \"6.1.0-28-cloud-amd64\""),
+            "{text}"
+        );
         assert_eq!(ImageConfig::parse(&text).unwrap(), sample());
     }
 

@@ -168,7 +168,11 @@ impl<S: System> Init<S> {
         let path = Path::new(ETC_DIR).join(cluster::CLUSTER_FILE);
         let text = self.sys.read_file(&path).map_err(InitError::ClusterRead)?;
         let file = cluster::parse(&text, &path)?;
-        Ok(cluster::validate(file, Path::new(ETC_DIR), Some((&path, &text)))?)
+        Ok(cluster::validate(
+            file,
+            Path::new(ETC_DIR),
+            Some((&path, &text)),
+        )?)
     }
 
     /// Everything from `image.toml` to the service list.
@@ -182,7 +186,12 @@ impl<S: System> Init<S> {
         self.load_modules(&image);
         let cluster = self.load_cluster()?;
 
-        let cmd = cmdline::parse(&self.sys.read_file(Path::new("/proc/cmdline")).unwrap_or_default());
+        let cmd = cmdline::parse(
+            &self
+                .sys
+                .read_file(Path::new("/proc/cmdline"))
+                .unwrap_or_default(),
+        );
         for ignored in &cmd.ignored {
             self.emit(
                 Event::new("cmdline-ignored")
@@ -233,7 +242,11 @@ impl<S: System> Init<S> {
         let nics = network::list_nics(&self.sys);
         for name in std::iter::once("lo").chain(nics.iter().map(|n| n.name.as_str())) {
             if let Err(e) = self.sys.link_up(name) {
-                self.emit(Event::new("link-failed").field("iface", name).field("error", e));
+                self.emit(
+                    Event::new("link-failed")
+                        .field("iface", name)
+                        .field("error", e),
+                );
             }
         }
         nics
@@ -294,7 +307,11 @@ impl<S: System> Init<S> {
             }
             if let Some(gw) = cluster.network.gateway {
                 if let Err(e) = self.sys.add_default_route(gw) {
-                    self.emit(Event::new("route-failed").field("via", gw).field("error", e));
+                    self.emit(
+                        Event::new("route-failed")
+                            .field("via", gw)
+                            .field("error", e),
+                    );
                 }
             }
         } else {
@@ -307,7 +324,11 @@ impl<S: System> Init<S> {
         ];
         for (path, text) in files {
             if let Err(e) = self.sys.write_file(Path::new(path), &text) {
-                self.emit(Event::new("write-failed").field("path", path).field("error", e));
+                self.emit(
+                    Event::new("write-failed")
+                        .field("path", path)
+                        .field("error", e),
+                );
             }
         }
         if let Err(e) = self.sys.set_hostname(&node.name) {
@@ -319,7 +340,11 @@ impl<S: System> Init<S> {
         }
         for (key, value) in sysctls {
             if let Err(e) = self.sys.write_sysctl(key, value) {
-                self.emit(Event::new("sysctl-failed").field("key", key).field("error", e));
+                self.emit(
+                    Event::new("sysctl-failed")
+                        .field("key", key)
+                        .field("error", e),
+                );
             }
         }
     }
@@ -358,7 +383,11 @@ impl<S: System> Init<S> {
             }
         }
         if let Err(e) = self.sys.mount(&mounts::state_tmpfs()) {
-            self.emit(Event::new("state-mount-failed").field("device", "tmpfs").field("error", e));
+            self.emit(
+                Event::new("state-mount-failed")
+                    .field("device", "tmpfs")
+                    .field("error", e),
+            );
         }
         self.emit(Event::new("state").field("kind", "tmpfs"));
         false
@@ -431,7 +460,11 @@ impl<S: System> Init<S> {
         self.sys.sync();
         if state_mounted {
             if let Err(e) = self.sys.umount(Path::new(STATE_DIR)) {
-                self.emit(Event::new("umount-failed").field("target", STATE_DIR).field("error", e));
+                self.emit(
+                    Event::new("umount-failed")
+                        .field("target", STATE_DIR)
+                        .field("error", e),
+                );
             }
         }
         if let Err(e) = self.sys.power(action) {
@@ -440,3 +473,7 @@ impl<S: System> Init<S> {
         action
     }
 }
+
+#[cfg(test)]
+#[path = "init_tests.rs"]
+mod tests;

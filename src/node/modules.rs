@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn module_names_drop_directories_and_extensions() {
-        assert_eq!(module_name("kernel/drivers/net/virtio_net.ko.xz"), "virtio_net");
+        assert_eq!(
+            module_name("kernel/drivers/net/virtio_net.ko.xz"),
+            "virtio_net"
+        );
         assert_eq!(module_name("failover.ko"), "failover");
     }
 }

@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn a_gpt_partition_uevent_yields_its_name_and_device_numbers() {
-        let dev = parse_uevent("MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=STATE\n").unwrap();
+        let dev = parse_uevent(
+            "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=STATE\n",
+        )
+        .unwrap();
         assert_eq!(
             dev,
             BlockDevice {

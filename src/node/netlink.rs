@@ -102,7 +102,9 @@ pub fn parse_ack(reply: &[u8]) -> Option<i32> {
     if kind != NLMSG_ERROR {
         return None;
     }
-    Some(i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]))
+    Some(i32::from_ne_bytes([
+        reply[16], reply[17], reply[18], reply[19],
+    ]))
 }
 
 /// Sends one request on a fresh `NETLINK_ROUTE` socket and waits for its ACK.

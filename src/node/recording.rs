@@ -36,7 +36,11 @@ pub enum Call {
     LinkUp(String),
     AddAddress(String, Ipv4Net),
     DefaultRoute(Ipv4Addr),
-    Spawn { name: String, argv: Vec<String>, pid: u32 },
+    Spawn {
+        name: String,
+        argv: Vec<String>,
+        pid: u32,
+    },
     Signal(u32, Signal),
     Probe(String),
     Sync,
@@ -127,7 +131,7 @@ impl Recording {
 
     fn check(&self, what: &str) -> io::Result<()> {
         if self.failing.borrow().contains(what) {
-            Err(io::Error::new(io::ErrorKind::Other, "scripted failure"))
+            Err(io::Error::other("scripted failure"))
         } else {
             Ok(())
         }

@@ -372,7 +372,10 @@ mod tests {
             .collect();
         assert_eq!(
             signals,
-            vec![Call::Signal(100, Signal::Term), Call::Signal(100, Signal::Kill)]
+            vec![
+                Call::Signal(100, Signal::Term),
+                Call::Signal(100, Signal::Kill)
+            ]
         );
         assert!(sys.now() - t0 >= s(5));
         assert_eq!(sup.pid("etcd"), None);
