@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if kimg::node::is_pid1_init(&std::env::args().next().unwrap_or_default()) {
+        kimg::node::run_init();
+    }
     let cli = kimg::cli::Cli::parse();
     kimg::cli::init_tracing(&cli);
     match kimg::cli::run(cli) {

@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Run as PID 1 of a kimg image: bring the machine up and supervise its role's services.
+    #[command(hide = true)]
+    Init,
     /// Print a shell completion script: `source <(kimg completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             output,
         } => cluster::kubeconfig(&dir, server, output),
+        Command::Init => crate::node::run_init(),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

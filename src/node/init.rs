@@ -1,0 +1,479 @@
+//! The boot sequence of `kimg init` (ARCHITECTURE §5) and the life of PID 1 after it.
+//!
+//! [`Init::run`]: mount the pseudo filesystems, read `image.toml`, load modules, read the
+//! cluster definition and the kernel command line, bring up `lo` and the NICs, identify the
+//! node (retrying forever, never guessing), configure address, route, resolver, hostname,
+//! `/etc/hosts` and sysctls, mount `STATE` (or a tmpfs), start the role's services and
+//! supervise them until a shutdown request, then stop them, sync, unmount `STATE` and power
+//! off or reboot. Every step is a call on the injected [`System`], and every state change one
+//! console [`Event`]. A panic inside a supervisor iteration is caught and the loop goes on.
+//!
+//! Limits: no DHCP client yet — a machine that is neither named on the command line nor
+//! listed by MAC reports `identify-failed … dhcp=unsupported` and keeps retrying.
+
+use std::net::Ipv4Addr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+
+use crate::cluster::{self, Cluster, ClusterError, Node, Role};
+
+use super::cmdline;
+use super::etcd;
+use super::events::Event;
+use super::identity::{self, join_roles, Identity};
+use super::image_config::{ImageConfig, ImageConfigError, IMAGE_CONFIG_PATH};
+use super::mounts::{self, STATE_DIR, STATE_PARTNAME};
+use super::network;
+use super::supervisor::{Backoff, Supervisor};
+use super::system::{HealthProbe, PowerAction, ServiceSpec, ShutdownReason, System};
+
+/// Where the builder puts the cluster definition inside the image.
+pub const ETC_DIR: &str = "/etc/kimg";
+
+/// Why the boot could not reach the supervisor.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot read {IMAGE_CONFIG_PATH}: {0}")]
+    ImageConfigRead(std::io::Error),
+    #[error(transparent)]
+    ImageConfigInvalid(#[from] ImageConfigError),
+    #[error("cannot read {ETC_DIR}/cluster.toml: {0}")]
+    ClusterRead(std::io::Error),
+    #[error("{ETC_DIR}/cluster.toml is invalid: {0}")]
+    ClusterInvalid(#[from] ClusterError),
+    #[error("shutdown requested during boot")]
+    Interrupted(ShutdownReason),
+}
+
+/// A booted machine, ready to supervise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Booted {
+    pub node: Node,
+    pub services: Vec<ServiceSpec>,
+    /// Must answer before the machine reports `ready`.
+    pub health: Option<HealthProbe>,
+    pub state_mounted: bool,
+}
+
+/// Timings of PID 1.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    pub identify_retry: Duration,
+    pub tick: Duration,
+    pub health_every: Duration,
+    pub stop_grace: Duration,
+    pub backoff: Backoff,
+}
+
+impl Default for Timings {
+    fn default() -> Timings {
+        Timings {
+            identify_retry: Duration::from_secs(5),
+            tick: Duration::from_millis(200),
+            health_every: Duration::from_secs(1),
+            stop_grace: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// PID 1 over a [`System`].
+pub struct Init<S: System> {
+    sys: S,
+    timings: Timings,
+}
+
+impl<S: System> Init<S> {
+    pub fn new(sys: S, timings: Timings) -> Init<S> {
+        Init { sys, timings }
+    }
+
+    pub fn system(&self) -> &S {
+        &self.sys
+    }
+
+    fn emit(&self, event: Event) {
+        self.sys.console(&event.to_string());
+    }
+
+    /// The whole life of PID 1. Returns the power action taken (only returns at all when
+    /// the power syscall failed, or in tests).
+    pub fn run(&mut self) -> PowerAction {
+        self.mount_base();
+        match self.boot() {
+            Ok(booted) => {
+                let mut sup = Supervisor::new(booted.services.clone(), self.timings.backoff);
+                let reason = self.supervise(&mut sup, &booted);
+                self.shutdown(&mut sup, reason, booted.state_mounted)
+            }
+            Err(InitError::Interrupted(reason)) => {
+                let mut sup = Supervisor::new(Vec::new(), self.timings.backoff);
+                self.shutdown(&mut sup, reason, false)
+            }
+            Err(e) => {
+                self.emit(Event::new("boot-failed").field("error", &e));
+                let reason = loop {
+                    if let Some(r) = self.sys.shutdown_requested() {
+                        break r;
+                    }
+                    self.sys.sleep(self.timings.tick);
+                };
+                let mut sup = Supervisor::new(Vec::new(), self.timings.backoff);
+                self.shutdown(&mut sup, reason, false)
+            }
+        }
+    }
+
+    /// proc, sys, dev, run, tmp, cgroup2; the console once /dev exists.
+    pub fn mount_base(&self) {
+        for m in mounts::base_mounts() {
+            let _ = self.sys.mkdir_all(&m.target);
+            if let Err(e) = self.sys.mount(&m) {
+                self.emit(
+                    Event::new("mount-failed")
+                        .field("target", m.target.display())
+                        .field("error", e),
+                );
+            }
+            if m.fstype == "devtmpfs" {
+                self.sys.attach_console();
+            }
+        }
+    }
+
+    fn load_modules(&self, image: &ImageConfig) {
+        let base = Path::new("/lib/modules").join(&image.kernel_version);
+        let mut failed = 0;
+        for rel in &image.modules {
+            if let Err(e) = self.sys.load_module(&base.join(rel)) {
+                failed += 1;
+                self.emit(
+                    Event::new("module-failed")
+                        .field("name", super::modules::module_name(rel))
+                        .field("error", e),
+                );
+            }
+        }
+        self.emit(
+            Event::new("modules")
+                .field("loaded", image.modules.len() - failed)
+                .field("failed", failed),
+        );
+    }
+
+    fn load_cluster(&self) -> Result<Cluster, InitError> {
+        let path = Path::new(ETC_DIR).join(cluster::CLUSTER_FILE);
+        let text = self.sys.read_file(&path).map_err(InitError::ClusterRead)?;
+        let file = cluster::parse(&text, &path)?;
+        Ok(cluster::validate(
+            file,
+            Path::new(ETC_DIR),
+            Some((&path, &text)),
+        )?)
+    }
+
+    /// Everything from `image.toml` to the service list.
+    pub fn boot(&mut self) -> Result<Booted, InitError> {
+        let text = self
+            .sys
+            .read_file(Path::new(IMAGE_CONFIG_PATH))
+            .map_err(InitError::ImageConfigRead)?;
+        let image = ImageConfig::parse(&text)?;
+        let image_roles = image.roles()?;
+        self.load_modules(&image);
+        let cluster = self.load_cluster()?;
+
+        let cmd = cmdline::parse(
+            &self
+                .sys
+                .read_file(Path::new("/proc/cmdline"))
+                .unwrap_or_default(),
+        );
+        for ignored in &cmd.ignored {
+            self.emit(
+                Event::new("cmdline-ignored")
+                    .field("key", &ignored.key)
+                    .field("reason", ignored.reason),
+            );
+        }
+
+        let id = self.identify(&cluster, &image_roles, cmd.node.as_deref())?;
+        let node = id.node.clone();
+        self.emit(
+            Event::new("booted")
+                .field("role", join_roles(&node.roles))
+                .field("node", &node.name),
+        );
+        self.configure_network(&cluster, &id);
+        let state_mounted = self.mount_state();
+        let _ = self.sys.mkdir_all(Path::new("/var/log"));
+
+        let mut services = Vec::new();
+        let mut health = None;
+        if node.has(Role::Etcd) {
+            let state = if self.sys.exists(&etcd::member_dir()) {
+                etcd::ClusterState::Existing
+            } else {
+                etcd::ClusterState::New
+            };
+            services.push(etcd::service(&cluster, &node, state));
+            health = Some(etcd::health_probe());
+        }
+        if image.debug_shell && self.sys.exists(Path::new("/bin/sh")) {
+            services.push(ServiceSpec {
+                name: "debug-shell".into(),
+                argv: vec!["/bin/sh".into()],
+                env: vec![("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into())],
+                console: true,
+            });
+        }
+        Ok(Booted {
+            node,
+            services,
+            health,
+            state_mounted,
+        })
+    }
+
+    fn bring_links_up(&self) -> Vec<identity::Nic> {
+        let nics = network::list_nics(&self.sys);
+        for name in std::iter::once("lo").chain(nics.iter().map(|n| n.name.as_str())) {
+            if let Err(e) = self.sys.link_up(name) {
+                self.emit(
+                    Event::new("link-failed")
+                        .field("iface", name)
+                        .field("error", e),
+                );
+            }
+        }
+        nics
+    }
+
+    fn identify(
+        &self,
+        cluster: &Cluster,
+        image_roles: &[Role],
+        cmdline_node: Option<&str>,
+    ) -> Result<Identity, InitError> {
+        loop {
+            let nics = self.bring_links_up();
+            // No DHCP client yet: there are no obtained addresses to match.
+            let addrs: [Ipv4Addr; 0] = [];
+            match identity::identify(cluster, image_roles, cmdline_node, &nics, &addrs) {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    let macs: Vec<String> = nics
+                        .iter()
+                        .map(|n| n.mac.map(|m| m.to_string()).unwrap_or_default())
+                        .collect();
+                    let mut ev = Event::new("identify-failed")
+                        .field("reason", e.reason())
+                        .field("macs", macs.join(","));
+                    if e == identity::IdentifyError::NoMatch {
+                        ev = ev.field("dhcp", "unsupported");
+                    }
+                    self.emit(ev.field("detail", &e));
+                }
+            }
+            let until = self.sys.now() + self.timings.identify_retry;
+            while self.sys.now() < until {
+                if let Some(r) = self.sys.shutdown_requested() {
+                    return Err(InitError::Interrupted(r));
+                }
+                self.sys.sleep(self.timings.tick);
+            }
+        }
+    }
+
+    fn configure_network(&self, cluster: &Cluster, id: &Identity) {
+        let node = &id.node;
+        let prefix = cluster.network.prefix.prefix_len();
+        if let Some(iface) = &id.iface {
+            let addr = Ipv4Net::new(node.ip, prefix).unwrap_or(cluster.network.prefix);
+            match self.sys.add_address(iface, addr) {
+                Ok(()) => self.emit(
+                    Event::new("network-up")
+                        .field("iface", iface)
+                        .field("addr", addr),
+                ),
+                Err(e) => self.emit(
+                    Event::new("network-failed")
+                        .field("iface", iface)
+                        .field("error", e),
+                ),
+            }
+            if let Some(gw) = cluster.network.gateway {
+                if let Err(e) = self.sys.add_default_route(gw) {
+                    self.emit(
+                        Event::new("route-failed")
+                            .field("via", gw)
+                            .field("error", e),
+                    );
+                }
+            }
+        } else {
+            self.emit(Event::new("network-failed").field("error", "no network interface"));
+        }
+        let files = [
+            ("/etc/resolv.conf", network::resolv_conf(cluster)),
+            ("/etc/hosts", network::hosts(cluster, node)),
+            ("/etc/hostname", format!("{}\n", node.name)),
+        ];
+        for (path, text) in files {
+            if let Err(e) = self.sys.write_file(Path::new(path), &text) {
+                self.emit(
+                    Event::new("write-failed")
+                        .field("path", path)
+                        .field("error", e),
+                );
+            }
+        }
+        if let Err(e) = self.sys.set_hostname(&node.name) {
+            self.emit(Event::new("hostname-failed").field("error", e));
+        }
+        let mut sysctls = vec![("net.ipv4.ip_forward", "1")];
+        if self.sys.exists(Path::new("/proc/sys/net/bridge")) {
+            sysctls.push(("net.bridge.bridge-nf-call-iptables", "1"));
+        }
+        for (key, value) in sysctls {
+            if let Err(e) = self.sys.write_sysctl(key, value) {
+                self.emit(
+                    Event::new("sysctl-failed")
+                        .field("key", key)
+                        .field("error", e),
+                );
+            }
+        }
+    }
+
+    /// Mounts `STATE` (ext4) or a tmpfs at `/var/lib/kimg`. True when `STATE` was mounted.
+    fn mount_state(&self) -> bool {
+        let _ = self.sys.mkdir_all(Path::new(STATE_DIR));
+        let base = PathBuf::from("/sys/class/block");
+        let found = self
+            .sys
+            .read_dir(&base)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|d| self.sys.read_file(&base.join(d).join("uevent")).ok())
+            .filter_map(|t| mounts::parse_uevent(&t))
+            .find(|d| d.partname.as_deref() == Some(STATE_PARTNAME));
+        if let Some(dev) = found {
+            let path = dev.dev_path();
+            if !self.sys.exists(&path) {
+                let _ = self.sys.mknod_block(&path, dev.major, dev.minor);
+            }
+            match self.sys.mount(&mounts::state_mount(&dev)) {
+                Ok(()) => {
+                    self.emit(
+                        Event::new("state")
+                            .field("kind", "ext4")
+                            .field("device", path.display()),
+                    );
+                    return true;
+                }
+                Err(e) => self.emit(
+                    Event::new("state-mount-failed")
+                        .field("device", path.display())
+                        .field("error", e),
+                ),
+            }
+        }
+        if let Err(e) = self.sys.mount(&mounts::state_tmpfs()) {
+            self.emit(
+                Event::new("state-mount-failed")
+                    .field("device", "tmpfs")
+                    .field("error", e),
+            );
+        }
+        self.emit(Event::new("state").field("kind", "tmpfs"));
+        false
+    }
+
+    /// Runs the supervisor until a shutdown is requested.
+    pub fn supervise(&mut self, sup: &mut Supervisor, booted: &Booted) -> ShutdownReason {
+        let mut ready = false;
+        let mut next_probe = Duration::ZERO;
+        let names: Vec<String> = booted
+            .services
+            .iter()
+            .filter(|s| !s.console)
+            .map(|s| s.name.clone())
+            .collect();
+        loop {
+            if let Some(reason) = self.sys.shutdown_requested() {
+                return reason;
+            }
+            let sys = &self.sys;
+            let timings = self.timings;
+            let step = catch_unwind(AssertUnwindSafe(|| {
+                sup.reap(sys);
+                sup.start_due(sys);
+                if !ready && sup.all_started() && sys.now() >= next_probe {
+                    let healthy = match &booted.health {
+                        None => true,
+                        Some(probe) => sys.probe_health(probe).is_ok(),
+                    };
+                    next_probe = sys.now() + timings.health_every;
+                    if healthy {
+                        ready = true;
+                        sys.console(
+                            &Event::new("ready")
+                                .field("role", join_roles(&booted.node.roles))
+                                .field("node", &booted.node.name)
+                                .field("services", names.join(","))
+                                .to_string(),
+                        );
+                    }
+                }
+            }));
+            if step.is_err() {
+                self.emit(Event::new("panic-recovered").field("in", "supervisor"));
+            }
+            self.sys.sleep(self.timings.tick);
+        }
+    }
+
+    /// Stops services, syncs, unmounts `STATE`, powers off or reboots.
+    pub fn shutdown(
+        &mut self,
+        sup: &mut Supervisor,
+        reason: ShutdownReason,
+        state_mounted: bool,
+    ) -> PowerAction {
+        let action = reason.action();
+        self.emit(
+            Event::new("shutdown")
+                .field("reason", reason.as_str())
+                .field(
+                    "action",
+                    match action {
+                        PowerAction::PowerOff => "poweroff",
+                        PowerAction::Reboot => "reboot",
+                    },
+                ),
+        );
+        sup.stop_all(&self.sys, self.timings.stop_grace);
+        self.sys.sync();
+        if state_mounted {
+            if let Err(e) = self.sys.umount(Path::new(STATE_DIR)) {
+                self.emit(
+                    Event::new("umount-failed")
+                        .field("target", STATE_DIR)
+                        .field("error", e),
+                );
+            }
+        }
+        if let Err(e) = self.sys.power(action) {
+            self.emit(Event::new("power-failed").field("error", e));
+        }
+        action
+    }
+}
+
+#[cfg(test)]
+#[path = "init_tests.rs"]
+mod tests;

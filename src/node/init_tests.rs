@@ -1,0 +1,318 @@
+//! Tests of the boot sequence against the recording [`System`].
+
+use super::*;
+use crate::cluster::{file_from_options, render, NewOptions};
+use crate::node::recording::{Call, Recording};
+use crate::node::system::{ExitStatus, Signal};
+
+fn cluster_toml() -> String {
+    let opts = NewOptions {
+        name: Some("prod".into()),
+        vip: Some("10.0.0.100".into()),
+        etcd: vec![
+            "etcd-1=10.0.0.11@52:54:00:00:00:11".into(),
+            "etcd-2=10.0.0.12@52:54:00:00:00:12".into(),
+            "etcd-3=10.0.0.13@52:54:00:00:00:13".into(),
+        ],
+        masters: vec!["master-1=10.0.0.21@52:54:00:00:00:21".into()],
+        ..NewOptions::default()
+    };
+    render(&file_from_options(&opts).unwrap())
+}
+
+const IMAGE: &str = r#"
+profile = "etcd"
+roles = ["etcd"]
+kernel-version = "6.1.0-28-cloud-amd64"
+modules = ["kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/net/virtio_net.ko.xz"]
+"#;
+
+fn machine(cmdline: &str, mac: &str) -> Recording {
+    Recording::new()
+        .with_file("/etc/kimg/image.toml", IMAGE)
+        .with_file("/etc/kimg/cluster.toml", cluster_toml())
+        .with_file("/proc/cmdline", cmdline)
+        .with_file("/sys/class/net/lo/address", "00:00:00:00:00:00\n")
+        .with_file("/sys/class/net/eth0/address", format!("{mac}\n"))
+        .with_file("/sys/class/net/eth0/device/vendor", "0x1af4\n")
+}
+
+fn with_state_disk(r: Recording) -> Recording {
+    r.with_file(
+        "/sys/class/block/vda/uevent",
+        "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
+    )
+    .with_file(
+        "/sys/class/block/vda2/uevent",
+        "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTNAME=STATE\n",
+    )
+}
+
+fn timings() -> Timings {
+    Timings::default()
+}
+
+fn mount(source: &str, target: &str, fstype: &str) -> Call {
+    Call::Mount {
+        source: source.into(),
+        target: target.into(),
+        fstype: fstype.into(),
+    }
+}
+
+fn etcd_argv(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Spawn { name, argv, .. } if name == "etcd" => Some(argv.clone()),
+            _ => None,
+        })
+        .expect("etcd was spawned")
+}
+
+#[test]
+fn an_etcd_node_boots_through_the_exact_sequence_of_side_effects() {
+    let sys = with_state_disk(machine(
+        "console=ttyS0 kimg.node=etcd-2",
+        "52:54:00:00:00:99",
+    ));
+    sys.healthy_from(Duration::from_secs(3));
+    sys.shutdown_at(Duration::from_secs(10), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    let action = init.run();
+    assert_eq!(action, PowerAction::PowerOff);
+
+    let calls = init.system().calls();
+    let net: Ipv4Net = "10.0.0.12/24".parse().unwrap();
+    let mut expected = Vec::new();
+    for (src, target, fs) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/run", "tmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2"),
+    ] {
+        expected.push(Call::Mkdir(target.into()));
+        expected.push(mount(src, target, fs));
+        if fs == "devtmpfs" {
+            expected.push(Call::AttachConsole);
+        }
+    }
+    expected.extend([
+        Call::LoadModule(
+            "/lib/modules/6.1.0-28-cloud-amd64/kernel/drivers/virtio/virtio_ring.ko".into(),
+        ),
+        Call::LoadModule(
+            "/lib/modules/6.1.0-28-cloud-amd64/kernel/drivers/net/virtio_net.ko.xz".into(),
+        ),
+        Call::LinkUp("lo".into()),
+        Call::LinkUp("eth0".into()),
+        Call::AddAddress("eth0".into(), net),
+        Call::DefaultRoute("10.0.0.1".parse().unwrap()),
+        Call::WriteFile("/etc/resolv.conf".into(), "nameserver 10.0.0.1\n".into()),
+    ]);
+    let prefix_len = expected.len();
+    assert_eq!(&calls[..prefix_len], &expected[..]);
+
+    let rest: Vec<&Call> = calls[prefix_len..]
+        .iter()
+        .filter(|c| !matches!(c, Call::WriteFile(..) | Call::Probe(_)))
+        .collect();
+    let argv = etcd_argv(&calls);
+    assert_eq!(
+        rest,
+        vec![
+            &Call::SetHostname("etcd-2".into()),
+            &Call::Sysctl("net.ipv4.ip_forward".into(), "1".into()),
+            &Call::Mkdir(STATE_DIR.into()),
+            &Call::Mknod("/dev/vda2".into(), 254, 2),
+            &mount("/dev/vda2", STATE_DIR, "ext4"),
+            &Call::Mkdir("/var/log".into()),
+            &Call::Spawn {
+                name: "etcd".into(),
+                argv: argv.clone(),
+                pid: 100
+            },
+            &Call::Signal(100, Signal::Term),
+            &Call::Sync,
+            &Call::Umount(STATE_DIR.into()),
+            &Call::Power(PowerAction::PowerOff),
+        ]
+    );
+    assert!(
+        argv.contains(&"--initial-cluster-state=new".to_string()),
+        "{argv:?}"
+    );
+    assert!(argv.contains(&"--name=etcd-2".to_string()));
+
+    let lines = init.system().console_lines();
+    let pos = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
+    };
+    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-2".to_string()));
+    assert!(lines.contains(&"kimg: network-up iface=eth0 addr=10.0.0.12/24".to_string()));
+    assert!(lines.contains(&"kimg: state kind=ext4 device=/dev/vda2".to_string()));
+    assert!(lines.contains(&"kimg: ready role=etcd node=etcd-2 services=etcd".to_string()));
+    assert!(pos("kimg: modules loaded=2 failed=0") < pos("kimg: booted"));
+    assert!(pos("kimg: booted") < pos("kimg: network-up"));
+    assert!(pos("kimg: service-started name=etcd") < pos("kimg: ready"));
+    assert!(pos("kimg: ready") < pos("kimg: shutdown reason=sigpwr action=poweroff"));
+}
+
+#[test]
+fn ready_waits_for_the_etcd_health_endpoint() {
+    let sys = machine("kimg.node=etcd-1", "52:54:00:00:00:11");
+    sys.healthy_from(Duration::from_secs(4));
+    sys.shutdown_at(Duration::from_secs(8), ShutdownReason::Terminate);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let probes = init
+        .system()
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Probe(u) if u == "https://127.0.0.1:2379/health"))
+        .count();
+    // probed at about 0, 1, 2, 3 and 4 s, then never again once ready
+    assert!((4..=6).contains(&probes), "{probes} probes");
+}
+
+#[test]
+fn a_member_with_data_rejoins_as_existing_and_diskless_machines_use_tmpfs() {
+    let sys = machine("", "52:54:00:00:00:13").with_file("/var/lib/kimg/etcd/member/snap/db", "");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::CtrlAltDel);
+    let mut init = Init::new(sys, timings());
+    assert_eq!(init.run(), PowerAction::Reboot);
+    let calls = init.system().calls();
+    let argv = etcd_argv(&calls);
+    assert!(
+        argv.contains(&"--name=etcd-3".to_string()),
+        "identified by MAC"
+    );
+    assert!(argv.contains(&"--initial-cluster-state=existing".to_string()));
+    assert!(calls.contains(&mount("tmpfs", STATE_DIR, "tmpfs")));
+    assert!(
+        !calls.contains(&Call::Umount(STATE_DIR.into())),
+        "tmpfs is not unmounted"
+    );
+    assert!(init
+        .system()
+        .console_lines()
+        .contains(&"kimg: state kind=tmpfs".to_string()));
+}
+
+#[test]
+fn a_state_partition_that_fails_to_mount_falls_back_to_tmpfs() {
+    let sys =
+        with_state_disk(machine("kimg.node=etcd-1", "52:54:00:00:00:11")).failing("/dev/vda2");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::Terminate);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("kimg: state-mount-failed device=/dev/vda2")));
+    assert!(lines.contains(&"kimg: state kind=tmpfs".to_string()));
+}
+
+#[test]
+fn an_unknown_name_is_retried_forever_and_never_guessed_from_the_mac() {
+    let sys = machine("kimg.node=etcd-9 kimg.colour=red", "52:54:00:00:00:11");
+    sys.shutdown_at(Duration::from_secs(12), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(lines.contains(&"kimg: cmdline-ignored key=kimg.colour reason=unknown-key".to_string()));
+    let failures: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with("kimg: identify-failed reason=unknown-node macs=52:54:00:00:00:11")
+        })
+        .collect();
+    assert_eq!(failures.len(), 3, "attempts at 0, 5 and 10 s: {lines:#?}");
+    assert!(!lines.iter().any(|l| l.starts_with("kimg: booted")));
+    assert!(!init
+        .system()
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::Spawn { .. } | Call::AddAddress(..))));
+    assert_eq!(
+        init.system().calls().last(),
+        Some(&Call::Power(PowerAction::PowerOff))
+    );
+}
+
+#[test]
+fn an_unlisted_machine_says_dhcp_is_unsupported() {
+    let sys = machine("", "52:54:00:aa:bb:cc");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    assert!(init.system().console_lines().iter().any(|l| l.starts_with(
+        "kimg: identify-failed reason=no-match macs=52:54:00:aa:bb:cc dhcp=unsupported"
+    )));
+}
+
+#[test]
+fn a_failing_module_is_reported_and_the_boot_goes_on() {
+    let sys = machine("kimg.node=etcd-1", "52:54:00:00:00:11")
+        .failing("/lib/modules/6.1.0-28-cloud-amd64/kernel/drivers/virtio/virtio_ring.ko");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("kimg: module-failed name=virtio_ring error=")));
+    assert!(lines.contains(&"kimg: modules loaded=1 failed=1".to_string()));
+    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-1".to_string()));
+}
+
+#[test]
+fn a_master_boots_to_ready_with_no_services() {
+    let image = IMAGE.replace("[\"etcd\"]", "[\"master\"]");
+    let sys =
+        machine("kimg.node=master-1", "52:54:00:00:00:21").with_file("/etc/kimg/image.toml", image);
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(
+        lines.contains(&"kimg: ready role=master node=master-1 services=".to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn the_supervisor_survives_a_panic_and_keeps_restarting_services() {
+    let sys = machine("kimg.node=etcd-1", "52:54:00:00:00:11");
+    sys.healthy_from(Duration::ZERO);
+    sys.exit_at(Duration::from_secs(2), 100, ExitStatus::Code(2));
+    sys.shutdown_at(Duration::from_secs(6), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.system().panic_on_next_reap();
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(lines.contains(&"kimg: panic-recovered in=supervisor".to_string()));
+    assert!(lines.contains(&"kimg: service-exited name=etcd code=2 restart-in=1s".to_string()));
+    assert!(
+        lines.contains(&"kimg: service-started name=etcd pid=101".to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn a_broken_image_config_is_reported_and_pid_1_waits_for_power_off() {
+    let sys = machine("", "52:54:00:00:00:11").with_file("/etc/kimg/image.toml", "colour = 1\n");
+    sys.shutdown_at(Duration::from_secs(2), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    assert_eq!(init.run(), PowerAction::PowerOff);
+    assert!(init
+        .system()
+        .console_lines()
+        .iter()
+        .any(|l| l.starts_with("kimg: boot-failed error=\"image.toml:1:")));
+}
