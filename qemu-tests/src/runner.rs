@@ -215,7 +215,10 @@ fn run_build(
     if !scenario.build.kimg.is_empty() {
         let kimg = std::env::var_os("KIMG")
             .map(PathBuf::from)
-            .unwrap_or_else(|| opts.repo.join("target/release/kimg"));
+            .unwrap_or_else(|| {
+                opts.repo
+                    .join("target/x86_64-unknown-linux-gnu/release/kimg")
+            });
         if !kimg.is_file() {
             bail!(
                 "kimg binary not found at {} (cargo build --release, or set KIMG)",
@@ -257,6 +260,14 @@ fn run_build(
 
 impl Lab {
     fn vm_index(&self, name: &str) -> Result<usize> {
+        if let Some(capture) = name.strip_prefix("capture:") {
+            let text = self
+                .captures
+                .get(capture)
+                .ok_or_else(|| anyhow!("no capture {capture:?} to name a vm"))?;
+            let named = text.trim().to_string();
+            return self.vm_index(&named);
+        }
         self.vms
             .iter()
             .position(|v| v.config.name == name)

@@ -36,7 +36,7 @@
 //! ```
 //!
 //! `kimg` entries are argument strings for the kimg binary (`$KIMG`, else
-//! `target/release/kimg` under the repo), split like a shell would; `commands` are `bash -c`
+//! `target/x86_64-unknown-linux-gnu/release/kimg` under the repo), split like a shell would; `commands` are `bash -c`
 //! lines. Both run in the repo root, `kimg` entries first. The placeholders `{work}` (this
 //! run's scratch directory), `{repo}`, `{netns}` and `{scenario_dir}` are replaced in build
 //! entries, VM paths and cmdlines, and step commands; other braces (bash's `${x}`) are left
@@ -56,7 +56,7 @@
 //! | step | meaning |
 //! |---|---|
 //! | `start = "vm"` | power the VM on |
-//! | `kill = "vm"` | SIGKILL its QEMU process: power loss |
+//! | `kill = "vm"` | SIGKILL its QEMU process: power loss. Any step's vm may be `"capture:NAME"`: the VM named by that capture's text, e.g. the current etcd leader |
 //! | `restart = "vm"` | kill if running, then power on again (disks are kept) |
 //! | `link-down = "vm"` / `link-up = "vm"` | unplug / replug its tap from the bridge |
 //! | `wait-console = { vm, pattern, timeout = "60s", event }` | wait for a regex (multi-line mode) in console output written since power-on or since the previous match; records a timeline event (named `event`, else the pattern) |
@@ -523,7 +523,16 @@ fn validate(s: &Scenario, text: &str) -> Result<(), (usize, String)> {
             _ => None,
         };
         if let Some(vm) = vm_ref {
-            if !names.contains(vm.as_str()) {
+            if let Some(capture) = vm.strip_prefix("capture:") {
+                if !captures.contains(capture) {
+                    return Err((
+                        line,
+                        format!(
+                            "vm {vm:?} names capture {capture:?}, which no earlier step records"
+                        ),
+                    ));
+                }
+            } else if !names.contains(vm.as_str()) {
                 return Err((line, format!("step refers to unknown vm {vm:?}")));
             }
         }

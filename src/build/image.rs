@@ -78,17 +78,6 @@ pub struct Manifest {
     pub rootfs_files: usize,
 }
 
-/// What `image.toml` in the image says (read by `kimg init`).
-#[derive(Serialize)]
-#[serde(rename_all = "kebab-case")]
-struct ImageToml<'a> {
-    profile: &'a str,
-    roles: Vec<&'a str>,
-    kernel_version: &'a str,
-    modules: Vec<String>,
-    debug_shell: bool,
-}
-
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
@@ -264,8 +253,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     // 4. Rootfs.
     let step = steps.start("assemble rootfs");
     let kimg = own_binary()?;
-    rootfs.insert_file("init", 0o755, kimg.clone());
-    rootfs.insert_file("usr/bin/kimg", 0o755, kimg);
+    rootfs.insert_file("init", 0o755, kimg);
+    rootfs.insert_symlink("usr/bin/kimg", "/init");
     for d in [
         "dev",
         "proc",
@@ -497,19 +486,24 @@ fn config_tree(
 ) -> Result<Tree, BuildError> {
     let mut t = Tree::new();
     t.insert_file("cluster.toml", 0o644, cluster.to_toml().into_bytes());
-    let image = ImageToml {
-        profile: &profile.name,
-        roles: profile.roles.iter().map(|r| r.as_str()).collect(),
-        kernel_version: &modules.kernel_version,
+    let module_dir = format!("lib/modules/{}/", modules.kernel_version);
+    let image = crate::node::ImageConfig {
+        profile: profile.name.clone(),
+        roles: profile
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        kernel_version: modules.kernel_version.clone(),
         modules: modules
             .load_order
             .iter()
-            .filter_map(|m| modules.paths.get(m).cloned())
+            .filter_map(|m| modules.paths.get(m))
+            .map(|p| p.strip_prefix(&module_dir).unwrap_or(p).to_string())
             .collect(),
         debug_shell: profile.debug_shell,
     };
-    let image = toml::to_string(&image).expect("image.toml always serialises");
-    t.insert_file("image.toml", 0o644, image.into_bytes());
+    t.insert_file("image.toml", 0o644, image.render().into_bytes());
     let pki_dir = pki::pki_dir(&cluster.dir);
     for rel in role::pki_files(cluster, profile) {
         let path = pki_dir.join(&rel);

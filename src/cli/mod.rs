@@ -1,6 +1,7 @@
 //! The command-line surface of `kimg` (clap derive). `main.rs` parses, then calls [`run`].
 //! One file per command group; each turns arguments into calls on the library modules.
 
+mod build;
 mod cluster;
 mod token;
 
@@ -31,6 +32,10 @@ pub enum Command {
     /// Create and inspect cluster definitions: cluster.toml, PKI, CA pin.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Bake a bootable image for a profile (etcd, master, worker, all-in-one).
+    Build(build::BuildArgs),
+    /// List or read the files inside an initrd.img or disk.raw, without root.
+    Inspect(build::InspectArgs),
     /// Manage bootstrap tokens that let workers join (kubeadm semantics).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -74,6 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Token(cmd) => token::run(cmd),
+        Command::Build(args) => build::run(args),
+        Command::Inspect(args) => build::inspect(args),
         Command::Kubeconfig {
             dir,
             server,
