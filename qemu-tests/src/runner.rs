@@ -448,6 +448,11 @@ impl Lab {
             let command = process::netns_bash(self.netns.name(), &cmd, &self.env);
             let (code, text) = process::run_captured(command, &out, per_try)?;
             if code == Some(r.expect_exit) {
+                if r.show {
+                    for line in text.lines() {
+                        println!("           | {line}");
+                    }
+                }
                 if let Some(name) = &r.capture_as {
                     self.captures.insert(name.clone(), text);
                 }

@@ -60,7 +60,7 @@
 //! | `restart = "vm"` | kill if running, then power on again (disks are kept) |
 //! | `link-down = "vm"` / `link-up = "vm"` | unplug / replug its tap from the bridge |
 //! | `wait-console = { vm, pattern, timeout = "60s", event }` | wait for a regex (multi-line mode) in console output written since power-on or since the previous match; records a timeline event (named `event`, else the pattern) |
-//! | `run = { cmd, expect-exit = 0, timeout = "60s", retry-until-success = "30s", capture-as }` | `bash -c cmd` inside the netns; with `retry-until-success` it is repeated (1 s apart) until its exit code equals `expect-exit` or the window closes; stdout+stderr are kept under `capture-as` |
+//! | `run = { cmd, expect-exit = 0, timeout = "60s", retry-until-success = "30s", capture-as, show = false }` | `bash -c cmd` inside the netns; with `retry-until-success` it is repeated (1 s apart) until its exit code equals `expect-exit` or the window closes; stdout+stderr are kept under `capture-as`, and printed with `show = true` |
 //! | `spawn = { name, cmd }` | start a background `bash -c cmd` inside the netns, output to `<work>/<name>.log` |
 //! | `stop = "name"` | SIGTERM the task's process group (SIGKILL after 5 s); its output becomes capture `name` |
 //! | `assert = { capture, contains, not-contains, matches, not-matches }` | check a capture; at least one test |
@@ -270,6 +270,9 @@ pub struct RunStep {
     pub timeout: Dur,
     pub retry_until_success: Option<Dur>,
     pub capture_as: Option<String>,
+    /// Print the command's output in the run log (figures a scenario measures).
+    #[serde(default)]
+    pub show: bool,
 }
 
 #[derive(Debug, Deserialize)]
