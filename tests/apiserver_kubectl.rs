@@ -490,6 +490,44 @@ fn kubectl_session(up: &Up) {
     );
     assert_eq!(code, 413);
 
+    assert_eq!(up.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=p=hunter2",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "secret",
+            "pw",
+            "-o",
+            "jsonpath={.data.p}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    up.ok(&["-n", "demo", "create", "serviceaccount", "bot"]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "clusterip",
+        "headless",
+        "--clusterip=None",
+    ]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "svc", "headless"])
+        .contains("None"));
+    assert!(up
+        .ok(&["apply", "--server-side", "-f", &changed])
+        .contains("serverside-applied"));
     let resources = up.ok(&["api-resources"]);
     for want in [
         "deployments",

@@ -19,6 +19,9 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Decodes a JSON or YAML body into an object (a JSON map).
 pub fn decode(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
+    if media == super::protobuf::MEDIA_TYPE {
+        return super::protobuf::decode(bytes);
+    }
     let json_like = media.is_empty() || media == "*/*" || media.ends_with("json");
     if !json_like && !media.ends_with("yaml") {
         return Err(ApiError::UnsupportedMediaType {

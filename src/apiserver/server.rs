@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::service::service_fn;
@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use super::error::ApiError;
 use super::resources::{self, Resource};
 use super::tls::{user_from_cert, User};
-use super::{discovery, object, rest, watch, State};
+use super::{discovery, object, openapi, rest, watch, State};
 
 /// The body of every response: a whole buffer or a stream (watch).
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -259,15 +259,33 @@ fn authorize(user: Option<&User>, t: &Target, verb: &str) -> Result<(), ApiError
     })
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, object::MAX_BODY).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge {
-            limit: object::MAX_BODY,
-        }),
-        Err(e) => Err(ApiError::ReadBody(e.to_string())),
+/// Reads a request body of at most [`object::MAX_BODY`] bytes. A bigger body is still read
+/// (and dropped) up to [`DRAIN_LIMIT`], so the client is reading when the 413 arrives
+/// instead of seeing its upload cut off.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::ReadBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= object::MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
     }
+    if seen > object::MAX_BODY {
+        return Err(ApiError::BodyTooLarge {
+            limit: object::MAX_BODY,
+        });
+    }
+    Ok(Bytes::from(buf))
 }
+
+/// Bodies announced or found bigger than this are refused without reading on.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 async fn dispatch(
     state: &State,
@@ -290,7 +308,7 @@ async fn dispatch(
         .headers()
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > object::MAX_BODY);
+        .is_some_and(|n| n > DRAIN_LIMIT);
     let route = route(&path);
     if let Ok(Route::Health | Route::Version) = route {
         return match route? {
@@ -325,7 +343,7 @@ async fn dispatch(
         Route::Apis => Ok(discovery::apis(&r)),
         Route::Group(g) => discovery::group(&g),
         Route::GroupVersion(g, v) => discovery::group_version(&g, &v),
-        Route::OpenApi => Err(ApiError::RouteNotFound),
+        Route::OpenApi => openapi::serve(&path),
         Route::AccessReview => discovery::access_review(&r),
         Route::Resource(t) => {
             let verb = verb(&r.method, &t, &r)?;
