@@ -15,9 +15,11 @@
 //! [`service`]). Errors are one [`ApiError`] mapped to a Kubernetes `Status` in one place.
 //!
 //! Limits (phase 2): no RBAC (only `system:masters` is authorized; other users get 403),
-//! no bootstrap-token or service-account-token authentication, no OpenAPI documents, no
-//! shared watch cache (each watch opens a store watch), no garbage collection or graceful
-//! pod deletion, server-side apply is a strategic merge without field ownership.
+//! no bootstrap-token or service-account-token authentication, OpenAPI v3 documents without
+//! schemas (enough for `kubectl apply`/`create`, not for `kubectl explain`), protobuf request
+//! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no shared watch
+//! cache (each watch opens a store watch), no garbage collection or graceful pod deletion,
+//! server-side apply is a strategic merge without field ownership or conflicts.
 
 mod bootstrap;
 mod defaults;
