@@ -189,3 +189,159 @@ pub async fn watch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
     });
     Ok(stream_response(rx))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apiserver::resources::by_plural;
+    use crate::store::{MemoryStore, Store};
+    use http_body_util::BodyExt;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn req(query: &[(&str, &str)]) -> Req {
+        Req {
+            method: hyper::Method::GET,
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+            accept: "application/json".into(),
+            content_type: String::new(),
+            body: Bytes::new(),
+            user: None,
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            res: by_plural("configmaps").expect("cm"),
+            namespace: Some("default".into()),
+            name: None,
+            sub: None,
+        }
+    }
+
+    fn cm(labels: Value) -> Vec<u8> {
+        serde_json::to_vec(
+            &json!({"metadata": {"name": "a", "namespace": "default", "labels": labels}}),
+        )
+        .expect("json")
+    }
+
+    /// Reads `n` watch events from a response body.
+    async fn events(resp: Response, n: usize) -> Vec<Value> {
+        let mut body = resp.into_body();
+        let mut text = String::new();
+        while text.lines().count() < n {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("event in time")
+                .expect("stream open")
+                .expect("frame");
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_a_revision_turns_selector_changes_into_added_and_deleted() {
+        let store = Arc::new(MemoryStore::new());
+        let st = State::for_tests(store.clone());
+        let key = "/registry/configmaps/default/a";
+        let r1 = store
+            .create(key, cm(json!({"app": "x"})))
+            .await
+            .expect("create");
+        let resp = watch(
+            &st,
+            &target(),
+            &req(&[
+                ("watch", "1"),
+                ("resourceVersion", &r1.to_string()),
+                ("labelSelector", "app=web"),
+            ]),
+        )
+        .await
+        .expect("watch");
+        let r2 = store
+            .update(key, cm(json!({"app": "web"})), r1)
+            .await
+            .expect("update");
+        let r3 = store
+            .update(key, cm(json!({"app": "web", "v": "2"})), r2)
+            .await
+            .expect("update");
+        store
+            .update(key, cm(json!({"app": "db"})), r3)
+            .await
+            .expect("update");
+        let evs = events(resp, 3).await;
+        let kinds: Vec<&str> = evs.iter().filter_map(|e| e["type"].as_str()).collect();
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
+        assert_eq!(
+            evs[1]["object"]["metadata"]["resourceVersion"],
+            r3.to_string()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_a_compacted_revision_ends_with_a_410_error_event() {
+        let store = Arc::new(MemoryStore::new());
+        let st = State::for_tests(store.clone());
+        let key = "/registry/configmaps/default/a";
+        let r1 = store.create(key, cm(json!({}))).await.expect("create");
+        let r2 = store
+            .update(key, cm(json!({"v": "2"})), r1)
+            .await
+            .expect("update");
+        store
+            .update(key, cm(json!({"v": "3"})), r2)
+            .await
+            .expect("update");
+        store.compact(r2 + 1).await.expect("compact");
+        let resp = watch(
+            &st,
+            &target(),
+            &req(&[("watch", "1"), ("resourceVersion", &r1.to_string())]),
+        )
+        .await;
+        match resp {
+            Ok(resp) => {
+                let evs = events(resp, 1).await;
+                assert_eq!(evs[0]["type"], "ERROR");
+                assert_eq!(evs[0]["object"]["code"], 410);
+            }
+            Err(e) => assert!(matches!(e, ApiError::Gone { .. }), "{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_without_a_revision_starts_with_the_current_objects() {
+        let store = Arc::new(MemoryStore::new());
+        let st = State::for_tests(store.clone());
+        store
+            .create("/registry/configmaps/default/a", cm(json!({})))
+            .await
+            .expect("create");
+        store
+            .create("/registry/configmaps/other/b", cm(json!({})))
+            .await
+            .expect("create");
+        let resp = watch(&st, &target(), &req(&[("watch", "1")]))
+            .await
+            .expect("watch");
+        store
+            .delete("/registry/configmaps/default/a", None)
+            .await
+            .expect("delete");
+        let evs = events(resp, 2).await;
+        assert_eq!(evs[0]["type"], "ADDED");
+        assert_eq!(evs[1]["type"], "DELETED");
+        assert_eq!(evs[1]["object"]["metadata"]["name"], "a");
+    }
+}
