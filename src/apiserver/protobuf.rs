@@ -6,9 +6,11 @@
 //! back to JSON on 415. How: the body is the `k8s\0` magic followed by a `runtime.Unknown`
 //! (type meta + raw bytes); the raw object is decoded with a small field table per message
 //! into the same JSON the kind has on the wire. Limits: only Namespace, ConfigMap, Secret,
-//! ServiceAccount and Service (with ObjectMeta minus ownerReferences and managedFields); any
-//! other kind or unknown field is refused with 415, never silently dropped. Zero scalars
-//! (`""`, `0`, `false`) are left out, as Go's JSON encoding of these kinds omits them.
+//! ServiceAccount, Service, Pod, Deployment, Job, CronJob and the RBAC kinds, with the fields the
+//! `kubectl create`/`run` generators set; any other kind, or an unlisted field holding a
+//! non-zero value, is refused with 415, never silently dropped. Zero values (`""`, `0`,
+//! `false`, empty messages) are left out, as Go's JSON encoding omits them — which also
+//! drops an explicit `replicas: 0`.
 
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -123,6 +125,124 @@ const SERVICE: &[F] = &[
     (3, "status", Ty::Msg(SERVICE_STATUS), false),
 ];
 
+const ENV_VAR: &[F] = &[(1, "name", Ty::Str, false), (2, "value", Ty::Str, false)];
+const CONTAINER_PORT: &[F] = &[
+    (1, "name", Ty::Str, false),
+    (2, "hostPort", Ty::Int, false),
+    (3, "containerPort", Ty::Int, false),
+    (4, "protocol", Ty::Str, false),
+    (5, "hostIP", Ty::Str, false),
+];
+const CONTAINER: &[F] = &[
+    (1, "name", Ty::Str, false),
+    (2, "image", Ty::Str, false),
+    (3, "command", Ty::Str, true),
+    (4, "args", Ty::Str, true),
+    (5, "workingDir", Ty::Str, false),
+    (6, "ports", Ty::Msg(CONTAINER_PORT), true),
+    (7, "env", Ty::Msg(ENV_VAR), true),
+    (13, "terminationMessagePath", Ty::Str, false),
+    (14, "imagePullPolicy", Ty::Str, false),
+    (16, "stdin", Ty::Bool, false),
+    (17, "stdinOnce", Ty::Bool, false),
+    (18, "tty", Ty::Bool, false),
+    (20, "terminationMessagePolicy", Ty::Str, false),
+];
+const POD_SPEC: &[F] = &[
+    (2, "containers", Ty::Msg(CONTAINER), true),
+    (3, "restartPolicy", Ty::Str, false),
+    (4, "terminationGracePeriodSeconds", Ty::Int, false),
+    (6, "dnsPolicy", Ty::Str, false),
+    (7, "nodeSelector", Ty::MapStr, false),
+    (8, "serviceAccountName", Ty::Str, false),
+    (9, "serviceAccount", Ty::Str, false),
+    (10, "nodeName", Ty::Str, false),
+    (11, "hostNetwork", Ty::Bool, false),
+    (15, "imagePullSecrets", Ty::Msg(LOCAL_REFERENCE), true),
+    (16, "hostname", Ty::Str, false),
+    (17, "subdomain", Ty::Str, false),
+    (19, "schedulerName", Ty::Str, false),
+    (20, "initContainers", Ty::Msg(CONTAINER), true),
+];
+const POD: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(POD_SPEC), false),
+];
+const POD_TEMPLATE: &[F] = POD;
+const LABEL_SELECTOR: &[F] = &[(1, "matchLabels", Ty::MapStr, false)];
+const STRATEGY: &[F] = &[(1, "type", Ty::Str, false)];
+const DEPLOYMENT_SPEC: &[F] = &[
+    (1, "replicas", Ty::Int, false),
+    (2, "selector", Ty::Msg(LABEL_SELECTOR), false),
+    (3, "template", Ty::Msg(POD_TEMPLATE), false),
+    (4, "strategy", Ty::Msg(STRATEGY), false),
+    (5, "minReadySeconds", Ty::Int, false),
+    (6, "revisionHistoryLimit", Ty::Int, false),
+    (7, "paused", Ty::Bool, false),
+    (9, "progressDeadlineSeconds", Ty::Int, false),
+];
+const DEPLOYMENT: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(DEPLOYMENT_SPEC), false),
+];
+const JOB_SPEC: &[F] = &[
+    (1, "parallelism", Ty::Int, false),
+    (2, "completions", Ty::Int, false),
+    (3, "activeDeadlineSeconds", Ty::Int, false),
+    (4, "selector", Ty::Msg(LABEL_SELECTOR), false),
+    (5, "manualSelector", Ty::Bool, false),
+    (6, "template", Ty::Msg(POD_TEMPLATE), false),
+    (7, "backoffLimit", Ty::Int, false),
+    (8, "ttlSecondsAfterFinished", Ty::Int, false),
+    (9, "completionMode", Ty::Str, false),
+    (10, "suspend", Ty::Bool, false),
+];
+const JOB: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(JOB_SPEC), false),
+];
+const CRON_JOB_SPEC: &[F] = &[
+    (1, "schedule", Ty::Str, false),
+    (2, "startingDeadlineSeconds", Ty::Int, false),
+    (3, "concurrencyPolicy", Ty::Str, false),
+    (4, "suspend", Ty::Bool, false),
+    (5, "jobTemplate", Ty::Msg(JOB), false),
+    (6, "successfulJobsHistoryLimit", Ty::Int, false),
+    (7, "failedJobsHistoryLimit", Ty::Int, false),
+    (8, "timeZone", Ty::Str, false),
+];
+const CRON_JOB: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(CRON_JOB_SPEC), false),
+];
+const SUBJECT: &[F] = &[
+    (1, "kind", Ty::Str, false),
+    (2, "apiGroup", Ty::Str, false),
+    (3, "name", Ty::Str, false),
+    (4, "namespace", Ty::Str, false),
+];
+const ROLE_REF: &[F] = &[
+    (1, "apiGroup", Ty::Str, false),
+    (2, "kind", Ty::Str, false),
+    (3, "name", Ty::Str, false),
+];
+const BINDING: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "subjects", Ty::Msg(SUBJECT), true),
+    (3, "roleRef", Ty::Msg(ROLE_REF), false),
+];
+const POLICY_RULE: &[F] = &[
+    (1, "verbs", Ty::Str, true),
+    (2, "apiGroups", Ty::Str, true),
+    (3, "resources", Ty::Str, true),
+    (4, "resourceNames", Ty::Str, true),
+    (5, "nonResourceURLs", Ty::Str, true),
+];
+const ROLE: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "rules", Ty::Msg(POLICY_RULE), true),
+];
+
 fn unsupported(reason: String) -> ApiError {
     tracing::debug!(%reason, "protobuf body refused");
     ApiError::UnsupportedMediaType {
@@ -191,14 +311,42 @@ fn map_entry(b: &[u8], bytes_value: bool) -> Result<(String, Value), ApiError> {
     Ok((key, value))
 }
 
+/// Reads a value of an unlisted field; true if it is a zero value (what the JSON form
+/// omits), which is then safe to leave out.
+fn skip_zero(r: &mut Reader, wire: u64) -> Result<bool, ApiError> {
+    match wire {
+        0 => Ok(r.varint()? == 0),
+        2 => Ok(all_zero(r.bytes()?)),
+        _ => Ok(false),
+    }
+}
+
+/// Whether `b` parses as a message whose fields are all zero values (empty strings, zero
+/// numbers, empty or all-zero messages).
+fn all_zero(b: &[u8]) -> bool {
+    let mut r = Reader { buf: b };
+    loop {
+        match r.tag() {
+            Ok(None) => return true,
+            Ok(Some((_, wire))) => match skip_zero(&mut r, wire) {
+                Ok(true) => {}
+                _ => return false,
+            },
+            Err(_) => return false,
+        }
+    }
+}
+
 fn message(b: &[u8], fields: &[F]) -> Result<Value, ApiError> {
     let mut r = Reader { buf: b };
     let mut out = Map::new();
     while let Some((num, wire)) = r.tag()? {
-        let &(_, name, ty, repeated) = fields
-            .iter()
-            .find(|f| f.0 == num)
-            .ok_or_else(|| unsupported(format!("unknown field {num}")))?;
+        let Some(&(_, name, ty, repeated)) = fields.iter().find(|f| f.0 == num) else {
+            if skip_zero(&mut r, wire)? {
+                continue;
+            }
+            return Err(unsupported(format!("unknown field {num}")));
+        };
         let value = match (ty, wire) {
             (Ty::Int, 0) => json!(r.varint()? as i64),
             (Ty::Bool, 0) => json!(r.varint()? != 0),
@@ -288,6 +436,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("v1", "Secret") => SECRET,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
         ("v1", "Service") => SERVICE,
+        ("v1", "Pod") => POD,
+        ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
+        ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
         _ => return Err(unsupported(format!("protobuf for {api_version} {kind}"))),
     };
     let mut obj = message(raw, schema)?;
@@ -322,8 +476,23 @@ mod tests {
     }
 
     #[test]
-    fn unknown_kinds_fields_and_truncation_are_refused() {
+    fn unlisted_fields_holding_zero_values_are_skipped() {
+        let zero_status = [vec![0x08, 0x00], field(2, b"")].concat();
+        let raw = [field(1, &field(1, b"d")), field(3, &zero_status)].concat();
         let type_meta = [field(1, b"apps/v1"), field(2, b"Deployment")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &raw)].concat();
+        let obj = decode(&body).expect("decode");
+        assert_eq!(obj["metadata"]["name"], "d");
+        assert!(obj.get("status").is_none());
+        let busy_status = field(3, &field(1, b"Running"));
+        let raw = [field(1, &field(1, b"d")), busy_status].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &raw)].concat();
+        assert!(decode(&body).is_err());
+    }
+
+    #[test]
+    fn unknown_kinds_fields_and_truncation_are_refused() {
+        let type_meta = [field(1, b"apps/v1"), field(2, b"StatefulSet")].concat();
         let body = [b"k8s\0".to_vec(), field(1, &type_meta)].concat();
         assert!(matches!(
             decode(&body),
