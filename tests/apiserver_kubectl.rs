@@ -528,6 +528,101 @@ fn kubectl_session(up: &Up) {
     assert!(up
         .ok(&["apply", "--server-side", "-f", &changed])
         .contains("serverside-applied"));
+    // The `kubectl create <kind>` / `run` generators send protobuf bodies.
+    up.ok(&[
+        "-n",
+        "demo",
+        "run",
+        "bb",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "pod",
+            "bb",
+            "-o",
+            "jsonpath={.spec.containers[0].args} {.status.phase}"
+        ]),
+        r#"["sleep","3600"] Pending"#
+    );
+    assert!(up.ok(&["-n", "demo", "get", "pods"]).contains("0/1"));
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "api",
+        "--image=nginx",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "api",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"
+        ]),
+        "2 8080"
+    );
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "date",
+    ]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "cronjobs"])
+        .contains("*/5 * * * *"));
+    up.ok(&[
+        "create",
+        "serviceaccount",
+        "admin-user",
+        "-n",
+        "kube-system",
+    ]);
+    up.ok(&[
+        "create",
+        "clusterrolebinding",
+        "admin-user",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=kube-system:admin-user",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "clusterrolebinding",
+            "admin-user",
+            "-o",
+            "jsonpath={.roleRef.name} {.subjects[0].namespace}"
+        ]),
+        "cluster-admin kube-system"
+    );
     let resources = up.ok(&["api-resources"]);
     for want in [
         "deployments",
