@@ -451,6 +451,24 @@ fn kubectl_session(up: &Up) {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
     assert_eq!(up.curl(false, &[], "/healthz"), (200, "ok".to_string()));
+    // An authenticated user outside system:masters is forbidden until RBAC (phase 2).
+    let (code, body) = up.curl(
+        false,
+        &[
+            "--cert",
+            &up.pki("scheduler.crt"),
+            "--key",
+            &up.pki("scheduler.key"),
+        ],
+        "/api/v1/namespaces/demo/pods",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("system:kube-scheduler")
+            && body.contains("cannot list resource")
+            && body.contains(r#""reason":"Forbidden""#),
+        "{body}"
+    );
     let post = |body: &str| {
         up.curl(
             true,
@@ -647,8 +665,20 @@ fn kubectl_session(up: &Up) {
 
 #[test]
 fn kubectl_drives_kimg_up_on_the_memory_store() {
-    let up = Up::start("memory");
+    let mut up = Up::start("memory");
     kubectl_session(&up);
+    // SIGTERM stops the server cleanly.
+    let pid = up.child.id().to_string();
+    common::tool_ok("kill", &["-TERM", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kimg up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -216,3 +216,43 @@ mod tests {
         assert_eq!(now().len(), 20);
     }
 }
+
+#[cfg(test)]
+mod decode_props {
+    use super::*;
+    use crate::apiserver::resources::RESOURCES;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Regression guard for the request decoders: any bytes under any content type
+        /// give an object or a 4xx error, never a panic.
+        #[test]
+        fn arbitrary_bodies_decode_or_fail_with_a_client_error(
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            ct in prop_oneof![
+                Just("application/json"),
+                Just("application/yaml"),
+                Just("application/vnd.kubernetes.protobuf"),
+                Just("text/plain"),
+            ],
+            which in 0..RESOURCES.len(),
+        ) {
+            let mut prefixed = b"k8s\0".to_vec();
+            prefixed.extend_from_slice(&body);
+            for bytes in [&body, &prefixed] {
+                if let Err(e) = decode_object(bytes, ct, &RESOURCES[which]) {
+                    let code = e.status_object()["code"].as_u64().unwrap_or(0);
+                    prop_assert!((400..500).contains(&code), "{e}");
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_selectors_parse_or_fail_without_panicking(s in "\\PC{0,64}") {
+            let _ = crate::apiserver::Selector::labels(&s);
+            let _ = crate::apiserver::Selector::fields(&s);
+        }
+    }
+}
