@@ -72,6 +72,7 @@ async fn up(dir: &Path, listen: SocketAddr, store: &str) -> anyhow::Result<()> {
         &read("admin.key")?,
     );
     let path = dir.join("admin.conf");
+    let path = std::path::absolute(&path).unwrap_or(path);
     pki::write_atomic(&path, kubeconfig.as_bytes(), 0o600)
         .with_context(|| format!("cannot write {}", path.display()))?;
     tracing::info!(%addr, kubeconfig = %path.display(), "apiserver listening");
