@@ -7,8 +7,10 @@
 //! - [`build`]: Debian package source, rootfs assembly, initramfs, disks, PXE bundle.
 //! - [`node`]: `kimg init` (PID 1), the supervisor, network bring-up.
 //! - [`store`]: the storage trait with its etcd and memory backends.
+//! - [`apiserver`]: the Kubernetes REST API over the store.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
+pub mod apiserver;
 pub mod build;
 pub mod cli;
 pub mod cluster;

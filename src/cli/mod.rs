@@ -4,6 +4,7 @@
 mod build;
 mod cluster;
 mod token;
+mod up;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,18 @@ pub enum Command {
     /// Run as PID 1 of a kimg image: bring the machine up and supervise its role's services.
     #[command(hide = true)]
     Init,
+    /// Run the control plane of a cluster directory here (development, tests): writes
+    /// DIR/admin.conf for the listen address, prints its path, runs until SIGINT/SIGTERM.
+    Up {
+        /// Cluster directory (made by `kimg cluster new`).
+        dir: PathBuf,
+        /// Address to serve HTTPS on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: std::net::SocketAddr,
+        /// `memory`, or `etcd=URL[,URL…]` (https URLs use the cluster's etcd client cert).
+        #[arg(long, default_value = "memory")]
+        store: String,
+    },
     /// Print a shell completion script: `source <(kimg completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -87,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             output,
         } => cluster::kubeconfig(&dir, server, output),
         Command::Init => crate::node::run_init(),
+        Command::Up { dir, listen, store } => up::run(&dir, listen, &store),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

@@ -1,0 +1,100 @@
+//! Objects every cluster has, created idempotently when the apiserver starts: the
+//! namespaces `default`, `kube-system`, `kube-public` and `kube-node-lease`, and the
+//! `kubernetes` Service in `default` on the first address of the service CIDR. Several
+//! masters may race to create them; `AlreadyExists` counts as success.
+//! Limits (phase 1): no RBAC defaults, no bootstrap-token Secret, no `kubernetes` Endpoints.
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::object::{new_uid, now, to_bytes};
+use super::resources::by_plural;
+use super::{defaults, State};
+use crate::store::StoreError;
+
+/// The namespaces a cluster starts with.
+pub const NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+async fn ensure(
+    st: &State,
+    plural: &str,
+    namespace: Option<&str>,
+    mut obj: Value,
+) -> Result<(), ApiError> {
+    let res = by_plural(plural).ok_or(ApiError::RouteNotFound)?;
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let key = res.key(namespace, &name);
+    if st.store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    obj["metadata"]["uid"] = json!(new_uid());
+    obj["metadata"]["creationTimestamp"] = json!(now());
+    defaults::on_create(st, res, &mut obj).await?;
+    match st.store.create(&key, to_bytes(&obj)).await {
+        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates whatever of the bootstrap objects is missing.
+pub async fn run(st: &State) -> Result<(), ApiError> {
+    for ns in NAMESPACES {
+        ensure(
+            st,
+            "namespaces",
+            None,
+            json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    let first = st
+        .service_cidr
+        .hosts()
+        .next()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let svc = json!({
+        "kind": "Service", "apiVersion": "v1",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": first,
+                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+    });
+    ensure(st, "services", Some("default"), svc).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn bootstrap_is_idempotent_and_gives_kubernetes_the_first_service_ip() {
+        let store = Arc::new(MemoryStore::new());
+        let st = State::for_tests(store.clone());
+        run(&st).await.expect("first run");
+        let rev = store.current_revision().await.expect("rev");
+        run(&st).await.expect("second run");
+        assert_eq!(
+            store.current_revision().await.expect("rev"),
+            rev,
+            "nothing rewritten"
+        );
+        let kv = store
+            .get("/registry/services/default/kubernetes")
+            .await
+            .expect("get")
+            .expect("svc");
+        let svc: Value = serde_json::from_slice(&kv.value).expect("json");
+        assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1");
+        assert!(store
+            .get("/registry/namespaces/kube-node-lease")
+            .await
+            .expect("get")
+            .is_some());
+    }
+}

@@ -1,0 +1,274 @@
+//! Discovery and health: `/api`, `/apis`, `/apis/<g>`, `/api/v1`, `/apis/<g>/<v>`,
+//! `/version`, `/healthz`, `/livez`, `/readyz`, and SelfSubjectAccessReview.
+//!
+//! Both discovery formats are served, built from the resource table: the legacy documents
+//! (`APIVersions`, `APIGroupList`, `APIResourceList`), and aggregated discovery
+//! (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`) when the `Accept` header asks for it,
+//! as kubectl 1.32 does first — one request then describes every resource. Limits:
+//! `readyz` checks only that the store answers; protobuf responses are never offered.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::resources::{self, Resource, RESOURCES, VERBS};
+use super::server::{full_response, json_response, Req, Response};
+use super::State;
+
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// The Kubernetes version this apiserver speaks.
+pub const KUBE_MINOR: &str = "32";
+
+/// `/healthz`, `/livez`, `/readyz` (the last also asks the store for its revision).
+pub async fn health(state: &State, path: &str) -> Result<Response, ApiError> {
+    if path.starts_with("/readyz") {
+        state.store.current_revision().await?;
+    }
+    Ok(full_response(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        b"ok".to_vec(),
+    ))
+}
+
+/// `/version`.
+pub fn version() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1",
+            "minor": KUBE_MINOR,
+            "gitVersion": format!("v1.{KUBE_MINOR}.0-kimg.{}", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "rust",
+            "compiler": "rustc",
+            "platform": "linux/amd64",
+        }),
+    )
+}
+
+fn wants_aggregated(req: &Req) -> bool {
+    req.accept
+        .split(',')
+        .next()
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList") && a.contains("v=v2"))
+}
+
+fn scope(r: &Resource) -> &'static str {
+    if r.namespaced {
+        "Namespaced"
+    } else {
+        "Cluster"
+    }
+}
+
+fn subresources(r: &Resource) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    if r.status {
+        out.push((
+            "status",
+            json!({"group": r.group, "version": r.version, "kind": r.kind}),
+        ));
+    }
+    if r.scale {
+        out.push((
+            "scale",
+            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+        ));
+    }
+    out
+}
+
+fn aggregated_group(group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .map(|r| {
+            let subs: Vec<Value> = subresources(r)
+                .into_iter()
+                .map(|(name, kind)| {
+                    json!({"subresource": name, "responseKind": kind,
+                           "verbs": ["get", "patch", "update"]})
+                })
+                .collect();
+            json!({
+                "resource": r.plural,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": scope(r),
+                "singularResource": r.singular,
+                "verbs": VERBS,
+                "shortNames": r.short_names,
+                "categories": r.categories,
+                "subresources": subs,
+            })
+        })
+        .collect();
+    let mut metadata = json!({"creationTimestamp": null});
+    if !group.is_empty() {
+        metadata["name"] = json!(group);
+    }
+    json!({
+        "metadata": metadata,
+        "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+    })
+}
+
+fn aggregated(core: bool) -> Response {
+    let items: Vec<Value> = resources::group_versions()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(g, v)| aggregated_group(g, v))
+        .collect();
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    });
+    full_response(
+        StatusCode::OK,
+        AGGREGATED,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+/// `/api`.
+pub fn api(req: &Req) -> Response {
+    if wants_aggregated(req) {
+        return aggregated(true);
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+        }),
+    )
+}
+
+fn group_object(group: &str) -> Option<Value> {
+    let (g, v) = resources::group_versions()
+        .into_iter()
+        .find(|(g, _)| *g == group && !g.is_empty())?;
+    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+    Some(json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv}))
+}
+
+/// `/apis`.
+pub fn apis(req: &Req) -> Response {
+    if wants_aggregated(req) {
+        return aggregated(false);
+    }
+    let groups: Vec<Value> = resources::group_versions()
+        .into_iter()
+        .filter_map(|(g, _)| group_object(g))
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+    )
+}
+
+/// `/apis/<group>`.
+pub fn group(group: &str) -> Result<Response, ApiError> {
+    let mut g = group_object(group).ok_or(ApiError::RouteNotFound)?;
+    g["kind"] = json!("APIGroup");
+    g["apiVersion"] = json!("v1");
+    Ok(json_response(StatusCode::OK, &g))
+}
+
+/// `/api/v1` and `/apis/<group>/<version>`.
+pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
+    let mut list = Vec::new();
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
+        list.push(json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": VERBS,
+            "shortNames": r.short_names,
+            "categories": r.categories,
+        }));
+        for (sub, kind) in subresources(r) {
+            let mut entry = json!({
+                "name": format!("{}/{sub}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "kind": kind["kind"],
+                "verbs": ["get", "patch", "update"],
+            });
+            if sub == "scale" {
+                entry["group"] = json!("autoscaling");
+                entry["version"] = json!("v1");
+            }
+            list.push(entry);
+        }
+    }
+    if list.is_empty() {
+        return Err(ApiError::RouteNotFound);
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
+    ))
+}
+
+/// `POST …/selfsubjectaccessreviews` (what `kubectl auth can-i` asks): masters may do
+/// everything, everyone else nothing, matching phase 1 authorization.
+pub fn access_review(req: &Req) -> Result<Response, ApiError> {
+    // kubectl sends this as protobuf; the answer does not depend on the question in
+    // phase 1, so a body that is not JSON gets a review without its spec echoed back.
+    let mut review: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| {
+        json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+               "metadata": {}, "spec": {}})
+    });
+    if !review.is_object() {
+        return Err(ApiError::DecodeBody {
+            reason: "a SelfSubjectAccessReview must be an object".into(),
+        });
+    }
+    let allowed = req.user.as_ref().is_some_and(|u| u.is_master());
+    review["status"] = json!({"allowed": allowed});
+    Ok(json_response(StatusCode::CREATED, &review))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_discovery_lists_every_group_with_scale_subresources() {
+        let apps = aggregated_group("apps", "v1");
+        assert_eq!(apps["metadata"]["name"], "apps");
+        let resources = apps["versions"][0]["resources"].as_array().expect("list");
+        let deploy = resources
+            .iter()
+            .find(|r| r["resource"] == "deployments")
+            .expect("deployments");
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["subresources"][1]["subresource"], "scale");
+        assert_eq!(deploy["shortNames"][0], "deploy");
+        let core = aggregated_group("", "v1");
+        assert!(core["metadata"].get("name").is_none());
+    }
+
+    #[test]
+    fn unknown_groups_are_not_found() {
+        assert!(group("example.com").is_err());
+        assert!(group_version("apps", "v2").is_err());
+        assert!(group_version("", "v1").is_ok());
+    }
+}

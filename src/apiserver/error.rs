@@ -1,0 +1,203 @@
+//! The apiserver's one error type and its mapping to the wire.
+//!
+//! What: every failure a request can meet is an [`ApiError`] variant named after what went
+//! wrong. How: [`ApiError::into_response`] is the single place that turns an error into a
+//! Kubernetes `Status` object (`kind: Status`, `reason`, `code`, `details`) and an HTTP code,
+//! so kubectl prints `Error from server (NotFound): …` the way it does against a real cluster.
+//! Limits: `details.causes` is not filled in; field errors are folded into the message.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::server::{json_response, Response};
+use crate::store::StoreError;
+
+/// Why a request failed; see the module docs.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the server could not find the requested resource")]
+    RouteNotFound,
+    #[error("{} \"{name}\" not found", qualified(group, resource))]
+    NotFound {
+        group: String,
+        resource: String,
+        name: String,
+    },
+    #[error("{} \"{name}\" already exists", qualified(group, resource))]
+    AlreadyExists {
+        group: String,
+        resource: String,
+        name: String,
+    },
+    #[error("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", qualified(group, resource))]
+    Conflict {
+        group: String,
+        resource: String,
+        name: String,
+    },
+    #[error("{kind} \"{name}\" is invalid: {reason}")]
+    Invalid {
+        kind: String,
+        name: String,
+        reason: String,
+    },
+    #[error("{reason}")]
+    DecodeBody { reason: String },
+    #[error("{reason}")]
+    BadQuery { reason: String },
+    #[error("{reason}")]
+    BadPatch { reason: String },
+    #[error("the body of the request was in an unknown format - accepted media types include: {accepted}")]
+    UnsupportedMediaType { accepted: &'static str },
+    #[error("request entity too large: limit is {limit}")]
+    BodyTooLarge { limit: usize },
+    #[error("cannot read the request body: {0}")]
+    ReadBody(String),
+    #[error("Unauthorized")]
+    Unauthenticated,
+    #[error("{resource} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}")]
+    Forbidden {
+        user: String,
+        verb: String,
+        group: String,
+        resource: String,
+        scope: String,
+    },
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("too old resource version: {requested}")]
+    Gone { requested: i64 },
+    #[error("storage error: {0}")]
+    Store(#[source] StoreError),
+}
+
+/// `deployments.apps`, or `pods` for the core group, as Kubernetes names resources in messages.
+fn qualified(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted { requested, .. } => ApiError::Gone { requested },
+            other => ApiError::Store(other),
+        }
+    }
+}
+
+impl ApiError {
+    /// The HTTP code and the `Status.reason` of this error.
+    fn code_and_reason(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            RouteNotFound | NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+            AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
+            Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            DecodeBody { .. } | BadQuery { .. } | ReadBody(_) => {
+                (StatusCode::BAD_REQUEST, "BadRequest")
+            }
+            BadPatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
+            }
+            BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Gone { .. } => (StatusCode::GONE, "Expired"),
+            Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+        }
+    }
+
+    /// The `Status` object for this error (also sent as a watch `ERROR` event).
+    pub fn status_object(&self) -> Value {
+        let (code, reason) = self.code_and_reason();
+        let mut message = self.to_string();
+        if let ApiError::Store(e) = self {
+            let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+            while let Some(s) = source {
+                message.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+        }
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code.as_u16(),
+        });
+        let details = match self {
+            ApiError::NotFound {
+                group,
+                resource,
+                name,
+            }
+            | ApiError::AlreadyExists {
+                group,
+                resource,
+                name,
+            }
+            | ApiError::Conflict {
+                group,
+                resource,
+                name,
+            } => Some(json!({"name": name, "group": group, "kind": resource})),
+            ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Forbidden {
+                group, resource, ..
+            } => Some(json!({"group": group, "kind": resource})),
+            _ => None,
+        };
+        if let Some(d) = details {
+            status["details"] = d;
+        }
+        status
+    }
+
+    /// The one mapping of errors to HTTP responses.
+    pub fn into_response(self) -> Response {
+        let (code, _) = self.code_and_reason();
+        if code.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        json_response(code, &self.status_object())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compacted_store_read_becomes_410_expired() {
+        let e: ApiError = StoreError::Compacted {
+            requested: 3,
+            compacted_revision: Some(9),
+        }
+        .into();
+        let s = e.status_object();
+        assert_eq!(s["code"], 410);
+        assert_eq!(s["reason"], "Expired");
+    }
+
+    #[test]
+    fn not_found_names_the_resource_like_kubernetes() {
+        let e = ApiError::NotFound {
+            group: String::new(),
+            resource: "configmaps".into(),
+            name: "x".into(),
+        };
+        let s = e.status_object();
+        assert_eq!(s["message"], "configmaps \"x\" not found");
+        assert_eq!(s["details"]["kind"], "configmaps");
+        assert_eq!(s["code"], 404);
+    }
+}

@@ -1,0 +1,478 @@
+//! The resource registry: which kinds the apiserver serves and where they are stored.
+//!
+//! What: one static table row per resource (group, version, kind, plural, scope, short
+//! names, categories, subresources). Discovery, routing, storage keys and Table output all
+//! read this table, so adding a kind is adding a row. How: objects live under
+//! `/registry/<plural>/<namespace>/<name>` (cluster-scoped: `/registry/<plural>/<name>`) as
+//! JSON, like Kubernetes lays out etcd. Limits: one version per group; plurals are unique
+//! across groups (no `events.k8s.io` events next to core events yet).
+
+/// How a resource's object names are validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// RFC 1123 subdomain: lowercase alphanumerics, `-` and `.`, at most 253 characters.
+    Subdomain,
+    /// RFC 1123 label: lowercase alphanumerics and `-`, at most 63 characters.
+    Label,
+    /// RFC 1035 label: an RFC 1123 label that starts with a letter (Services).
+    Rfc1035Label,
+    /// RBAC names: anything without `/` or `%`, and not `.` or `..`.
+    PathSegment,
+}
+
+/// One served resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Has a `status` subresource (the main endpoint then leaves `.status` alone).
+    pub status: bool,
+    /// Has a `scale` subresource (`autoscaling/v1` Scale over `.spec.replicas`).
+    pub scale: bool,
+    pub names: NameRule,
+}
+
+const ALL: &[&str] = &["all"];
+
+const fn r(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+) -> Resource {
+    Resource {
+        group,
+        version,
+        kind,
+        plural,
+        singular,
+        namespaced,
+        short_names,
+        categories: &[],
+        status: false,
+        scale: false,
+        names: NameRule::Subdomain,
+    }
+}
+
+const fn with_status(mut res: Resource) -> Resource {
+    res.status = true;
+    res
+}
+
+const fn in_all(mut res: Resource) -> Resource {
+    res.categories = ALL;
+    res
+}
+
+const fn scalable(mut res: Resource) -> Resource {
+    res.status = true;
+    res.scale = true;
+    res.categories = ALL;
+    res
+}
+
+const fn named(mut res: Resource, names: NameRule) -> Resource {
+    res.names = names;
+    res
+}
+
+/// Every served resource, in discovery order.
+pub static RESOURCES: &[Resource] = &[
+    named(
+        with_status(r(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            "namespace",
+            false,
+            &["ns"],
+        )),
+        NameRule::Label,
+    ),
+    with_status(r("", "v1", "Node", "nodes", "node", false, &["no"])),
+    in_all(with_status(r(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+    ))),
+    named(
+        in_all(with_status(r(
+            "",
+            "v1",
+            "Service",
+            "services",
+            "service",
+            true,
+            &["svc"],
+        ))),
+        NameRule::Rfc1035Label,
+    ),
+    r(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+    ),
+    r(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+    ),
+    r("", "v1", "Secret", "secrets", "secret", true, &[]),
+    r(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+    ),
+    r("", "v1", "Event", "events", "event", true, &["ev"]),
+    with_status(r(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        "persistentvolume",
+        false,
+        &["pv"],
+    )),
+    with_status(r(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        true,
+        &["pvc"],
+    )),
+    scalable(r(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        "replicationcontroller",
+        true,
+        &["rc"],
+    )),
+    scalable(r(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+    )),
+    scalable(r(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+    )),
+    scalable(r(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+    )),
+    in_all(with_status(r(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+    ))),
+    r(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        &[],
+    ),
+    in_all(with_status(r(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        true,
+        &[],
+    ))),
+    in_all(with_status(r(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        "cronjob",
+        true,
+        &["cj"],
+    ))),
+    r(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+    ),
+    r(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+    ),
+    with_status(r(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        "ingress",
+        true,
+        &["ing"],
+    )),
+    named(
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            "role",
+            true,
+            &[],
+        ),
+        NameRule::PathSegment,
+    ),
+    named(
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            "rolebinding",
+            true,
+            &[],
+        ),
+        NameRule::PathSegment,
+    ),
+    named(
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            "clusterrole",
+            false,
+            &[],
+        ),
+        NameRule::PathSegment,
+    ),
+    named(
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            "clusterrolebinding",
+            false,
+            &[],
+        ),
+        NameRule::PathSegment,
+    ),
+    with_status(r(
+        "certificates.k8s.io",
+        "v1",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        false,
+        &["csr"],
+    )),
+];
+
+/// The verbs every resource supports (discovery lists them; kubectl checks them).
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+impl Resource {
+    /// `v1` or `<group>/<version>`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The storage key of one object.
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/{name}", self.plural),
+            None => format!("/registry/{}/{name}", self.plural),
+        }
+    }
+
+    /// The storage prefix of a collection (one namespace, or all of them).
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        match namespace.filter(|_| self.namespaced) {
+            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
+            None => format!("/registry/{}/", self.plural),
+        }
+    }
+}
+
+/// The resource served at `<group>/<version>/<plural>`.
+pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// The resource with this plural (plurals are unique in the table).
+pub fn by_plural(plural: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.plural == plural)
+}
+
+/// Served `(group, version)` pairs in discovery order, core first.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+/// Checks an object name against the resource's rule; `Err` holds Kubernetes' wording.
+pub fn validate_name(rule: NameRule, name: &str) -> Result<(), String> {
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    match rule {
+        NameRule::Subdomain => {
+            if name.len() <= 253 && name.split('.').all(label_ok) {
+                Ok(())
+            } else {
+                Err(format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"))
+            }
+        }
+        NameRule::Label => {
+            if label_ok(name) {
+                Ok(())
+            } else {
+                Err(format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"))
+            }
+        }
+        NameRule::Rfc1035Label => {
+            if label_ok(name) && name.as_bytes()[0].is_ascii_lowercase() {
+                Ok(())
+            } else {
+                Err(format!("metadata.name: Invalid value: \"{name}\": a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character"))
+            }
+        }
+        NameRule::PathSegment => {
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) {
+                Err(format!(
+                    "metadata.name: Invalid value: \"{name}\": may not contain '/' or '%'"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_are_unique_so_storage_prefixes_never_collide() {
+        for (i, a) in RESOURCES.iter().enumerate() {
+            for b in &RESOURCES[i + 1..] {
+                assert_ne!(a.plural, b.plural);
+            }
+        }
+    }
+
+    #[test]
+    fn keys_follow_the_kubernetes_registry_layout() {
+        let pods = find("", "v1", "pods").expect("pods");
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
+        );
+        assert_eq!(pods.prefix(None), "/registry/pods/");
+        let ns = by_plural("namespaces").expect("namespaces");
+        assert_eq!(
+            ns.key(Some("ignored"), "kube-system"),
+            "/registry/namespaces/kube-system"
+        );
+        assert_eq!(
+            find("apps", "v1", "deployments").map(|d| d.api_version()),
+            Some("apps/v1".into())
+        );
+    }
+
+    #[test]
+    fn names_are_checked_with_the_resource_rule() {
+        assert!(validate_name(NameRule::Subdomain, "a.b-c").is_ok());
+        assert!(validate_name(NameRule::Subdomain, "Bad_Name").is_err());
+        assert!(validate_name(NameRule::Label, "a.b").is_err());
+        assert!(validate_name(NameRule::Rfc1035Label, "1abc").is_err());
+        assert!(validate_name(NameRule::Rfc1035Label, "abc1").is_ok());
+        assert!(validate_name(NameRule::PathSegment, "system:node").is_ok());
+        assert!(validate_name(NameRule::Subdomain, &"a".repeat(254)).is_err());
+    }
+}

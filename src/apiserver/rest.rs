@@ -1,0 +1,599 @@
+//! The verbs on objects: get, create, update (PUT), patch, delete and deletecollection,
+//! plus the `status` and `scale` subresources.
+//!
+//! How: every write reads the current object, computes the new one, and writes it with the
+//! store's compare-and-swap on `mod_revision`. An update that names a `resourceVersion`
+//! fails with 409 Conflict when it is stale; patches and updates without one retry on a
+//! concurrent write. Rules kept on every update: `uid`, `creationTimestamp`, `name`,
+//! `namespace` and deletion fields are the server's; `generation` grows when `.spec`
+//! changes; on kinds with a `status` subresource the main endpoint leaves `.status` alone and
+//! the `status` endpoint changes only `.status`; an unchanged object is not rewritten.
+//! Deleting an object with finalizers only sets `deletionTimestamp`; the update that
+//! empties its finalizers then deletes it. Limits (phase 1): pods are deleted at once (no
+//! kubelet grace period yet); no `ownerReferences` garbage collection; deleting a namespace
+//! deletes its objects directly instead of through a namespace controller.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::list::{list_objects, ListQuery};
+use super::object::{
+    self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
+};
+use super::patch::{self, PatchKind};
+use super::resources::{self, Resource, RESOURCES};
+use super::server::{json_response, Req, Response, Target};
+use super::{defaults, table, State};
+use crate::store::StoreError;
+
+fn name_of(t: &Target) -> &str {
+    t.name.as_deref().unwrap_or_default()
+}
+
+fn not_found(res: &Resource, name: &str) -> ApiError {
+    ApiError::NotFound {
+        group: res.group.into(),
+        resource: res.plural.into(),
+        name: name.into(),
+    }
+}
+
+fn conflict(res: &Resource, name: &str) -> ApiError {
+    ApiError::Conflict {
+        group: res.group.into(),
+        resource: res.plural.into(),
+        name: name.into(),
+    }
+}
+
+fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound { .. } => not_found(res, name),
+        StoreError::Conflict { .. } => conflict(res, name),
+        StoreError::AlreadyExists { .. } => ApiError::AlreadyExists {
+            group: res.group.into(),
+            resource: res.plural.into(),
+            name: name.into(),
+        },
+        other => other.into(),
+    }
+}
+
+fn invalid(res: &Resource, name: &str, reason: String) -> ApiError {
+    ApiError::Invalid {
+        kind: res.kind.into(),
+        name: name.into(),
+        reason,
+    }
+}
+
+/// Reads one object and its `mod_revision`.
+async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
+    let key = t.res.key(t.namespace.as_deref(), name_of(t));
+    let kv = st
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| not_found(t.res, name_of(t)))?;
+    Ok((object::from_kv(&kv)?, kv.mod_revision))
+}
+
+/// The `autoscaling/v1` Scale view of a scalable object.
+fn scale_of(obj: &Value) -> Value {
+    let labels = obj
+        .pointer("/spec/selector/matchLabels")
+        .or_else(|| {
+            obj.pointer("/spec/selector")
+                .filter(|_| obj["kind"] == "ReplicationController")
+        })
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let meta = &obj["metadata"];
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": labels,
+        },
+    })
+}
+
+fn respond(t: &Target, req: &Req, code: StatusCode, obj: Value) -> Response {
+    if t.sub.as_deref() == Some("scale") {
+        return json_response(code, &scale_of(&obj));
+    }
+    if req.wants_table() {
+        let rv = meta_str(&obj, "resourceVersion")
+            .unwrap_or_default()
+            .to_string();
+        return json_response(code, &table::table(t.res, &[obj], req, &rv, None));
+    }
+    json_response(code, &obj)
+}
+
+/// GET of one object (or its subresource).
+pub async fn get(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let (obj, _) = read(st, t).await?;
+    Ok(respond(t, req, StatusCode::OK, obj))
+}
+
+/// LIST of a collection.
+pub async fn list(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let q = ListQuery::from_req(req)?;
+    let page = list_objects(st, t.res, t.namespace.as_deref(), &q).await?;
+    if req.wants_table() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(
+                t.res,
+                &page.items,
+                req,
+                &page.revision.to_string(),
+                page.continue_token.as_deref(),
+            ),
+        ));
+    }
+    let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+    if let Some(c) = &page.continue_token {
+        metadata["continue"] = json!(c);
+        metadata["remainingItemCount"] = json!(page.remaining);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", t.res.kind),
+            "apiVersion": t.res.api_version(),
+            "metadata": metadata,
+            "items": page.items,
+        }),
+    ))
+}
+
+async fn ensure_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
+    let ns_res = resources::by_plural("namespaces").ok_or(ApiError::RouteNotFound)?;
+    match st.store.get(&ns_res.key(None, ns)).await? {
+        Some(_) => Ok(()),
+        None => Err(not_found(ns_res, ns)),
+    }
+}
+
+/// Checks the body's namespace against the path's and sets it (or removes it).
+fn place(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
+    let meta = meta_mut(obj);
+    if !t.res.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let path_ns = t.namespace.clone().ok_or(ApiError::MethodNotAllowed)?;
+    match meta.get("namespace").and_then(Value::as_str) {
+        Some(ns) if !ns.is_empty() && ns != path_ns => Err(ApiError::DecodeBody {
+            reason: "the namespace of the provided object does not match the namespace sent on the request".into(),
+        }),
+        _ => {
+            meta.insert("namespace".into(), json!(path_ns));
+            Ok(())
+        }
+    }
+}
+
+/// Stamps a new object with its name, uid, timestamps and generation; runs defaulting;
+/// stores it. Shared by POST and server-side apply of a missing object.
+async fn create_object(
+    st: &State,
+    t: &Target,
+    req: &Req,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    place(t, &mut obj)?;
+    let res = t.res;
+    let meta = meta_mut(&mut obj);
+    let name = match (
+        meta.get("name").and_then(Value::as_str),
+        meta.get("generateName").and_then(Value::as_str),
+    ) {
+        (Some(n), _) if !n.is_empty() => n.to_string(),
+        (_, Some(g)) if !g.is_empty() => object::generate_name(g),
+        _ => {
+            return Err(invalid(
+                res,
+                "",
+                "metadata.name: Required value: name or generateName is required".into(),
+            ))
+        }
+    };
+    if let Some(path_name) = &t.name {
+        if *path_name != name {
+            return Err(ApiError::DecodeBody {
+                reason: format!("the name of the object ({name}) does not match the name on the URL ({path_name})"),
+            });
+        }
+    }
+    resources::validate_name(res.names, &name).map_err(|r| invalid(res, &name, r))?;
+    meta.insert("name".into(), json!(name));
+    meta.insert("uid".into(), json!(object::new_uid()));
+    meta.insert("creationTimestamp".into(), json!(now()));
+    for server_owned in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
+        meta.remove(server_owned);
+    }
+    if obj.get("spec").is_some() {
+        meta_mut(&mut obj).insert("generation".into(), json!(1));
+    } else {
+        meta_mut(&mut obj).remove("generation");
+    }
+    if let Some(ns) = &t.namespace {
+        if res.namespaced {
+            ensure_namespace(st, ns).await?;
+        }
+    }
+    defaults::on_create(st, res, &mut obj).await?;
+    if req.q("dryRun").is_some() {
+        return Ok(obj);
+    }
+    let key = res.key(t.namespace.as_deref(), &name);
+    let rev = st
+        .store
+        .create(&key, to_bytes(&obj))
+        .await
+        .map_err(|e| store_err(res, &name, e))?;
+    set_rv(&mut obj, rev);
+    Ok(obj)
+}
+
+/// POST to a collection.
+pub async fn create(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let obj = decode_object(&req.body, &req.content_type, t.res)?;
+    let obj = create_object(st, t, req, obj).await?;
+    Ok(respond(t, req, StatusCode::CREATED, obj))
+}
+
+/// The object an update really writes, given the stored one and the requested one.
+fn merge_update(t: &Target, old: &Value, mut new: Value) -> Value {
+    if t.sub.as_deref() == Some("status") {
+        let mut out = old.clone();
+        match new.get("status") {
+            Some(s) => out["status"] = s.clone(),
+            None => {
+                if let Some(m) = out.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+        return out;
+    }
+    let old_meta = old.get("metadata").cloned().unwrap_or_default();
+    let meta = meta_mut(&mut new);
+    for kept in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "name",
+        "namespace",
+        "generation",
+    ] {
+        match old_meta.get(kept) {
+            Some(v) => meta.insert(kept.into(), v.clone()),
+            None => meta.remove(kept),
+        };
+    }
+    if t.res.status {
+        match old.get("status") {
+            Some(s) => new["status"] = s.clone(),
+            None => {
+                if let Some(m) = new.as_object_mut() {
+                    m.remove("status");
+                }
+            }
+        }
+    }
+    if let Some(g) = old_meta.get("generation").and_then(Value::as_i64) {
+        let bumped = if old.get("spec") != new.get("spec") {
+            g + 1
+        } else {
+            g
+        };
+        meta_mut(&mut new).insert("generation".into(), json!(bumped));
+    }
+    new
+}
+
+/// Writes `new` over `old` (read at `expected`), applying the update rules.
+async fn commit(
+    st: &State,
+    t: &Target,
+    req: &Req,
+    old: Value,
+    new: Value,
+    expected: i64,
+) -> Result<Value, ApiError> {
+    let res = t.res;
+    let name = name_of(t).to_string();
+    let mut new = merge_update(t, &old, new);
+    defaults::on_update(st, res, &old, &mut new).await?;
+    let key = res.key(t.namespace.as_deref(), &name);
+    if to_bytes(&new) == to_bytes(&old) && rv_of(&old)? == Some(expected) {
+        return Ok(old);
+    }
+    if req.q("dryRun").is_some() {
+        return Ok(new);
+    }
+    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
+        && new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .map_or(true, Vec::is_empty);
+    if finalized {
+        let (rev, _) = st
+            .store
+            .delete(&key, Some(expected))
+            .await
+            .map_err(|e| store_err(res, &name, e))?;
+        set_rv(&mut new, rev);
+        return Ok(new);
+    }
+    let rev = st
+        .store
+        .update(&key, to_bytes(&new), expected)
+        .await
+        .map_err(|e| store_err(res, &name, e))?;
+    set_rv(&mut new, rev);
+    Ok(new)
+}
+
+/// Checks that the body names the object of the URL.
+fn same_name(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
+    let path_name = name_of(t).to_string();
+    let meta = meta_mut(obj);
+    match meta.get("name").and_then(Value::as_str) {
+        Some(n) if n != path_name => Err(ApiError::DecodeBody {
+            reason: format!(
+                "the name of the object ({n}) does not match the name on the URL ({path_name})"
+            ),
+        }),
+        _ => {
+            meta.insert("name".into(), json!(path_name));
+            Ok(())
+        }
+    }
+}
+
+/// PUT of an object, its status or its scale.
+pub async fn update(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let (old, old_rev) = read(st, t).await?;
+    let (new, wanted) = if t.sub.as_deref() == Some("scale") {
+        let scale = decode(&req.body, &req.content_type)?;
+        let replicas = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+        let mut new = old.clone();
+        new["spec"]["replicas"] = replicas;
+        (new, rv_of(&scale)?)
+    } else {
+        let mut new = decode_object(&req.body, &req.content_type, t.res)?;
+        same_name(t, &mut new)?;
+        place(t, &mut new)?;
+        let wanted = rv_of(&new)?;
+        (new, wanted)
+    };
+    let obj = commit(st, t, req, old, new, wanted.unwrap_or(old_rev)).await?;
+    Ok(respond(t, req, StatusCode::OK, obj))
+}
+
+/// PATCH of an object, its status or its scale; server-side apply creates missing objects.
+pub async fn patch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let kind = PatchKind::from_content_type(&req.content_type).ok_or(
+        ApiError::UnsupportedMediaType {
+            accepted: "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
+        },
+    )?;
+    let body_type = if kind == PatchKind::Apply {
+        "yaml"
+    } else {
+        "json"
+    };
+    let p = decode(&req.body, body_type)?;
+    for _ in 0..16 {
+        let (old, old_rev) = match read(st, t).await {
+            Ok(x) => x,
+            Err(ApiError::NotFound { .. }) if kind == PatchKind::Apply && t.sub.is_none() => {
+                let mut obj = p.clone();
+                check_kind(&mut obj, t.res)?;
+                let obj = create_object(st, t, req, obj).await?;
+                return Ok(respond(t, req, StatusCode::CREATED, obj));
+            }
+            Err(e) => return Err(e),
+        };
+        let mut new = if t.sub.as_deref() == Some("scale") {
+            let mut scale = scale_of(&old);
+            patch::apply(kind, &mut scale, &p)?;
+            let mut new = old.clone();
+            new["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+            new
+        } else {
+            let mut new = old.clone();
+            patch::apply(kind, &mut new, &p)?;
+            new
+        };
+        check_kind(&mut new, t.res)?;
+        same_name(t, &mut new)?;
+        let precondition = rv_of(&new)?;
+        if precondition.is_some_and(|rv| rv != old_rev) {
+            return Err(conflict(t.res, name_of(t)));
+        }
+        match commit(st, t, req, old, new, old_rev).await {
+            Err(ApiError::Conflict { .. }) => continue,
+            Ok(obj) => return Ok(respond(t, req, StatusCode::OK, obj)),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(conflict(t.res, name_of(t)))
+}
+
+/// Deletes every object in a namespace (phase 1 stands in for the namespace controller).
+async fn empty_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
+    for res in RESOURCES.iter().filter(|r| r.namespaced) {
+        let page = st
+            .store
+            .list(&res.prefix(Some(ns)), Default::default())
+            .await?;
+        for kv in page.items {
+            match st.store.delete(&kv.key, None).await {
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one object, or marks it for deletion when it has finalizers.
+async fn delete_object(st: &State, t: &Target, req: &Req) -> Result<Value, ApiError> {
+    let (old, rev) = read(st, t).await?;
+    if req.q("dryRun").is_some() {
+        return Ok(old);
+    }
+    let has_finalizers = old
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if has_finalizers {
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(old);
+        }
+        let mut new = old.clone();
+        meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now()));
+        meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
+        let key = t.res.key(t.namespace.as_deref(), name_of(t));
+        let rev = st
+            .store
+            .update(&key, to_bytes(&new), rev)
+            .await
+            .map_err(|e| store_err(t.res, name_of(t), e))?;
+        set_rv(&mut new, rev);
+        return Ok(new);
+    }
+    if t.res.plural == "namespaces" {
+        empty_namespace(st, name_of(t)).await?;
+    }
+    let key = t.res.key(t.namespace.as_deref(), name_of(t));
+    let (rev, _) = st
+        .store
+        .delete(&key, Some(rev))
+        .await
+        .map_err(|e| store_err(t.res, name_of(t), e))?;
+    let mut gone = old;
+    set_rv(&mut gone, rev);
+    Ok(gone)
+}
+
+/// DELETE of one object.
+pub async fn delete(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    if t.sub.is_some() {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let obj = delete_object(st, t, req).await?;
+    Ok(json_response(StatusCode::OK, &obj))
+}
+
+/// DELETE of a collection: every object the selectors match.
+pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let q = ListQuery::from_req(req)?;
+    let page = list_objects(st, t.res, t.namespace.as_deref(), &q).await?;
+    let mut deleted = Vec::new();
+    for obj in page.items {
+        let one = Target {
+            res: t.res,
+            namespace: meta_str(&obj, "namespace").map(str::to_string),
+            name: meta_str(&obj, "name").map(str::to_string),
+            sub: None,
+        };
+        match delete_object(st, &one, req).await {
+            Ok(o) => deleted.push(o),
+            Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
+                "metadata": {}, "items": deleted}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(plural: &str, sub: Option<&str>) -> Target {
+        Target {
+            res: resources::by_plural(plural).expect("resource"),
+            namespace: Some("default".into()),
+            name: Some("d".into()),
+            sub: sub.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn updates_keep_server_fields_and_bump_generation_only_on_spec_changes() {
+        let old = json!({"metadata": {"name": "d", "uid": "u1", "generation": 2,
+                                      "creationTimestamp": "t"},
+                         "spec": {"replicas": 1}, "status": {"replicas": 1}});
+        let t = target("deployments", None);
+        let same_spec = json!({"metadata": {"name": "d", "uid": "forged", "labels": {"a": "b"}},
+                               "spec": {"replicas": 1}, "status": {"replicas": 9}});
+        let out = merge_update(&t, &old, same_spec);
+        assert_eq!(out["metadata"]["uid"], "u1");
+        assert_eq!(out["metadata"]["generation"], 2);
+        assert_eq!(out["metadata"]["labels"]["a"], "b");
+        assert_eq!(
+            out["status"]["replicas"], 1,
+            "main endpoint leaves status alone"
+        );
+        let new_spec = json!({"metadata": {"name": "d"}, "spec": {"replicas": 3}});
+        assert_eq!(
+            merge_update(&t, &old, new_spec)["metadata"]["generation"],
+            3
+        );
+    }
+
+    #[test]
+    fn the_status_endpoint_changes_only_status() {
+        let old = json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}});
+        let t = target("deployments", Some("status"));
+        let out = merge_update(
+            &t,
+            &old,
+            json!({"spec": {"replicas": 5}, "status": {"readyReplicas": 1}}),
+        );
+        assert_eq!(out["spec"]["replicas"], 1);
+        assert_eq!(out["status"]["readyReplicas"], 1);
+    }
+
+    #[test]
+    fn the_scale_view_reads_replicas_and_the_selector() {
+        let d = json!({"kind": "Deployment", "metadata": {"name": "d", "resourceVersion": "4"},
+                       "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}},
+                       "status": {"replicas": 1}});
+        let s = scale_of(&d);
+        assert_eq!(s["spec"]["replicas"], 2);
+        assert_eq!(s["status"]["selector"], "app=web");
+        assert_eq!(s["metadata"]["resourceVersion"], "4");
+    }
+}

@@ -1,0 +1,489 @@
+//! HTTPS serving, request routing and authorization.
+//!
+//! How: one tokio task per TLS connection (HTTP/1.1 or HTTP/2 by ALPN, hyper-util's auto
+//! builder); the client certificate authenticates the connection ([`super::tls`]). Each
+//! request is parsed into a [`Route`], authorized, and dispatched to discovery or to a verb
+//! on a resource. Phase 1 authorization: `system:masters` may do everything; any other
+//! authenticated user may read discovery and `/version` and gets 403 for resources (RBAC is
+//! phase 2); anonymous clients may read only `/healthz`, `/livez`, `/readyz` and `/version`
+//! and get 401 otherwise.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use super::error::ApiError;
+use super::resources::{self, Resource};
+use super::tls::{user_from_cert, User};
+use super::{discovery, object, openapi, rest, watch, State};
+
+/// The body of every response: a whole buffer or a stream (watch).
+pub type Body = BoxBody<Bytes, std::io::Error>;
+/// An HTTP response.
+pub type Response = hyper::Response<Body>;
+
+/// A response with a body and content type.
+pub fn full_response(code: StatusCode, content_type: &str, bytes: Vec<u8>) -> Response {
+    let mut r = hyper::Response::new(
+        Full::new(Bytes::from(bytes))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    *r.status_mut() = code;
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// A JSON response.
+pub fn json_response(code: StatusCode, v: &Value) -> Response {
+    full_response(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+}
+
+/// A streaming (chunked) response fed by `rx`; it ends when the sender is dropped.
+pub fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    });
+    let mut r = hyper::Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// A parsed request, handed to the verbs.
+pub struct Req {
+    pub method: Method,
+    pub query: HashMap<String, String>,
+    pub accept: String,
+    pub content_type: String,
+    pub body: Bytes,
+    pub user: Option<User>,
+}
+
+impl Req {
+    /// A query parameter.
+    pub fn q(&self, name: &str) -> Option<&str> {
+        self.query.get(name).map(String::as_str)
+    }
+
+    /// Whether a boolean query parameter is set (`1` or `true`).
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.q(name), Some("1" | "true"))
+    }
+
+    /// Whether the client asked for `meta.k8s.io/v1` Table output.
+    pub fn wants_table(&self) -> bool {
+        self.accept
+            .split(',')
+            .next()
+            .is_some_and(|first| first.contains("as=Table") && first.contains("g=meta.k8s.io"))
+    }
+}
+
+/// A resource request: collection, object or subresource.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub res: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// What a path addresses.
+#[derive(Debug)]
+enum Route {
+    Health,
+    Version,
+    Api,
+    Apis,
+    Group(String),
+    GroupVersion(String, String),
+    OpenApi,
+    AccessReview,
+    Resource(Target),
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, ApiError> {
+    let seg = |i: usize| rest.get(i).map(|s| s.to_string());
+    let (res, namespace, name, sub, len) = match rest {
+        ["namespaces", ns, plural, ..]
+            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (
+                resources::find(group, version, plural).ok_or(ApiError::RouteNotFound)?,
+                Some(ns.to_string()),
+                seg(3),
+                seg(4),
+                5,
+            )
+        }
+        [plural, ..] => (
+            resources::find(group, version, plural).ok_or(ApiError::RouteNotFound)?,
+            None,
+            seg(1),
+            seg(2),
+            3,
+        ),
+        [] => return Err(ApiError::RouteNotFound),
+    };
+    if rest.len() > len || name.as_deref() == Some("") {
+        return Err(ApiError::RouteNotFound);
+    }
+    match sub.as_deref() {
+        None => {}
+        Some("status") if res.status => {}
+        Some("scale") if res.scale => {}
+        Some(_) => return Err(ApiError::RouteNotFound),
+    }
+    if res.namespaced && namespace.is_none() && name.is_some() {
+        return Err(ApiError::RouteNotFound);
+    }
+    Ok(Route::Resource(Target {
+        res,
+        namespace,
+        name,
+        sub,
+    }))
+}
+
+fn route(path: &str) -> Result<Route, ApiError> {
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => Ok(Route::Health),
+        ["version"] => Ok(Route::Version),
+        ["openapi", ..] => Ok(Route::OpenApi),
+        ["api"] => Ok(Route::Api),
+        ["api", "v1"] => Ok(Route::GroupVersion(String::new(), "v1".into())),
+        ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
+        ["apis"] => Ok(Route::Apis),
+        ["apis", g] => Ok(Route::Group(g.to_string())),
+        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
+            Ok(Route::AccessReview)
+        }
+        ["apis", g, v] => Ok(Route::GroupVersion(g.to_string(), v.to_string())),
+        ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
+        _ => Err(ApiError::RouteNotFound),
+    }
+}
+
+/// The Kubernetes verb of a resource request.
+fn verb(method: &Method, t: &Target, req: &Req) -> Result<&'static str, ApiError> {
+    Ok(match (method, t.name.is_some()) {
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) if req.flag("watch") => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => return Err(ApiError::MethodNotAllowed),
+    })
+}
+
+fn authorize(user: Option<&User>, t: &Target, verb: &str) -> Result<(), ApiError> {
+    let user = user.ok_or(ApiError::Unauthenticated)?;
+    if user.is_master() {
+        return Ok(());
+    }
+    let resource = match &t.sub {
+        Some(s) => format!("{}/{s}", t.res.plural),
+        None => t.res.plural.to_string(),
+    };
+    Err(ApiError::Forbidden {
+        user: user.name.clone(),
+        verb: verb.to_string(),
+        group: t.res.group.to_string(),
+        resource,
+        scope: match &t.namespace {
+            Some(ns) => format!(" in the namespace \"{ns}\""),
+            None => " at the cluster scope".into(),
+        },
+    })
+}
+
+/// Reads a request body of at most [`object::MAX_BODY`] bytes. A bigger body is still read
+/// (and dropped) up to [`DRAIN_LIMIT`], so the client is reading when the 413 arrives
+/// instead of seeing its upload cut off.
+async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::ReadBody(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= object::MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    }
+    if seen > object::MAX_BODY {
+        return Err(ApiError::BodyTooLarge {
+            limit: object::MAX_BODY,
+        });
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Bodies announced or found bigger than this are refused without reading on.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+async fn dispatch(
+    state: &State,
+    user: Option<User>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, ApiError> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let accept = header(hyper::header::ACCEPT);
+    let content_type = header(CONTENT_TYPE);
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = parse_query(req.uri().query());
+    let too_big = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n > DRAIN_LIMIT);
+    let route = route(&path);
+    if let Ok(Route::Health | Route::Version) = route {
+        return match route? {
+            Route::Health => discovery::health(state, &path).await,
+            _ => Ok(discovery::version()),
+        };
+    }
+    if user.is_none() {
+        return Err(ApiError::Unauthenticated);
+    }
+    if too_big {
+        return Err(ApiError::BodyTooLarge {
+            limit: object::MAX_BODY,
+        });
+    }
+    let body = if matches!(method, Method::GET | Method::HEAD) {
+        Bytes::new()
+    } else {
+        read_body(req.into_body()).await?
+    };
+    let r = Req {
+        method,
+        query,
+        accept,
+        content_type,
+        body,
+        user,
+    };
+    match route? {
+        Route::Health | Route::Version => Err(ApiError::RouteNotFound),
+        Route::Api => Ok(discovery::api(&r)),
+        Route::Apis => Ok(discovery::apis(&r)),
+        Route::Group(g) => discovery::group(&g),
+        Route::GroupVersion(g, v) => discovery::group_version(&g, &v),
+        Route::OpenApi => openapi::serve(&path),
+        Route::AccessReview => discovery::access_review(&r),
+        Route::Resource(t) => {
+            let verb = verb(&r.method, &t, &r)?;
+            authorize(r.user.as_ref(), &t, verb)?;
+            match verb {
+                "get" => rest::get(state, &t, &r).await,
+                "list" => rest::list(state, &t, &r).await,
+                "watch" => watch::watch(state, &t, &r).await,
+                "create" => rest::create(state, &t, &r).await,
+                "update" => rest::update(state, &t, &r).await,
+                "patch" => rest::patch(state, &t, &r).await,
+                "delete" => rest::delete(state, &t, &r).await,
+                _ => rest::delete_collection(state, &t, &r).await,
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    user: Option<User>,
+    req: hyper::Request<Incoming>,
+) -> Result<Response, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let who = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let resp = dispatch(&state, user, req)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    tracing::debug!(
+        %method, uri = %uri, user = %who, status = resp.status().as_u16(),
+        micros = start.elapsed().as_micros() as u64, "request"
+    );
+    Ok(resp)
+}
+
+/// Accepts TLS connections on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+            };
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| user_from_cert(c));
+            let svc = service_fn(move |req| handle(state.clone(), user.clone(), req));
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(path: &str) -> Target {
+        match route(path) {
+            Ok(Route::Resource(t)) => t,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn namespaced_object_paths_are_split_into_their_parts() {
+        let t = target("/api/v1/namespaces/default/pods/web/status");
+        assert_eq!(t.res.plural, "pods");
+        assert_eq!(t.namespace.as_deref(), Some("default"));
+        assert_eq!(t.name.as_deref(), Some("web"));
+        assert_eq!(t.sub.as_deref(), Some("status"));
+        let t = target("/apis/apps/v1/namespaces/a/deployments/d/scale");
+        assert_eq!(t.sub.as_deref(), Some("scale"));
+    }
+
+    #[test]
+    fn namespace_objects_and_their_status_are_not_mistaken_for_collections() {
+        let t = target("/api/v1/namespaces/kube-system");
+        assert_eq!(t.res.plural, "namespaces");
+        assert_eq!(t.name.as_deref(), Some("kube-system"));
+        let t = target("/api/v1/namespaces/x/status");
+        assert_eq!(t.res.plural, "namespaces");
+        assert_eq!(t.sub.as_deref(), Some("status"));
+        let t = target("/api/v1/pods");
+        assert_eq!(t.namespace, None);
+        assert!(t.name.is_none());
+    }
+
+    #[test]
+    fn unknown_paths_and_subresources_are_not_found() {
+        for p in [
+            "/api/v1/widgets",
+            "/api/v1/namespaces/a/configmaps/b/scale",
+            "/api/v1/pods/x",
+            "/apis/apps/v1/namespaces/a/deployments/d/scale/extra",
+            "/nope",
+        ] {
+            assert!(route(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let q = parse_query(Some("labelSelector=app%3Dweb%2Cenv+in+%28a%29&watch=1&x"));
+        assert_eq!(q["labelSelector"], "app=web,env in (a)");
+        assert_eq!(q["watch"], "1");
+        assert_eq!(q["x"], "");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,695 @@
+//! `kimg up` driven by the real `kubectl` (v1.32, `/usr/bin/kubectl`) and `curl`: the
+//! session a user runs against a cluster, once on the memory store and once on a real etcd
+//! (the Debian `etcd` binary on loopback). Needs the `kubectl`, `curl` and `etcd-server`
+//! packages.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::kimg_ok;
+use serde_json::Value;
+
+/// A running `kimg up` on a free loopback port.
+struct Up {
+    child: Child,
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    url: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Up {
+    fn start(store: &str) -> Up {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dev");
+        kimg_ok(
+            tmp.path(),
+            &["cluster", "new", dir.to_str().expect("utf-8")],
+        );
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kimg"))
+            .args([
+                "up",
+                dir.to_str().expect("utf-8"),
+                "--listen",
+                &listen,
+                "--store",
+                store,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kimg up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kimg up prints the kubeconfig path");
+        let kubeconfig = PathBuf::from(line.trim());
+        assert_eq!(kubeconfig, dir.join("admin.conf"));
+        Up {
+            child,
+            _tmp: tmp,
+            dir,
+            kubeconfig,
+            url: format!("https://{listen}"),
+        }
+    }
+
+    fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run kubectl")
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_env(args, &[])
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(!out.status.success(), "kubectl {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn pki(&self, name: &str) -> String {
+        self.dir
+            .join("secrets/pki")
+            .join(name)
+            .display()
+            .to_string()
+    }
+
+    /// `curl` with the cluster CA, optionally the admin certificate; returns (code, body).
+    fn curl(&self, with_cert: bool, args: &[&str], path: &str) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            &self.pki("ca.crt"),
+        ]);
+        if with_cert {
+            cmd.args([
+                "--cert",
+                &self.pki("admin.crt"),
+                "--key",
+                &self.pki("admin.key"),
+            ]);
+        }
+        let out = cmd
+            .args(args)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("http code"), body.to_string())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write manifest");
+    p.display().to_string()
+}
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports:
+        - containerPort: 80
+";
+
+fn kubectl_session(up: &Up) {
+    let ns = up.ok(&["get", "ns"]);
+    assert!(ns.starts_with("NAME"), "{ns}");
+    for want in [
+        "default",
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "Active",
+    ] {
+        assert!(ns.contains(want), "{want} in {ns}");
+    }
+    assert!(up.ok(&["get", "svc", "kubernetes"]).contains("10.96.0.1"));
+    assert!(up
+        .ok(&["create", "namespace", "demo"])
+        .contains("namespace/demo created"));
+
+    // ConfigMaps and the output formats.
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=foo=bar",
+        "--from-literal=x=y",
+    ]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "cm", "cfg", "-o", "yaml"])
+        .contains("foo: bar"));
+    let json: Value =
+        serde_json::from_str(&up.ok(&["-n", "demo", "get", "cm", "cfg", "-o", "json"]))
+            .expect("json");
+    assert_eq!(json["data"]["x"], "y");
+    assert!(json["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| u.len() == 36));
+    let wide = up.ok(&["-n", "demo", "get", "cm", "-o", "wide"]);
+    assert!(
+        wide.contains("DATA")
+            && wide
+                .lines()
+                .any(|l| l.starts_with("cfg") && l.contains(" 2 ")),
+        "{wide}"
+    );
+    let missing = up.fails(&["-n", "nope", "create", "configmap", "c"]);
+    assert!(
+        missing.contains("namespaces \"nope\" not found"),
+        "{missing}"
+    );
+
+    // apply twice, then a change.
+    let manifest = write(&up.dir, "web.yaml", DEPLOYMENT);
+    assert!(up
+        .ok(&["apply", "-f", &manifest])
+        .contains("deployment.apps/web created"));
+    assert!(up
+        .ok(&["apply", "-f", &manifest])
+        .contains("deployment.apps/web unchanged"));
+    let changed = write(
+        &up.dir,
+        "web2.yaml",
+        &DEPLOYMENT.replace("nginx:1.25", "nginx:1.26"),
+    );
+    assert!(up
+        .ok(&["apply", "-f", &changed])
+        .contains("deployment.apps/web configured"));
+    let image = up.ok(&[
+        "-n",
+        "demo",
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.metadata.generation}",
+    ]);
+    assert_eq!(image, "nginx:1.26 2");
+
+    up.ok(&["-n", "demo", "label", "deployment", "web", "tier=frontend"]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "deploy", "-l", "tier in (frontend)"])
+        .contains("web"));
+    let none = up.kubectl(&["-n", "demo", "get", "deploy", "-l", "tier!=frontend"]);
+    assert!(String::from_utf8_lossy(&none.stderr).contains("No resources found"));
+    up.ok(&["-n", "demo", "annotate", "deployment", "web", "note=hello"]);
+    assert!(up
+        .ok(&["-n", "demo", "scale", "deployment", "web", "--replicas=5"])
+        .contains("scaled"));
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas} {.metadata.labels.tier} {.metadata.annotations.note}"
+        ]),
+        "5 frontend hello"
+    );
+    up.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"paused":true}}"#,
+    ]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":3}]"#,
+    ]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "patch",
+        "deployment",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.27"}]}}}}"#,
+    ]);
+    assert_eq!(
+        up.ok(&["-n", "demo", "get", "deploy", "web", "-o", "jsonpath={.spec.paused} {.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort}"]),
+        "true 3 nginx:1.27 80"
+    );
+    let table = up.ok(&["-n", "demo", "get", "deploy"]);
+    assert!(
+        table.contains("READY") && table.contains("UP-TO-DATE") && table.contains("0/3"),
+        "{table}"
+    );
+    assert!(up
+        .ok(&["-n", "demo", "describe", "deployment", "web"])
+        .contains("nginx:1.27"));
+
+    // edit through an editor that is a sed command.
+    let edit = up.kubectl_env(
+        &["-n", "demo", "edit", "cm", "cfg"],
+        &[("KUBE_EDITOR", "sed -i s/foo/baz/")],
+    );
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "cm",
+            "cfg",
+            "-o",
+            "jsonpath={.data.baz}"
+        ]),
+        "bar"
+    );
+
+    // get -w sees a change made after it started.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&up.kubeconfig)
+        .args(["-n", "demo", "get", "cm", "-w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("watch header");
+    assert!(first.starts_with("NAME"), "{first}");
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "configmap",
+        "watched",
+        "--from-literal=a=b",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("watched") => {
+                seen = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(seen, "kubectl get -w saw the new configmap");
+
+    // Services: ClusterIP and NodePort allocation.
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "--tcp=80:80",
+        "--node-port=30080",
+    ]);
+    let svc = up.ok(&["-n", "demo", "get", "svc", "web"]);
+    assert!(
+        svc.contains("80:30080/TCP") && svc.contains("10.96.0.2"),
+        "{svc}"
+    );
+    let clash = up.fails(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "nodeport",
+        "web2",
+        "--tcp=81:81",
+        "--node-port=30080",
+    ]);
+    assert!(clash.contains("already allocated"), "{clash}");
+    let range = up.fails(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "nodeport",
+        "web3",
+        "--tcp=81:81",
+        "--node-port=8080",
+    ]);
+    assert!(range.contains("30000-32767"), "{range}");
+
+    // 409 on a stale resourceVersion.
+    let cm: Value =
+        serde_json::from_str(&up.ok(&["-n", "demo", "get", "cm", "watched", "-o", "json"]))
+            .expect("json");
+    up.ok(&["-n", "demo", "label", "cm", "watched", "bump=1"]);
+    let (code, body) = up.curl(
+        true,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &cm.to_string(),
+        ],
+        "/api/v1/namespaces/demo/configmaps/watched",
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("\"reason\":\"Conflict\""), "{body}");
+
+    // Authentication and bad input.
+    let (code, body) = up.curl(false, &[], "/api/v1/namespaces");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    assert_eq!(up.curl(false, &[], "/healthz"), (200, "ok".to_string()));
+    // An authenticated user outside system:masters is forbidden until RBAC (phase 2).
+    let (code, body) = up.curl(
+        false,
+        &[
+            "--cert",
+            &up.pki("scheduler.crt"),
+            "--key",
+            &up.pki("scheduler.key"),
+        ],
+        "/api/v1/namespaces/demo/pods",
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("system:kube-scheduler")
+            && body.contains("cannot list resource")
+            && body.contains(r#""reason":"Forbidden""#),
+        "{body}"
+    );
+    let post = |body: &str| {
+        up.curl(
+            true,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ],
+            "/api/v1/namespaces/demo/configmaps",
+        )
+    };
+    assert_eq!(post("{not json").0, 400);
+    assert_eq!(
+        post(r#"{"kind":"Secret","apiVersion":"v1","metadata":{"name":"s"}}"#).0,
+        400
+    );
+    assert_eq!(post(r#"{"metadata":{"name":"Bad_Name"}}"#).0, 422);
+    let big = format!(
+        r#"{{"metadata":{{"name":"big"}},"data":{{"a":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let big_file = write(&up.dir, "big.json", &big);
+    let (code, _) = up.curl(
+        true,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &format!("@{big_file}"),
+        ],
+        "/api/v1/namespaces/demo/configmaps",
+    );
+    assert_eq!(code, 413);
+
+    assert_eq!(up.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=p=hunter2",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "secret",
+            "pw",
+            "-o",
+            "jsonpath={.data.p}"
+        ]),
+        "aHVudGVyMg=="
+    );
+    up.ok(&["-n", "demo", "create", "serviceaccount", "bot"]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "service",
+        "clusterip",
+        "headless",
+        "--clusterip=None",
+    ]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "svc", "headless"])
+        .contains("None"));
+    assert!(up
+        .ok(&["apply", "--server-side", "-f", &changed])
+        .contains("serverside-applied"));
+    // The `kubectl create <kind>` / `run` generators send protobuf bodies.
+    up.ok(&[
+        "-n",
+        "demo",
+        "run",
+        "bb",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "pod",
+            "bb",
+            "-o",
+            "jsonpath={.spec.containers[0].args} {.status.phase}"
+        ]),
+        r#"["sleep","3600"] Pending"#
+    );
+    assert!(up.ok(&["-n", "demo", "get", "pods"]).contains("0/1"));
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "deployment",
+        "api",
+        "--image=nginx",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "-n",
+            "demo",
+            "get",
+            "deploy",
+            "api",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"
+        ]),
+        "2 8080"
+    );
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "job",
+        "once",
+        "--image=busybox",
+        "--",
+        "echo",
+        "hi",
+    ]);
+    up.ok(&[
+        "-n",
+        "demo",
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/5 * * * *",
+        "--",
+        "date",
+    ]);
+    assert!(up
+        .ok(&["-n", "demo", "get", "cronjobs"])
+        .contains("*/5 * * * *"));
+    up.ok(&[
+        "create",
+        "serviceaccount",
+        "admin-user",
+        "-n",
+        "kube-system",
+    ]);
+    up.ok(&[
+        "create",
+        "clusterrolebinding",
+        "admin-user",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=kube-system:admin-user",
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "clusterrolebinding",
+            "admin-user",
+            "-o",
+            "jsonpath={.roleRef.name} {.subjects[0].namespace}"
+        ]),
+        "cluster-admin kube-system"
+    );
+    let resources = up.ok(&["api-resources"]);
+    for want in [
+        "deployments",
+        "apps/v1",
+        "configmaps",
+        "cm",
+        "leases",
+        "certificatesigningrequests",
+        "clusterrolebindings",
+    ] {
+        assert!(resources.contains(want), "{want} in {resources}");
+    }
+    assert!(up
+        .ok(&["-n", "demo", "delete", "cm", "cfg"])
+        .contains("configmap \"cfg\" deleted"));
+    assert!(up
+        .fails(&["-n", "demo", "get", "cm", "cfg"])
+        .contains("NotFound"));
+    assert!(up.ok(&["delete", "namespace", "demo"]).contains("deleted"));
+    assert!(up.ok(&["get", "deploy", "-A"]).is_empty());
+}
+
+#[test]
+fn kubectl_drives_kimg_up_on_the_memory_store() {
+    let mut up = Up::start("memory");
+    kubectl_session(&up);
+    // SIGTERM stops the server cleanly.
+    let pid = up.child.id().to_string();
+    common::tool_ok("kill", &["-TERM", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "kimg up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn kubectl_drives_kimg_up_on_a_local_etcd_binary() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = rt
+        .block_on(kimg::store::LocalEtcd::start())
+        .expect("start etcd (etcd-server package)");
+    let url = etcd.config().endpoints[0].clone();
+    let up = Up::start(&format!("etcd={url}"));
+    kubectl_session(&up);
+    drop(up);
+    drop(etcd);
+}
