@@ -41,6 +41,21 @@ impl Netns {
         command
     }
 
+    /// Moves the calling thread (and threads it spawns later) into the namespace, so
+    /// sockets it opens live there. Use a dedicated thread: there is no way back.
+    pub fn enter_this_thread(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name))?;
+        // SAFETY: setns only reads the fd, which `file` keeps open for the call; it
+        // changes the network namespace of this thread alone.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
     /// Runs `argv` inside the namespace and fails when it exits non-zero.
     pub fn exec_checked(&self, argv: &[&str]) -> io::Result<Output> {
         let (program, args) = argv

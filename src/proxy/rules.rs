@@ -15,7 +15,9 @@
 //! - NodePorts go through `ext-…` chains that always mark for masquerade.
 //! - `nat-postrouting` masquerades marked packets, and pod traffic leaving the pod CIDR.
 //! - `filter-input/forward/output` reject new connections to ClusterIPs and NodePorts
-//!   whose Service has no ready endpoint (ICMP port unreachable → ECONNREFUSED).
+//!   whose Service has no ready endpoint: a TCP reset for TCP (a local client's ICMP
+//!   error was seen to get lost in a netns test, a reset never is), ICMP port
+//!   unreachable otherwise; either way the client sees ECONNREFUSED at once.
 //!
 //! The text begins with `table ip kimg-proxy` and `delete table ip kimg-proxy`, so one
 //! `nft -f` transaction creates-if-missing, drops and redefines the table: packets see
@@ -291,6 +293,7 @@ pub fn render(services: &[ServiceView], config: &RulesConfig) -> String {
 \t\tip saddr {pods} ip daddr != {{ {pods}, 224.0.0.0/4 }} masquerade fully-random
 \t}}
 \tchain reject-chain {{
+\t\tmeta l4proto tcp reject with tcp reset
 \t\treject
 \t}}
 \tchain filter-input {{
@@ -539,5 +542,76 @@ mod tests {
             String::from_utf8_lossy(&tables.stdout).trim(),
             "table ip kimg-proxy"
         );
+    }
+
+    /// Serves one line naming `who` to every TCP connection, until the process ends.
+    fn serve_name(addr: &str, who: &'static str) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind(addr).expect("bind backend");
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let _ = stream.write_all(who.as_bytes());
+            }
+        });
+    }
+
+    fn fetch(addr: &str) -> std::io::Result<String> {
+        use std::io::Read;
+        let addr: std::net::SocketAddr = addr.parse().expect("addr");
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn connections_to_a_cluster_ip_and_node_port_reach_every_backend_in_a_netns_needs_root() {
+        let ns = Netns::create("nfttraffic").expect("netns");
+        for argv in [
+            ["ip", "addr", "add", "10.244.1.5/32", "dev", "lo"],
+            ["ip", "addr", "add", "10.244.2.7/32", "dev", "lo"],
+            // Somewhere for ClusterIP packets to be routed before DNAT rewrites them.
+            ["ip", "route", "add", "10.96.0.0/12", "dev", "lo"],
+        ] {
+            ns.exec_checked(&argv).expect("netns setup");
+        }
+        let mut nft = NftCommand {
+            netns: Some(ns.name().to_string()),
+            check_only: false,
+        };
+        nft.apply(&render(&three_services(), &config()))
+            .expect("apply");
+        let (cluster_ip, node_port, idle, idle_node_port) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    ns.enter_this_thread().expect("setns");
+                    // The backends of default/web (named targetPort "web" → 8080).
+                    serve_name("10.244.1.5:8080", "one");
+                    serve_name("10.244.2.7:8080", "two");
+                    // A listener behind default/idle's NodePort: only the reject rule
+                    // keeps a client from reaching it.
+                    serve_name("10.244.1.5:30090", "bypassed the reject");
+                    let cluster_ip: Vec<String> = (0..40)
+                        .map(|_| fetch("10.96.0.20:80").unwrap_or_else(|e| format!("error: {e}")))
+                        .collect();
+                    let node_port =
+                        fetch("10.244.1.5:30080").unwrap_or_else(|e| format!("error: {e}"));
+                    let idle = fetch("10.96.0.30:80").map_err(|e| e.kind());
+                    let idle_node_port = fetch("10.244.1.5:30090").map_err(|e| e.kind());
+                    (cluster_ip, node_port, idle, idle_node_port)
+                })
+                .join()
+                .expect("client thread")
+        });
+        let ones = cluster_ip.iter().filter(|r| *r == "one").count();
+        let twos = cluster_ip.iter().filter(|r| *r == "two").count();
+        assert_eq!(ones + twos, 40, "{cluster_ip:?}");
+        assert!(ones > 0 && twos > 0, "both backends chosen: {ones}/{twos}");
+        assert!(node_port == "one" || node_port == "two", "{node_port}");
+        // No endpoints: rejected at once rather than timing out.
+        assert_eq!(idle, Err(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(idle_node_port, Err(std::io::ErrorKind::ConnectionRefused));
     }
 }

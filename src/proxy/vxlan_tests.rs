@@ -31,7 +31,6 @@ fn node(name: &str, ip: &str, cidr: &str, mac: Option<&str>) -> Node {
             ]),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
