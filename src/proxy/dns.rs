@@ -53,6 +53,23 @@ pub struct DnsConfig {
     pub upstream_timeout: Duration,
 }
 
+impl DnsConfig {
+    /// The settings cluster.toml implies: its `dns-domain`, and the node resolvers of
+    /// `network.dns` on port 53, each given 2 s before the next is tried.
+    pub fn from_cluster(cluster: &crate::cluster::Cluster) -> DnsConfig {
+        DnsConfig {
+            domain: cluster.dns_domain.trim_end_matches('.').to_string(),
+            upstreams: cluster
+                .network
+                .dns
+                .iter()
+                .map(|ip| SocketAddr::from((*ip, 53)))
+                .collect(),
+            upstream_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Failures starting the server.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {

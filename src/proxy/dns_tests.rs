@@ -466,3 +466,42 @@ async fn random_datagrams_and_broken_tcp_frames_do_not_stop_the_server() {
     assert_eq!((reply.id(), a_ips(&reply)), (77, vec!["10.96.0.20".into()]));
     assert_eq!(a_ips(&ask_tcp(addr, &request).await), vec!["10.96.0.20"]);
 }
+
+#[test]
+fn the_config_comes_from_cluster_toml_domain_and_node_resolvers() {
+    let text = r#"name = "lab"
+api-vip = "192.168.202.150"
+api-port = 6443
+pod-cidr = "10.244.0.0/16"
+service-cidr = "10.96.0.0/12"
+dns-domain = "corp.example"
+
+[network]
+prefix = "192.168.202.0/24"
+gateway = "192.168.202.1"
+dns = ["192.168.202.1", "192.168.202.2"]
+
+[[node]]
+name = "master-1"
+roles = ["master", "etcd"]
+ip = "192.168.202.157"
+mac = "52:54:00:00:00:02"
+"#;
+    let path = std::path::Path::new("/x/cluster.toml");
+    let file = crate::cluster::parse(text, path).expect("parse");
+    let cluster = crate::cluster::validate(file, std::path::Path::new("/x"), Some((path, text)))
+        .expect("valid cluster");
+    let config = DnsConfig::from_cluster(&cluster);
+    assert_eq!(config.domain, "corp.example");
+    assert_eq!(
+        config.upstreams,
+        vec![
+            "192.168.202.1:53".parse::<SocketAddr>().unwrap(),
+            "192.168.202.2:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        crate::proxy::rules::RulesConfig::from_cluster(&cluster).cluster_cidr,
+        "10.244.0.0/16".parse::<ipnet::Ipv4Net>().unwrap()
+    );
+}

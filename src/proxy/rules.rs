@@ -46,6 +46,15 @@ pub struct RulesConfig {
     pub cluster_cidr: Ipv4Net,
 }
 
+impl RulesConfig {
+    /// The settings cluster.toml implies (its `pod-cidr`).
+    pub fn from_cluster(cluster: &crate::cluster::Cluster) -> RulesConfig {
+        RulesConfig {
+            cluster_cidr: cluster.pod_cidr,
+        }
+    }
+}
+
 /// Failures applying a ruleset.
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
