@@ -4,7 +4,7 @@
 //! `ip kimg-proxy`, applied atomically by `nft -f -`.
 //!
 //! How the table works:
-//! - `nat-prerouting` and `nat-output` (nat hooks, priority dstnat) jump to `services`,
+//! - `nat-prerouting` and `nat-output` (nat hooks, priority -100) jump to `services`,
 //!   which looks up `ip daddr . meta l4proto . th dport` in the verdict map
 //!   `service-ips` and, for destinations that are local addresses (`fib daddr type
 //!   local`, loopback excluded), `meta l4proto . th dport` in `service-nodeports`.
@@ -24,7 +24,10 @@
 //! either the old or the new ruleset, never a mix. Output is sorted and byte-stable.
 //!
 //! Limits: IPv4 only; no session affinity, external IPs, load-balancer IPs or traffic
-//! policies; NodePorts are not served on 127.0.0.0/8.
+//! policies; NodePorts are not served on 127.0.0.0/8. Every sync rewrites the whole
+//! table: for 1,000 Services × 10 endpoints (11k chains, 50k lines) `nft -f` took
+//! 1.4 s to load and 3.4–6.6 s to replace on a loaded 2-core machine
+//! (`examples/nft_sync_bench.rs`); KEP-3866's partial updates would be the next step.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
