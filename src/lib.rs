@@ -16,4 +16,5 @@ pub mod cli;
 pub mod cluster;
 pub mod node;
 pub mod pki;
+pub mod proxy;
 pub mod store;

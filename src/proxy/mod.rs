@@ -1,0 +1,15 @@
+//! The node data plane: Services via nftables, cluster DNS, and the VXLAN pod overlay.
+//!
+//! - [`model`]: Services + EndpointSlices/Endpoints → a sorted view of ready backends.
+//! - [`rules`]: that view → one atomic nftables ruleset for table `ip kimg-proxy`.
+//! - [`dns`]: cluster DNS for `<svc>.<ns>.svc.<domain>`, forwarding the rest upstream.
+//! - [`vxlan`]: the flannel-style overlay: Node objects → device, routes, ARP, FDB.
+//! - [`netns`]: scratch network namespaces for the root-only tests and benchmarks.
+//!
+//! The controller loop that watches the apiserver and feeds these is not here yet.
+
+pub mod dns;
+pub mod model;
+pub mod netns;
+pub mod rules;
+pub mod vxlan;
