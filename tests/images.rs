@@ -38,6 +38,8 @@ fn fixture() -> &'static Fixture {
                 "c",
                 "--vip",
                 "10.77.0.100",
+                "--etcd",
+                "10.77.0.12",
                 "--masters",
                 &format!("10.77.0.10@{MASTER_MAC}"),
                 "--workers",

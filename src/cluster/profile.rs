@@ -13,7 +13,9 @@
 //! oci-images = []                     # OCI image archives baked in (air-gapped clusters)
 //! outputs = ["pxe", "disk", "qcow2"]  # pxe: vmlinuz+initrd.img+cmdline+boot.ipxe,
 //!                                     # disk: UEFI disk.raw, qcow2: disk.qcow2 (needs disk)
-//! cmdline = ["console=ttyS0"]         # kernel command line
+//! cmdline = ["console=ttyS0"]         # kernel command line (the shipped profiles add
+//!                                     # no_timer_check for overcommitted VM hosts and
+//!                                     # panic=10 so a panicked appliance reboots)
 //! state-size-mib = 1024               # size of the STATE partition in disk.raw
 //! ```
 //!
