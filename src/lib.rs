@@ -6,12 +6,16 @@
 //! - [`pki`]: CA and leaf certificates, bootstrap tokens, the CA pin hash, kubeconfigs.
 //! - [`build`]: Debian package source, rootfs assembly, initramfs, disks, PXE bundle.
 //! - [`node`]: `kimg init` (PID 1), the supervisor, network bring-up.
+//! - [`oci`]: OCI image archives built from Debian packages, and read back for import.
+//! - [`kubelet`]: pods on containerd: images, CNI sandbox, OCI spec, lifecycle, probes, status.
 //! - [`store`]: the storage trait with its etcd and memory backends.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
 pub mod build;
 pub mod cli;
 pub mod cluster;
+pub mod kubelet;
 pub mod node;
+pub mod oci;
 pub mod pki;
 pub mod store;

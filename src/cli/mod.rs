@@ -2,6 +2,7 @@
 //! One file per command group; each turns arguments into calls on the library modules.
 
 mod cluster;
+mod oci;
 mod token;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Build OCI image archives from Debian packages (air-gapped workloads).
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
     /// Run as PID 1 of a kimg image: bring the machine up and supervise its role's services.
     #[command(hide = true)]
     Init,
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             output,
         } => cluster::kubeconfig(&dir, server, output),
+        Command::Oci(cmd) => oci::run(cmd),
         Command::Init => crate::node::run_init(),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
