@@ -5,7 +5,8 @@
 //! config back, containers, snapshots and tasks (create, start, wait, kill, delete, exec).
 //! Garbage-collection labels tie manifest → config/layers and config → the top snapshot,
 //! so containerd's GC keeps an imported image whole and removes nothing still in use.
-//! Task stdio goes to `file://` URIs the runc v2 shim appends to. Limits: no registry pull
+//! Task stdio goes to `file://` URIs the runc v2 shim appends to (1.6 merges stdout and
+//! stderr into that one file); exec output goes to FIFOs, which keep them apart. Limits: no registry pull
 //! (air-gapped import only), overlayfs snapshotter by default.
 
 use std::collections::HashMap;
@@ -52,6 +53,7 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     snapshotter: String,
+    runc_root: Option<String>,
 }
 
 /// Chain ids of a layer stack from its diff ids (image-spec `ChainID`).
@@ -75,12 +77,37 @@ impl Containerd {
                 .await
                 .map_err(|source| KubeletError::Connect {
                     path: path.to_path_buf(),
-                    source,
+                    source: Box::new(source),
                 })?;
         Ok(Containerd {
             channel,
             namespace: namespace.to_string(),
             snapshotter: "overlayfs".into(),
+            runc_root: None,
+        })
+    }
+
+    /// Keeps runc's container state under `root` instead of `/run/containerd/runc`
+    /// (isolates test instances of containerd from each other and from the node's).
+    pub fn with_runc_root(mut self, root: &Path) -> Containerd {
+        self.runc_root = Some(root.display().to_string());
+        self
+    }
+
+    /// The runc shim's `Options` (containerd.runc.v1) with only `root` (field 7) set.
+    fn task_options(&self) -> Option<Any> {
+        let root = self.runc_root.as_ref()?;
+        let mut value = vec![(7 << 3) | 2];
+        let mut len = root.len();
+        while len >= 0x80 {
+            value.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        value.push(len as u8);
+        value.extend_from_slice(root.as_bytes());
+        Some(Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value,
         })
     }
 
@@ -560,7 +587,7 @@ impl Containerd {
                     stderr: uri,
                     terminal: false,
                     checkpoint: None,
-                    options: None,
+                    options: self.task_options(),
                     runtime_path: String::new(),
                 },
                 None,
@@ -680,8 +707,8 @@ impl Containerd {
                 api::ExecProcessRequest {
                     container_id: id.into(),
                     stdin: String::new(),
-                    stdout: format!("file://{}", out.display()),
-                    stderr: format!("file://{}", err.display()),
+                    stdout: out.display().to_string(),
+                    stderr: err.display().to_string(),
                     terminal: false,
                     spec: Some(Any {
                         type_url: PROCESS_TYPE.into(),

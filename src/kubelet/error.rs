@@ -9,7 +9,7 @@ pub enum KubeletError {
     Connect {
         path: PathBuf,
         #[source]
-        source: tonic::transport::Error,
+        source: Box<tonic::transport::Error>,
     },
     #[error("containerd {call} failed: {status}")]
     Containerd {
@@ -17,7 +17,7 @@ pub enum KubeletError {
         status: Box<tonic::Status>,
     },
     #[error(transparent)]
-    Image(#[from] crate::oci::OciError),
+    Image(Box<crate::oci::OciError>),
     #[error("image {0} is not in containerd; import its archive first")]
     ImageNotFound(String),
     #[error("image {name} has a bad {what}")]
@@ -54,6 +54,12 @@ pub enum KubeletError {
     InvalidSpec(String),
     #[error("exec timed out after {0:?}")]
     ExecTimeout(std::time::Duration),
+}
+
+impl From<crate::oci::OciError> for KubeletError {
+    fn from(e: crate::oci::OciError) -> Self {
+        KubeletError::Image(Box::new(e))
+    }
 }
 
 impl KubeletError {

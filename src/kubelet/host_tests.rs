@@ -29,6 +29,34 @@ struct Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // A failed test leaves containers running: delete them through runc (their state is
+        // under our dir), then stop the shims our containerd started (found by our socket).
+        let runc_root = self.dir.path().join("runc");
+        for e in std::fs::read_dir(&runc_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::process::Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["delete", "--force"])
+                .arg(e.file_name())
+                .status();
+        }
+        let sock = format!("-address\0{}", self.dir.path().join("c.sock").display());
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&sock) {
+                // SAFETY: kill(2) on a shim whose command line names our own socket.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
         // SAFETY: plain kill(2) on the PID of the containerd this test started.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
@@ -45,9 +73,25 @@ impl Drop for Host {
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
-        for m in ["root", "state"] {
-            // Unmount anything the runtime left mounted under our dirs before TempDir removes them.
-            let _ = nix::mount::umount2(&self.dir.path().join(m), nix::mount::MntFlags::MNT_DETACH);
+        let parent = self.kubelet.cfg.cgroup_parent.trim_matches('/').to_string();
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(e.path().join(&parent));
+        }
+        // Unmount whatever is still mounted under our dir (rootfs overlays, ns pins).
+        let prefix = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
@@ -80,6 +124,7 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
     for _ in 0..200 {
         if sock.exists() {
             if let Ok(c) = Containerd::connect(&sock, "k8s.io").await {
+                let c = c.with_runc_root(&d.join("runc"));
                 if c.container_ids().await.is_ok() {
                     client = Some(c);
                     break;
@@ -519,4 +564,12 @@ async fn deleting_a_pod_leaves_no_container_task_snapshot_or_netns_behind_needs_
     assert!(!h.dir.path().join("kubelet/pods").join(&uid).exists());
     assert!(!h.kubelet.log_path(&uid, "polite").exists());
     assert!(h.kubelet.status(&uid).is_none());
+    let pod_cgroup = format!("{}/pod{uid}", h.kubelet.cfg.cgroup_parent.trim_matches('/'));
+    for e in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        assert!(
+            !e.path().join(&pod_cgroup).exists(),
+            "{}",
+            e.path().display()
+        );
+    }
 }

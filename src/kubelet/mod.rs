@@ -106,6 +106,20 @@ fn uid_of(pod: &Pod) -> Result<String, KubeletError> {
     Ok(uid)
 }
 
+/// Removes the pod's cgroup (`<parent>/pod<uid>`) in every mounted hierarchy: runc removes
+/// each container's own cgroup, but not the pod level the kubelet named. Best effort.
+pub fn remove_pod_cgroups(parent: &str, uid: &str) {
+    let rel = format!("{}/pod{uid}", parent.trim_matches('/'));
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(&rel)];
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        dirs.push(e.path().join(&rel));
+    }
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
 impl Kubelet {
     pub fn new(rt: Arc<dyn Runtime>, cfg: KubeletConfig) -> Kubelet {
         Kubelet {
@@ -281,6 +295,7 @@ impl Kubelet {
                 first_err.get_or_insert(e);
             }
         }
+        remove_pod_cgroups(&self.cfg.cgroup_parent, uid);
         for dir in [self.pod_dir(uid), self.cfg.root_dir.join("logs").join(uid)] {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}

@@ -487,6 +487,8 @@ fn probe_process(
 
 /// Runs `probe` every period until it reaches a verdict `wanted` (success or failure
 /// threshold). Returns true on success threshold, false on failure threshold.
+// The probe's context is eight separate borrows; a struct for one private call buys nothing.
+#[allow(clippy::too_many_arguments)]
 async fn probe_until(
     rt: &Arc<dyn Runtime>,
     record: &Arc<Mutex<PodRecord>>,

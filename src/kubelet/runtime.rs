@@ -186,8 +186,20 @@ impl Runtime for ContainerdRuntime {
         let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
         let exec_id = format!("exec-{}-{n}", std::process::id());
         std::fs::create_dir_all(&self.exec_dir).map_err(KubeletError::io(&self.exec_dir))?;
+        // containerd 1.6 merges both streams into one file for `file://` URIs, so exec uses
+        // FIFOs (plain paths), which keep stdout and stderr apart.
         let out = self.exec_dir.join(format!("{exec_id}.out"));
         let err = self.exec_dir.join(format!("{exec_id}.err"));
+        for p in [&out, &err] {
+            nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| KubeletError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::from_raw_os_error(e as i32),
+                })?;
+        }
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let out_reader = tokio::spawn(collect_fifo(out.clone(), done_rx.clone()));
+        let err_reader = tokio::spawn(collect_fifo(err.clone(), done_rx));
         let code = self
             .client
             .exec(
@@ -199,8 +211,9 @@ impl Runtime for ContainerdRuntime {
                 timeout,
             )
             .await;
-        let stdout = std::fs::read(&out).unwrap_or_default();
-        let stderr = std::fs::read(&err).unwrap_or_default();
+        let _ = done_tx.send(true);
+        let stdout = out_reader.await.unwrap_or_default();
+        let stderr = err_reader.await.unwrap_or_default();
         let _ = std::fs::remove_file(&out);
         let _ = std::fs::remove_file(&err);
         Ok(ExecOutput {
@@ -209,4 +222,43 @@ impl Runtime for ContainerdRuntime {
             stderr,
         })
     }
+}
+
+/// Reads a FIFO until `done`, then drains what is left. Opened read-write so it neither
+/// blocks waiting for the writer nor sees EOF before the shim has connected.
+async fn collect_fifo(path: PathBuf, mut done: tokio::sync::watch::Receiver<bool>) -> Vec<u8> {
+    let rx = match tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+    {
+        Ok(rx) => rx,
+        Err(_) => return Vec::new(),
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        tokio::select! {
+            ready = rx.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+                match rx.try_read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            _ = done.wait_for(|d| *d) => {
+                while let Ok(n) = rx.try_read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                break;
+            }
+        }
+    }
+    buf
 }

@@ -304,7 +304,6 @@ pub fn process(args: &[String], env: &[String], cwd: &str, uid: i64, gid: i64) -
         "env": env,
         "cwd": if cwd.is_empty() { "/" } else { cwd },
         "capabilities": { "bounding": CAPS, "effective": CAPS, "permitted": CAPS },
-        "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64 }],
         "noNewPrivileges": false,
     })
 }
