@@ -349,7 +349,7 @@ async fn a_failing_liveness_probe_restarts_the_container_and_http_and_tcp_probes
         "{r:#?}"
     );
     let r = h
-        .until(&uid, "web ready", 30, |r| r.containers[1].ready)
+        .until(&uid, "web ready", 60, |r| r.containers[1].ready)
         .await;
     assert_eq!(
         r.containers[1].restart_count, 0,

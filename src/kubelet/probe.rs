@@ -139,7 +139,9 @@ mod tests {
             _: &str,
             _: &std::path::Path,
         ) -> Result<super::super::runtime::Sandbox, super::super::KubeletError> {
-            unreachable!("not used by http/tcp probes")
+            Err(super::super::KubeletError::InvalidSpec(
+                "no sandboxes in probe tests".into(),
+            ))
         }
         async fn remove_sandbox(
             &self,
