@@ -79,7 +79,7 @@ impl Drop for Host {
             .flatten()
             .flatten()
         {
-            let _ = std::fs::remove_dir(e.path().join(&parent));
+            remove_cgroup_tree(&e.path().join(&parent));
         }
         // Unmount whatever is still mounted under our dir (rootfs overlays, ns pins).
         let prefix = self.dir.path().display().to_string();
@@ -94,6 +94,16 @@ impl Drop for Host {
             let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+/// Removes a cgroup directory tree (no processes left in it), children first.
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 async fn start_host(n: u8, backoff: Backoff) -> Host {
@@ -390,7 +400,8 @@ async fn a_crashing_container_reaches_crashloopbackoff_with_growing_backoff_need
         .await;
     let b = &r.containers[0].backoffs;
     assert!(b.windows(2).all(|w| w[1] > w[0]), "{b:?}");
-    let status = h.kubelet.status(&uid).unwrap();
+    // Read the status from the same snapshot the wait saw (the pod keeps restarting).
+    let status = status::pod_status(&r, "127.0.0.1");
     let cs = &status.container_statuses.unwrap()[0];
     assert_eq!(
         cs.state

@@ -153,7 +153,17 @@ impl Runtime for ContainerdRuntime {
 
     async fn start(&self, id: &str, log: &Path) -> Result<(), KubeletError> {
         self.client.delete_task(id).await?;
-        self.client.start_task(id, log).await.map(|_| ())
+        match self.client.start_task(id, log).await {
+            // A quick restart can race the shim's cleanup of the previous task; retry once.
+            Err(KubeletError::Containerd { status, .. })
+                if status.message().contains("already exists") =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.client.delete_task(id).await?;
+                self.client.start_task(id, log).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     async fn wait(&self, id: &str) -> Result<Exit, KubeletError> {
