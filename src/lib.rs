@@ -6,6 +6,8 @@
 //! - [`pki`]: CA and leaf certificates, bootstrap tokens, the CA pin hash, kubeconfigs.
 //! - [`build`]: Debian package source, rootfs assembly, initramfs, disks, PXE bundle.
 //! - [`node`]: `kimg init` (PID 1), the supervisor, network bring-up.
+//! - [`oci`]: OCI image archives built from Debian packages, and read back for import.
+//! - [`kubelet`]: pods on containerd: images, CNI sandbox, OCI spec, lifecycle, probes, status.
 //! - [`store`]: the storage trait with its etcd and memory backends.
 //! - [`apiserver`]: the Kubernetes REST API over the store.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
@@ -14,7 +16,9 @@ pub mod apiserver;
 pub mod build;
 pub mod cli;
 pub mod cluster;
+pub mod kubelet;
 pub mod node;
+pub mod oci;
 pub mod pki;
 pub mod proxy;
 pub mod store;

@@ -3,6 +3,7 @@
 
 mod build;
 mod cluster;
+mod oci;
 mod token;
 mod up;
 
@@ -51,6 +52,9 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Build OCI image archives from Debian packages (air-gapped workloads).
+    #[command(subcommand)]
+    Oci(oci::OciCommand),
     /// Run as PID 1 of a kimg image: bring the machine up and supervise its role's services.
     #[command(hide = true)]
     Init,
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             server,
             output,
         } => cluster::kubeconfig(&dir, server, output),
+        Command::Oci(cmd) => oci::run(cmd),
         Command::Init => crate::node::run_init(),
         Command::Up { dir, listen, store } => up::run(&dir, listen, &store),
         Command::Completion { shell } => {

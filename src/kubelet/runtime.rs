@@ -1,0 +1,274 @@
+//! The seam between pod logic and the machine: the [`Runtime`] trait, and its real
+//! implementation [`ContainerdRuntime`] over containerd, CNI and pinned namespaces.
+//!
+//! The pod worker only talks to a `dyn Runtime`, so the state machine is unit-tested with
+//! a scripted fake (see `pod_tests.rs`) and runs for real against containerd + runc.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::cni::CniNetwork;
+use super::containerd::{Containerd, Exit, ImageInfo};
+use super::error::KubeletError;
+use super::netns::{self, PodNamespaces};
+
+/// A pod's sandbox: its pinned namespaces and its IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sandbox {
+    pub namespaces: PodNamespaces,
+    pub ip: String,
+}
+
+/// Output of a command run inside a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: u32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Everything the pod worker does to the machine.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates the pod's namespaces and network; `pod_dir` is the pod's state directory.
+    async fn create_sandbox(
+        &self,
+        uid: &str,
+        hostname: &str,
+        pod_dir: &Path,
+    ) -> Result<Sandbox, KubeletError>;
+    /// Tears the network down and unpins the namespaces. Safe to repeat.
+    async fn remove_sandbox(&self, uid: &str, sandbox: &Sandbox) -> Result<(), KubeletError>;
+    /// The image's config, by name.
+    async fn image(&self, name: &str) -> Result<ImageInfo, KubeletError>;
+    /// Creates a container (record + writable snapshot) from a runtime spec.
+    async fn create_container(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        spec: &Value,
+    ) -> Result<(), KubeletError>;
+    /// Starts a fresh task of the container; its output is appended to `log`.
+    async fn start(&self, id: &str, log: &Path) -> Result<(), KubeletError>;
+    /// Waits for the running task to exit.
+    async fn wait(&self, id: &str) -> Result<Exit, KubeletError>;
+    /// Signals the task's processes.
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), KubeletError>;
+    /// Deletes an exited task (needed before the next start). Safe to repeat.
+    async fn delete_task(&self, id: &str) -> Result<(), KubeletError>;
+    /// Deletes the container and its snapshot. Safe to repeat.
+    async fn remove_container(&self, id: &str) -> Result<(), KubeletError>;
+    /// Runs an OCI `Process` in the running container.
+    async fn exec(
+        &self,
+        id: &str,
+        process: &Value,
+        timeout: Duration,
+    ) -> Result<ExecOutput, KubeletError>;
+}
+
+/// The real runtime: containerd for containers, CNI for the network.
+pub struct ContainerdRuntime {
+    pub client: Containerd,
+    pub cni: CniNetwork,
+    /// Where netns files are pinned (`/run/netns`).
+    pub netns_dir: PathBuf,
+    /// Scratch space for exec output files.
+    pub exec_dir: PathBuf,
+    exec_seq: AtomicU64,
+}
+
+impl ContainerdRuntime {
+    pub fn new(client: Containerd, cni: CniNetwork, netns_dir: PathBuf, exec_dir: PathBuf) -> Self {
+        ContainerdRuntime {
+            client,
+            cni,
+            netns_dir,
+            exec_dir,
+            exec_seq: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for ContainerdRuntime {
+    async fn create_sandbox(
+        &self,
+        uid: &str,
+        hostname: &str,
+        pod_dir: &Path,
+    ) -> Result<Sandbox, KubeletError> {
+        let ns = PodNamespaces::new(&self.netns_dir, pod_dir, uid);
+        let (ns2, host) = (ns.clone(), hostname.to_string());
+        tokio::task::spawn_blocking(move || netns::create(&ns2, &host))
+            .await
+            .map_err(|e| KubeletError::NetnsCreate {
+                path: ns.net.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        match self.cni.add(uid, &ns.net).await {
+            Ok(ip) => Ok(Sandbox {
+                namespaces: ns,
+                ip: ip.to_string(),
+            }),
+            Err(e) => {
+                let _ = self.cni.del(uid, &ns.net).await;
+                let _ = netns::remove(&ns);
+                Err(e)
+            }
+        }
+    }
+
+    async fn remove_sandbox(&self, uid: &str, sandbox: &Sandbox) -> Result<(), KubeletError> {
+        if sandbox.namespaces.net.exists() {
+            self.cni.del(uid, &sandbox.namespaces.net).await?;
+        }
+        netns::remove(&sandbox.namespaces)
+    }
+
+    async fn image(&self, name: &str) -> Result<ImageInfo, KubeletError> {
+        self.client.image(name).await
+    }
+
+    async fn create_container(
+        &self,
+        id: &str,
+        image: &ImageInfo,
+        spec: &Value,
+    ) -> Result<(), KubeletError> {
+        let labels = [("io.kimg.kubelet".to_string(), "true".to_string())].into();
+        self.client
+            .create_container(
+                id,
+                image,
+                serde_json::to_vec(spec).unwrap_or_default(),
+                labels,
+            )
+            .await
+    }
+
+    async fn start(&self, id: &str, log: &Path) -> Result<(), KubeletError> {
+        self.client.delete_task(id).await?;
+        match self.client.start_task(id, log).await {
+            // A quick restart can race the shim's cleanup of the previous task; retry once.
+            Err(KubeletError::Containerd { status, .. })
+                if status.message().contains("already exists") =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                self.client.delete_task(id).await?;
+                self.client.start_task(id, log).await.map(|_| ())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit, KubeletError> {
+        self.client.wait(id, "").await
+    }
+
+    async fn kill(&self, id: &str, signal: u32) -> Result<(), KubeletError> {
+        // SIGTERM goes to the init process only (as CRI runtimes do); SIGKILL to every process.
+        match self.client.kill(id, signal, signal == 9).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<(), KubeletError> {
+        self.client.delete_task(id).await
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), KubeletError> {
+        self.client.delete_task(id).await?;
+        self.client.delete_container(id).await
+    }
+
+    async fn exec(
+        &self,
+        id: &str,
+        process: &Value,
+        timeout: Duration,
+    ) -> Result<ExecOutput, KubeletError> {
+        let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
+        let exec_id = format!("exec-{}-{n}", std::process::id());
+        std::fs::create_dir_all(&self.exec_dir).map_err(KubeletError::io(&self.exec_dir))?;
+        // containerd 1.6 merges both streams into one file for `file://` URIs, so exec uses
+        // FIFOs (plain paths), which keep stdout and stderr apart.
+        let out = self.exec_dir.join(format!("{exec_id}.out"));
+        let err = self.exec_dir.join(format!("{exec_id}.err"));
+        for p in [&out, &err] {
+            nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| KubeletError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::from_raw_os_error(e as i32),
+                })?;
+        }
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let out_reader = tokio::spawn(collect_fifo(out.clone(), done_rx.clone()));
+        let err_reader = tokio::spawn(collect_fifo(err.clone(), done_rx));
+        let code = self
+            .client
+            .exec(
+                id,
+                &exec_id,
+                serde_json::to_vec(process).unwrap_or_default(),
+                &out,
+                &err,
+                timeout,
+            )
+            .await;
+        let _ = done_tx.send(true);
+        let stdout = out_reader.await.unwrap_or_default();
+        let stderr = err_reader.await.unwrap_or_default();
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&err);
+        Ok(ExecOutput {
+            exit_code: code?,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Reads a FIFO until `done`, then drains what is left. Opened read-write so it neither
+/// blocks waiting for the writer nor sees EOF before the shim has connected.
+async fn collect_fifo(path: PathBuf, mut done: tokio::sync::watch::Receiver<bool>) -> Vec<u8> {
+    let rx = match tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+    {
+        Ok(rx) => rx,
+        Err(_) => return Vec::new(),
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        tokio::select! {
+            ready = rx.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+                match rx.try_read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
+            _ = done.wait_for(|d| *d) => {
+                while let Ok(n) = rx.try_read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                break;
+            }
+        }
+    }
+    buf
+}
