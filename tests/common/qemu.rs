@@ -116,10 +116,6 @@ impl Vm {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-
-    pub fn console_text(&self) -> String {
-        std::fs::read_to_string(&self.console).unwrap_or_default()
-    }
 }
 
 pub fn tail(text: &str) -> String {
