@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::resources::{self, Resource, RESOURCES, VERBS};
 use super::server::{full_response, json_response, Req, Response};
-use super::State;
+use super::{subresource, State};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -65,33 +65,15 @@ fn scope(r: &Resource) -> &'static str {
     }
 }
 
-fn subresources(r: &Resource) -> Vec<(&'static str, Value)> {
-    let mut out = Vec::new();
-    if r.status {
-        out.push((
-            "status",
-            json!({"group": r.group, "version": r.version, "kind": r.kind}),
-        ));
-    }
-    if r.scale {
-        out.push((
-            "scale",
-            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
-        ));
-    }
-    out
-}
-
 fn aggregated_group(group: &str, version: &str) -> Value {
     let resources: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .map(|r| {
-            let subs: Vec<Value> = subresources(r)
+            let subs: Vec<Value> = subresource::of(r)
                 .into_iter()
-                .map(|(name, kind)| {
-                    json!({"subresource": name, "responseKind": kind,
-                           "verbs": ["get", "patch", "update"]})
+                .map(|(name, kind, verbs)| {
+                    json!({"subresource": name, "responseKind": kind, "verbs": verbs})
                 })
                 .collect();
             json!({
@@ -197,17 +179,17 @@ pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
-        for (sub, kind) in subresources(r) {
+        for (sub, kind, verbs) in subresource::of(r) {
             let mut entry = json!({
                 "name": format!("{}/{sub}", r.plural),
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": kind["kind"],
-                "verbs": ["get", "patch", "update"],
+                "verbs": verbs,
             });
-            if sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
+            if kind["group"] != r.group {
+                entry["group"] = kind["group"].clone();
+                entry["version"] = kind["version"].clone();
             }
             list.push(entry);
         }

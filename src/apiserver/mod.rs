@@ -23,6 +23,7 @@
 
 mod bootstrap;
 mod defaults;
+mod delete;
 mod discovery;
 mod error;
 mod list;
@@ -35,6 +36,7 @@ mod rest;
 mod selector;
 mod server;
 mod service;
+mod subresource;
 mod table;
 mod tls;
 mod watch;

@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use super::error::ApiError;
 use super::resources::{self, Resource};
 use super::tls::{user_from_cert, User};
-use super::{discovery, object, openapi, rest, watch, State};
+use super::{delete, discovery, object, openapi, rest, subresource, watch, State};
 
 /// The body of every response: a whole buffer or a stream (watch).
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -186,11 +186,8 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
     if rest.len() > len || name.as_deref() == Some("") {
         return Err(ApiError::RouteNotFound);
     }
-    match sub.as_deref() {
-        None => {}
-        Some("status") if res.status => {}
-        Some("scale") if res.scale => {}
-        Some(_) => return Err(ApiError::RouteNotFound),
+    if sub.as_deref().is_some_and(|s| !subresource::exists(res, s)) {
+        return Err(ApiError::RouteNotFound);
     }
     if res.namespaced && namespace.is_none() && name.is_some() {
         return Err(ApiError::RouteNotFound);
@@ -230,6 +227,7 @@ fn verb(method: &Method, t: &Target, req: &Req) -> Result<&'static str, ApiError
         (&Method::GET, false) if req.flag("watch") => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        (&Method::POST, true) if t.sub.as_deref().is_some_and(subresource::is_action) => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",
@@ -247,15 +245,18 @@ fn authorize(user: Option<&User>, t: &Target, verb: &str) -> Result<(), ApiError
         Some(s) => format!("{}/{s}", t.res.plural),
         None => t.res.plural.to_string(),
     };
+    let what = resource.clone();
+    let scope = match &t.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".into(),
+    };
     Err(ApiError::Forbidden {
-        user: user.name.clone(),
-        verb: verb.to_string(),
+        message: format!(
+            "{what} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\"{scope}",
+            user.name, t.res.group
+        ),
         group: t.res.group.to_string(),
         resource,
-        scope: match &t.namespace {
-            Some(ns) => format!(" in the namespace \"{ns}\""),
-            None => " at the cluster scope".into(),
-        },
     })
 }
 
@@ -352,11 +353,15 @@ async fn dispatch(
                 "get" => rest::get(state, &t, &r).await,
                 "list" => rest::list(state, &t, &r).await,
                 "watch" => watch::watch(state, &t, &r).await,
-                "create" => rest::create(state, &t, &r).await,
+                "create" => match t.sub.as_deref() {
+                    Some("binding") => subresource::bind(state, &t, &r).await,
+                    Some("eviction") => subresource::evict(state, &t, &r).await,
+                    _ => rest::create(state, &t, &r).await,
+                },
                 "update" => rest::update(state, &t, &r).await,
                 "patch" => rest::patch(state, &t, &r).await,
-                "delete" => rest::delete(state, &t, &r).await,
-                _ => rest::delete_collection(state, &t, &r).await,
+                "delete" => delete::delete(state, &t, &r).await,
+                _ => delete::delete_collection(state, &t, &r).await,
             }
         }
     }
