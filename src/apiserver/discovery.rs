@@ -1,5 +1,5 @@
 //! Discovery and health: `/api`, `/apis`, `/apis/<g>`, `/api/v1`, `/apis/<g>/<v>`,
-//! `/version`, `/healthz`, `/livez`, `/readyz`, and SelfSubjectAccessReview.
+//! `/version`, `/healthz`, `/livez`, `/readyz`.
 //!
 //! Both discovery formats are served, built from the resource table: the legacy documents
 //! (`APIVersions`, `APIGroupList`, `APIResourceList`), and aggregated discovery
@@ -206,25 +206,6 @@ pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     ))
-}
-
-/// `POST …/selfsubjectaccessreviews` (what `kubectl auth can-i` asks): masters may do
-/// everything, everyone else nothing, matching phase 1 authorization.
-pub fn access_review(req: &Req) -> Result<Response, ApiError> {
-    // kubectl sends this as protobuf; the answer does not depend on the question in
-    // phase 1, so a body that is not JSON gets a review without its spec echoed back.
-    let mut review: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| {
-        json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
-               "metadata": {}, "spec": {}})
-    });
-    if !review.is_object() {
-        return Err(ApiError::DecodeBody {
-            reason: "a SelfSubjectAccessReview must be an object".into(),
-        });
-    }
-    let allowed = req.user.as_ref().is_some_and(|u| u.is_master());
-    review["status"] = json!({"allowed": allowed});
-    Ok(json_response(StatusCode::CREATED, &review))
 }
 
 #[cfg(test)]

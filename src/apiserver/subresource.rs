@@ -6,7 +6,8 @@
 //! annotations, with a compare-and-swap retry; a pod that already has a node, or is being
 //! deleted, answers 409. An `Eviction` deletes the pod with the eviction's `deleteOptions`
 //! (graceful when bound, see [`super::delete`]). Both answer `201` with a success `Status`,
-//! like Kubernetes. `…/certificatesigningrequests/<name>/approval` is an update of
+//! like Kubernetes. `…/serviceaccounts/<name>/token` mints a service-account JWT
+//! ([`super::jwt`]). `…/certificatesigningrequests/<name>/approval` is an update of
 //! `status.conditions` only ([`super::rest`]). Limits: evictions ignore
 //! PodDisruptionBudgets (there are none yet).
 
@@ -15,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::delete::{delete_object, DeleteOptions};
 use super::error::ApiError;
-use super::object::{decode, meta_mut, now, to_bytes};
+use super::jwt::SaClaims;
+use super::object::{decode, meta_mut, now, timestamp, to_bytes};
 use super::resources::Resource;
 use super::rest::{conflict, name_of, read, store_err};
 use super::server::{json_response, Req, Response, Target};
@@ -53,6 +55,11 @@ pub fn of(r: &Resource) -> Vec<(&'static str, Value, &'static [&'static str])> {
                 &["create"],
             ));
         }
+        ("", "serviceaccounts") => out.push((
+            "token",
+            json!({"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}),
+            &["create"],
+        )),
         ("certificates.k8s.io", "certificatesigningrequests") => out.push((
             "approval",
             json!({"group": r.group, "version": r.version, "kind": r.kind}),
@@ -70,7 +77,7 @@ pub fn exists(r: &Resource, sub: &str) -> bool {
 
 /// Whether `sub` is created with POST (and is not a view of the object).
 pub fn is_action(sub: &str) -> bool {
-    matches!(sub, "binding" | "eviction")
+    matches!(sub, "binding" | "eviction" | "token")
 }
 
 fn success() -> Response {
@@ -192,6 +199,70 @@ pub async fn evict(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
     };
     delete_object(st, &pod, &o, req.q("dryRun").is_some()).await?;
     Ok(success())
+}
+
+/// `POST …/serviceaccounts/<name>/token` (a `TokenRequest`, what `kubectl create token`
+/// sends): a JWT for the service account, for `spec.expirationSeconds` (default one hour,
+/// at least ten minutes).
+pub async fn token(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
+    let invalid = |reason: &str| ApiError::Invalid {
+        kind: "TokenRequest".into(),
+        name: name_of(t).into(),
+        reason: reason.into(),
+    };
+    let keys = st
+        .sa_keys
+        .as_ref()
+        .ok_or_else(|| invalid("the apiserver has no service-account signing key"))?;
+    let mut tr = decode(&req.body, &req.content_type)?;
+    let sa_target = Target {
+        sub: None,
+        ..t.clone()
+    };
+    let (sa, _) = read(st, &sa_target).await?;
+    let ttl = tr
+        .pointer("/spec/expirationSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(3600);
+    if ttl < 600 {
+        return Err(invalid(
+            "spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+        ));
+    }
+    let audiences: Vec<String> = tr
+        .pointer("/spec/audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let claims = SaClaims {
+        namespace: t.namespace.clone().unwrap_or_default(),
+        name: name_of(t).into(),
+        uid: sa
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+    };
+    let (token, exp) = keys
+        .sign(&claims, &audiences, ttl)
+        .map_err(|e| invalid(&e.to_string()))?;
+    let exp = time::OffsetDateTime::from_unix_timestamp(exp)
+        .map(timestamp)
+        .unwrap_or_default();
+    tr["kind"] = json!("TokenRequest");
+    tr["apiVersion"] = json!("authentication.k8s.io/v1");
+    tr["metadata"] = json!({"name": name_of(t), "namespace": t.namespace,
+                            "creationTimestamp": now()});
+    tr["spec"]["expirationSeconds"] = json!(ttl);
+    if audiences.is_empty() {
+        tr["spec"]["audiences"] = json!([super::jwt::ISSUER]);
+    }
+    tr["status"] = json!({"token": token, "expirationTimestamp": exp});
+    Ok(json_response(StatusCode::CREATED, &tr))
 }
 
 #[cfg(test)]
