@@ -2,7 +2,8 @@
 //! bootstrap tokens from `tokens.toml` (valid, expired), no credentials, service-account
 //! tokens from `kubectl create token`, RBAC limits, `kubectl auth can-i` (also `--as`),
 //! the dashboard admin-user manifest, and the subresources the node side uses (binding,
-//! graceful deletion). Needs the `kubectl` and `curl` packages.
+//! graceful deletion), `kubectl explain` and strict field validation. Needs the `kubectl`
+//! and `curl` packages.
 
 mod common;
 
@@ -367,4 +368,41 @@ fn the_scheduler_binds_pods_once_and_bound_pods_are_deleted_gracefully() {
     );
     up.ok(None, &["delete", "pod", "p", "--grace-period=0", "--force"]);
     assert!(up.fails(None, &["get", "pod", "p"]).contains("NotFound"));
+}
+
+#[test]
+fn kubectl_explains_pod_spec_and_strict_validation_refuses_unknown_fields() {
+    let up = Up::start();
+    let explained = up.ok(None, &["explain", "pod.spec"]);
+    assert!(
+        explained.contains("KIND:")
+            && explained.contains("Pod")
+            && explained.contains("containers"),
+        "{explained}"
+    );
+    let field = up.ok(None, &["explain", "deployment.spec.replicas"]);
+    assert!(field.contains("integer"), "{field}");
+    let typo = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: typo
+data: {a: b}
+dta: {c: d}
+";
+    let p = up.tmp.path().join("typo.yaml");
+    std::fs::write(&p, typo).expect("write");
+    let err = up.fails(None, &["apply", "-f", p.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("unknown field") && err.contains("dta"),
+        "{err}"
+    );
+    up.ok(
+        None,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            p.to_str().expect("utf-8"),
+        ],
+    );
 }

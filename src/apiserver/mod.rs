@@ -41,6 +41,7 @@ mod rbac;
 mod rbac_defaults;
 pub mod resources;
 mod rest;
+mod schemas;
 mod selector;
 mod server;
 mod service;
