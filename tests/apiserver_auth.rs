@@ -406,3 +406,78 @@ dta: {c: d}
         ],
     );
 }
+
+const PYTHON_CLIENT: &str = r#"
+import sys, threading
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}),
+                          data={"a": "1"})
+created = v1.create_namespaced_config_map("default", body)
+got = v1.read_namespaced_config_map("py", "default")
+assert got.data == {"a": "1"}, got.data
+listed = v1.list_namespaced_config_map("default", label_selector="from=python")
+assert [c.metadata.name for c in listed.items] == ["py"]
+
+seen = []
+def follow():
+    w = watch.Watch()
+    for ev in w.stream(v1.list_namespaced_config_map, "default", label_selector="from=python",
+                       resource_version=listed.metadata.resource_version, timeout_seconds=10):
+        seen.append((ev["type"], ev["object"].data))
+        if ev["type"] == "DELETED":
+            w.stop()
+t = threading.Thread(target=follow)
+t.start()
+
+got.data = {"a": "2"}
+updated = v1.replace_namespaced_config_map("py", "default", got)
+stale = got
+stale.metadata.resource_version = created.metadata.resource_version
+stale.data = {"a": "3"}
+try:
+    v1.replace_namespaced_config_map("py", "default", stale)
+    sys.exit("a stale update must conflict")
+except ApiException as e:
+    assert e.status == 409, e.status
+v1.patch_namespaced_config_map("py", "default", {"data": {"b": "x"}})
+v1.delete_namespaced_config_map("py", "default")
+t.join(20)
+kinds = [k for k, _ in seen]
+assert kinds == ["MODIFIED", "MODIFIED", "DELETED"], seen
+print("python client ok")
+"#;
+
+#[test]
+fn the_python_kubernetes_client_does_crud_watch_and_conflicts_with_a_venv_from_pypi() {
+    let up = Up::start();
+    let venv = up.tmp.path().join("venv");
+    common::tool_ok("python3", &["-m", "venv", venv.to_str().expect("utf-8")]);
+    let pip = venv.join("bin/pip");
+    let out = Command::new(&pip)
+        .args(["install", "-q", "kubernetes"])
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success(),
+        "pip install kubernetes (PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = up.tmp.path().join("client.py");
+    std::fs::write(&script, PYTHON_CLIENT).expect("write script");
+    let out = Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .arg(&up.kubeconfig)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python client ok"));
+}
