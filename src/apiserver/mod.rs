@@ -1,11 +1,13 @@
 //! The Kubernetes REST API over the [`Store`](crate::store::Store) — what `kimg apiserver`
 //! and `kimg up` serve, judged by real `kubectl`.
 //!
-//! What (phase 1 of issue 5): HTTPS with x509 client-certificate authentication; discovery
+//! What (issue 5): HTTPS with x509, bootstrap-token and service-account authentication and
+//! RBAC; discovery
 //! (legacy and aggregated) and health; a generic registry of the built-in kinds
 //! ([`resources`]) stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the verbs
 //! get, list, watch, create, update, patch (json, merge, strategic subset, apply), delete
-//! and deletecollection; `status` and `scale` subresources; label and field selectors,
+//! and deletecollection (with grace periods and finalizers, [`delete`]); the `status`,
+//! `scale`, `binding`, `eviction`, `approval` and `token` subresources; label and field selectors,
 //! `limit`/`continue`; Table output for `kubectl get`; ClusterIP and NodePort allocation;
 //! bootstrap namespaces and the `kubernetes` Service.
 //!
@@ -19,10 +21,13 @@
 //!
 //! Lists and watches are served by one shared watch cache ([`cache`]).
 //!
-//! Limits: OpenAPI v3 documents without
-//! schemas (enough for `kubectl apply`/`create`, not for `kubectl explain`), protobuf request
-//! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no garbage collection or graceful pod deletion,
-//! server-side apply is a strategic merge without field ownership or conflicts.
+//! OpenAPI v2/v3 with schemas from `k8s-openapi` ([`schemas`]) for `kubectl explain` and
+//! `fieldValidation=Strict`.
+//!
+//! Limits: protobuf request bodies only for the kinds `kubectl create <kind>` sends
+//! ([`protobuf`]); no garbage collection here (propagation policies are stored as
+//! finalizers for the controllers); server-side apply is a strategic merge without field
+//! ownership or conflicts.
 
 mod authn;
 mod bootstrap;

@@ -2,11 +2,11 @@
 //!
 //! How: one tokio task per TLS connection (HTTP/1.1 or HTTP/2 by ALPN, hyper-util's auto
 //! builder); the client certificate authenticates the connection ([`super::tls`]). Each
-//! request is parsed into a [`Route`], authorized, and dispatched to discovery or to a verb
-//! on a resource. Phase 1 authorization: `system:masters` may do everything; any other
-//! authenticated user may read discovery and `/version` and gets 403 for resources (RBAC is
-//! phase 2); anonymous clients may read only `/healthz`, `/livez`, `/readyz` and `/version`
-//! and get 401 otherwise.
+//! request is parsed into a [`Route`], authenticated (certificate, else bearer token:
+//! [`super::authn`]), optionally impersonated (`Impersonate-User`/`-Group`, which needs
+//! the `impersonate` verb), authorized by RBAC ([`super::rbac`]) and dispatched to
+//! discovery or to a verb on a resource. Anonymous clients may read only `/healthz`,
+//! `/livez`, `/readyz` and `/version` and get 401 otherwise; refusals are 403 `Status`es.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
