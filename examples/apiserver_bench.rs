@@ -192,7 +192,7 @@ fn main() {
     let rv: String = {
         let v: serde_json::Value = agent
             .get(&format!(
-                "{url}/api/v1/namespaces/default/configmaps/cm-00000"
+                "{url}/api/v1/namespaces/default/configmaps?limit=1"
             ))
             .call()
             .expect("get")
