@@ -1,11 +1,13 @@
 //! The Kubernetes REST API over the [`Store`](crate::store::Store) — what `kimg apiserver`
 //! and `kimg up` serve, judged by real `kubectl`.
 //!
-//! What (phase 1 of issue 5): HTTPS with x509 client-certificate authentication; discovery
+//! What (issue 5): HTTPS with x509, bootstrap-token and service-account authentication and
+//! RBAC; discovery
 //! (legacy and aggregated) and health; a generic registry of the built-in kinds
 //! ([`resources`]) stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the verbs
 //! get, list, watch, create, update, patch (json, merge, strategic subset, apply), delete
-//! and deletecollection; `status` and `scale` subresources; label and field selectors,
+//! and deletecollection (with grace periods and finalizers, [`delete`]); the `status`,
+//! `scale`, `binding`, `eviction`, `approval` and `token` subresources; label and field selectors,
 //! `limit`/`continue`; Table output for `kubectl get`; ClusterIP and NodePort allocation;
 //! bootstrap namespaces and the `kubernetes` Service.
 //!
@@ -14,27 +16,41 @@
 //! `serde_json::Value`s, handled generically with a few per-kind rules ([`defaults`],
 //! [`service`]). Errors are one [`ApiError`] mapped to a Kubernetes `Status` in one place.
 //!
-//! Limits (phase 2): no RBAC (only `system:masters` is authorized; other users get 403),
-//! no bootstrap-token or service-account-token authentication, OpenAPI v3 documents without
-//! schemas (enough for `kubectl apply`/`create`, not for `kubectl explain`), protobuf request
-//! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no shared watch
-//! cache (each watch opens a store watch), no garbage collection or graceful pod deletion,
-//! server-side apply is a strategic merge without field ownership or conflicts.
+//! Authentication: x509, bootstrap tokens and service-account JWTs ([`authn`]);
+//! authorization: RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]).
+//!
+//! Lists and watches are served by one shared watch cache ([`cache`]).
+//!
+//! OpenAPI v2/v3 with schemas from `k8s-openapi` ([`schemas`]) for `kubectl explain` and
+//! `fieldValidation=Strict`.
+//!
+//! Limits: protobuf request bodies only for the kinds `kubectl create <kind>` sends
+//! ([`protobuf`]); no garbage collection here (propagation policies are stored as
+//! finalizers for the controllers); server-side apply is a strategic merge without field
+//! ownership or conflicts.
 
+mod authn;
 mod bootstrap;
+mod cache;
 mod defaults;
+mod delete;
 mod discovery;
 mod error;
+pub mod jwt;
 mod list;
 mod object;
 mod openapi;
 mod patch;
 mod protobuf;
+mod rbac;
+mod rbac_defaults;
 pub mod resources;
 mod rest;
+mod schemas;
 mod selector;
 mod server;
 mod service;
+mod subresource;
 mod table;
 mod tls;
 mod watch;
@@ -50,12 +66,42 @@ pub use error::ApiError;
 pub use selector::Selector;
 pub use tls::{server_config, TlsError, User};
 
-use crate::store::Store;
+use crate::pki::token::Token;
+use crate::store::{ListOptions, ListResult, Store, StoreError, WatchStream};
 
 /// What every request handler shares.
 pub(crate) struct State {
     pub store: Arc<dyn Store>,
     pub service_cidr: Ipv4Net,
+    /// Verifies (and, with `sa.key`, mints) service-account tokens.
+    pub sa_keys: Option<jwt::SaKeys>,
+    /// Bootstrap tokens whose Secrets the bootstrap creates.
+    pub tokens: Vec<Token>,
+    /// Serves lists and watches; `None` reads the store directly (unit tests).
+    pub cache: Option<Arc<cache::WatchCache>>,
+}
+
+impl State {
+    /// A range read, from the watch cache when there is one.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        options: ListOptions,
+        any: bool,
+    ) -> Result<ListResult, StoreError> {
+        match &self.cache {
+            Some(c) => c.list(prefix, options, any).await,
+            None => self.store.list(prefix, options).await,
+        }
+    }
+
+    /// A watch, from the watch cache when there is one.
+    pub async fn watch(&self, prefix: &str, from: i64) -> Result<WatchStream, StoreError> {
+        match &self.cache {
+            Some(c) => c.watch(prefix, from),
+            None => self.store.watch(prefix, from).await,
+        }
+    }
 }
 
 impl State {
@@ -64,6 +110,9 @@ impl State {
         State {
             store,
             service_cidr: "10.96.0.0/12".parse().expect("cidr"),
+            sa_keys: None,
+            tokens: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -73,6 +122,8 @@ impl State {
 pub enum StartError {
     #[error("cannot load the TLS material")]
     Tls(#[from] TlsError),
+    #[error("cannot load the service-account key")]
+    SaKey(#[from] jwt::JwtError),
     #[error("cannot create the bootstrap objects")]
     Bootstrap(#[source] ApiError),
 }
@@ -91,14 +142,40 @@ impl ApiServer {
         service_cidr: Ipv4Net,
         pki_dir: &Path,
     ) -> Result<ApiServer, StartError> {
+        Self::start_with_tokens(store, service_cidr, pki_dir, Vec::new()).await
+    }
+
+    /// [`ApiServer::start`], also creating the `bootstrap-token-<id>` Secrets of `tokens`
+    /// (from the cluster's `tokens.toml`). The service-account keys `sa.pub`/`sa.key` are
+    /// loaded from `pki_dir` when present.
+    pub async fn start_with_tokens(
+        store: Arc<dyn Store>,
+        service_cidr: Ipv4Net,
+        pki_dir: &Path,
+        tokens: Vec<Token>,
+    ) -> Result<ApiServer, StartError> {
         let tls = server_config(pki_dir)?;
-        let state = Arc::new(State {
+        let sa_keys = if pki_dir.join("sa.pub").exists() {
+            Some(jwt::SaKeys::load(pki_dir)?)
+        } else {
+            None
+        };
+        let mut state = State {
             store,
             service_cidr,
-        });
+            sa_keys,
+            tokens,
+            cache: None,
+        };
         bootstrap::run(&state)
             .await
             .map_err(StartError::Bootstrap)?;
+        state.cache = Some(
+            cache::WatchCache::start(state.store.clone())
+                .await
+                .map_err(|e| StartError::Bootstrap(e.into()))?,
+        );
+        let state = Arc::new(state);
         Ok(ApiServer { state, tls })
     }
 

@@ -1,6 +1,7 @@
 //! `kimg up DIR`: runs the control plane of a cluster directory on this machine, for
 //! development and tests. Phase 1 runs the apiserver only; the scheduler and controllers
-//! join it later.
+//! join it later. The bootstrap tokens of `DIR/secrets/tokens.toml` become their
+//! `bootstrap-token-<id>` Secrets, and the default RBAC roles are created.
 //!
 //! It serves on `--listen` (loopback by default) with the cluster's `apiserver` certificate,
 //! stores objects in memory or in etcd (`--store etcd=URL,…`, plain HTTP or, for `https://`
@@ -52,7 +53,8 @@ async fn up(dir: &Path, listen: SocketAddr, store: &str) -> anyhow::Result<()> {
     let cluster = Cluster::load(dir)?;
     let store = open_store(store, dir).await?;
     let pki_dir = pki::pki_dir(dir);
-    let server = ApiServer::start(store, cluster.service_cidr, &pki_dir)
+    let tokens = pki::token::load(dir).context("cannot read the bootstrap tokens")?;
+    let server = ApiServer::start_with_tokens(store, cluster.service_cidr, &pki_dir, tokens)
         .await
         .context("cannot start the apiserver")?;
     let listener = tokio::net::TcpListener::bind(listen)
