@@ -438,25 +438,9 @@ fn write_outputs(
 }
 
 fn hash_file(path: &Path) -> Result<OutputRecord, BuildError> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|source| BuildError::from_io(path, source))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|source| BuildError::from_io(path, source))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok(OutputRecord {
-        sha256: hex::encode(h.finalize()),
-        size,
-    })
+    let (size, sha256) =
+        debian::hash_file(path).map_err(|source| BuildError::from_io(path, source))?;
+    Ok(OutputRecord { sha256, size })
 }
 
 fn insert_entry(tree: &mut Tree, path: &str, entry: Entry) {

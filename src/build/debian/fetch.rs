@@ -157,13 +157,9 @@ pub(crate) fn download_verified(
     fs::rename(&part, dest).map_err(|e| cache_write_error(dest, cache_dir, e))
 }
 
-/// Writes `data` to `dest` atomically (`.part` + rename).
+/// Writes `data` to `dest` atomically (temp file, fsync, rename), mapping errors to the cache.
 pub(crate) fn write_atomic(dest: &Path, data: &[u8], cache_dir: &Path) -> Result<(), SourceError> {
-    let dir = dest.parent().unwrap_or(cache_dir);
-    fs::create_dir_all(dir).map_err(|e| cache_write_error(dir, cache_dir, e))?;
-    let part = part_path(dest);
-    fs::write(&part, data).map_err(|e| cache_write_error(&part, cache_dir, e))?;
-    fs::rename(&part, dest).map_err(|e| cache_write_error(dest, cache_dir, e))
+    crate::pki::write_atomic(dest, data, 0o644).map_err(|e| cache_write_error(dest, cache_dir, e))
 }
 
 fn part_path(dest: &Path) -> PathBuf {

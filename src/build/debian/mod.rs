@@ -51,6 +51,8 @@ use std::path::{Path, PathBuf};
 
 pub use apt::MirrorOverride;
 pub use error::SourceError;
+/// Streaming `(size, sha256 hex)` of a file; also used for the build's outputs.
+pub(crate) use fetch::hash_file;
 pub use lock::{LockedPackage, Lockfile};
 
 /// Where packages come from and how to treat the network.
