@@ -22,6 +22,12 @@ pub struct ControllerArgs {
     /// How often node health is checked.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub node_monitor_period: Duration,
+    /// Cluster CA certificate that signs approved client CSRs (with the key file).
+    #[arg(long, requires = "cluster_signing_key_file")]
+    pub cluster_signing_cert_file: Option<PathBuf>,
+    /// Cluster CA key.
+    #[arg(long, requires = "cluster_signing_cert_file")]
+    pub cluster_signing_key_file: Option<PathBuf>,
 }
 
 impl ControllerArgs {
@@ -30,6 +36,11 @@ impl ControllerArgs {
             cluster_cidr: self.cluster_cidr,
             node_monitor_grace_period: self.node_monitor_grace_period,
             node_monitor_period: self.node_monitor_period,
+            signing: self
+                .cluster_signing_cert_file
+                .clone()
+                .zip(self.cluster_signing_key_file.clone())
+                .map(|(cert, key)| crate::controllers::csr::SigningFiles { cert, key }),
         }
     }
 }

@@ -125,6 +125,10 @@ async fn start_components(
         let lease = c.lease.config("kube-controller-manager");
         let mut opts = c.controllers.options();
         opts.cluster_cidr = opts.cluster_cidr.or(Some(cluster.pod_cidr));
+        opts.signing = opts.signing.or(Some(crate::controllers::csr::SigningFiles {
+            cert: pki_dir.join("ca.crt"),
+            key: pki_dir.join("ca.key"),
+        }));
         tokio::spawn(crate::controllers::run_with_election(client, opts, lease));
     }
     Ok(())

@@ -130,7 +130,6 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .namespace
         .clone()
         .unwrap_or_else(|| "default".into());
-    let name = d.metadata.name.clone().unwrap_or_default();
     let uid = d.metadata.uid.clone().unwrap_or_default();
     let spec = d.spec.clone().unwrap_or_default();
     let replicas = spec.replicas.unwrap_or(1).max(0);

@@ -12,6 +12,7 @@
 //! Limits: see each controller's module doc.
 
 pub mod cronjob;
+pub mod csr;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -53,6 +54,8 @@ pub struct Options {
     pub node_monitor_grace_period: Duration,
     /// How often node health is checked.
     pub node_monitor_period: Duration,
+    /// The cluster CA that signs approved client CSRs; none: CSRs are approved, not signed.
+    pub signing: Option<csr::SigningFiles>,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             cluster_cidr: None,
             node_monitor_grace_period: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
+            signing: None,
         }
     }
 }
@@ -328,6 +332,16 @@ pub async fn run(client: Client, opts: Options) {
                 .add(s.metadata.namespace.as_deref().unwrap_or("default"))
         },
     );
+    // CSRs have their own readiness: an apiserver without the kind must not stall the rest.
+    let (csr_q, csr_rx) = queue();
+    let q = csr_q.clone();
+    let csrs = informer(
+        Api::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::all(client.clone()),
+        wc(),
+        move |c: &k8s_openapi::api::certificates::v1::CertificateSigningRequest, _| {
+            q.add(&key_of(c))
+        },
+    );
     let ctx = Arc::new(Ctx {
         client,
         opts,
@@ -397,6 +411,10 @@ pub async fn run(client: Client, opts: Options) {
             async move { nodeipam::reconcile(&c, &k).await }
         }),
         nodelifecycle::run(c.clone()),
+        work("csr", csr_q.clone(), csr_rx, csrs.wait_until_ready(), |k| {
+            let (c, csrs) = (c.clone(), csrs.clone());
+            async move { csr::reconcile(&c, &csrs, &k).await }
+        }),
     );
 }
 

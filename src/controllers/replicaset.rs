@@ -50,7 +50,9 @@ impl Expectations {
 
     pub fn expect(&self, key: &str, adds: &[String], dels: &[String]) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let e = m.entry(key.into()).or_default();
+        let e = m
+            .entry(key.into())
+            .or_insert_with(|| (Instant::now(), HashSet::new(), HashSet::new()));
         e.0 = Instant::now();
         e.1.extend(adds.iter().cloned());
         e.2.extend(dels.iter().cloned());

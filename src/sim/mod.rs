@@ -304,7 +304,7 @@ impl Fleet {
             .as_ref()
             .map(|s| s.containers.clone())
             .unwrap_or_default();
-        let statuses = |ready: bool, state: serde_json::Value| -> Vec<serde_json::Value> {
+        let statuses = move |ready: bool, state: serde_json::Value| -> Vec<serde_json::Value> {
             containers
                 .iter()
                 .map(|c| {
@@ -313,7 +313,8 @@ impl Fleet {
                 })
                 .collect()
         };
-        let cond = |ty: &str, st: &str| json!({"type": ty, "status": st, "lastTransitionTime": t, "lastProbeTime": null});
+        let t_cond = t.clone();
+        let cond = move |ty: &str, st: &str| json!({"type": ty, "status": st, "lastTransitionTime": t_cond, "lastProbeTime": null});
         let ip = self.pod_ip(&node);
         let idx: usize = node
             .trim_start_matches(&self.opts.prefix)
