@@ -330,7 +330,7 @@ async fn cleanup_history(
         .max(0) as usize;
     let idle: Vec<_> = old
         .iter()
-        .filter(|rs| spec_replicas(rs) == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0))
+        .filter(|rs| spec_replicas(rs) == 0 && rs.status.as_ref().map_or(true, |s| s.replicas == 0))
         .collect();
     if idle.len() <= limit {
         return Ok(());
@@ -509,9 +509,9 @@ mod tests {
             .and_then(|m| m.labels.as_mut())
             .map(|l| l.insert(HASH.into(), h.clone()));
         assert_eq!(template_hash(&t), h);
-        t.spec
-            .as_mut()
-            .map(|s| s.containers[0].image = Some("nginx:2".into()));
+        if let Some(s) = t.spec.as_mut() {
+            s.containers[0].image = Some("nginx:2".into());
+        }
         assert_ne!(template_hash(&t), h);
     }
 }

@@ -207,7 +207,7 @@ async fn patch_refs(
 }
 
 fn dependent_refs(ctx: &Ctx, kind: &str, key: &str) -> Option<Vec<OwnerReference>> {
-    let refs = match kind {
+    match kind {
         "Pod" => get(&ctx.pods, key)?.metadata.owner_references.clone(),
         "ReplicaSet" => get(&ctx.replicasets, key)?
             .metadata
@@ -215,8 +215,7 @@ fn dependent_refs(ctx: &Ctx, kind: &str, key: &str) -> Option<Vec<OwnerReference
             .clone(),
         "Job" => get(&ctx.jobs, key)?.metadata.owner_references.clone(),
         _ => None,
-    };
-    refs
+    }
 }
 
 /// Reconciles one queue key (`dep/…`, `gone/<ns>/<uid>` or `own/…`).

@@ -24,7 +24,10 @@ use super::{Ctx, ReconcileError};
 
 /// Pods created or deleted but not yet seen so in the cache, per owner key.
 #[derive(Default)]
-pub struct Expectations(Mutex<HashMap<String, (Instant, HashSet<String>, HashSet<String>)>>);
+pub struct Expectations(Mutex<HashMap<String, Expected>>);
+
+/// When the expectation was last raised, pod names to appear, pod names to go.
+type Expected = (Instant, HashSet<String>, HashSet<String>);
 
 impl Expectations {
     /// Prunes what the cache now shows; returns (pending adds, pending deletes).

@@ -57,8 +57,8 @@ pub enum SchedulerError {
 }
 
 enum Msg {
-    Pod(watcher::Event<Pod>),
-    Node(watcher::Event<Node>),
+    Pod(Box<watcher::Event<Pod>>),
+    Node(Box<watcher::Event<Node>>),
     Bound(Arc<Pod>, Result<(), kube::Error>),
 }
 
@@ -91,8 +91,8 @@ pub async fn run(client: Client, opts: Options) -> Result<(), SchedulerError> {
     let (tx, mut rx) = mpsc::channel::<Msg>(4096);
     let pods_api: Api<Pod> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let w1 = forward(pods_api, tx.clone(), Msg::Pod);
-    let w2 = forward(nodes_api, tx.clone(), Msg::Node);
+    let w1 = forward(pods_api, tx.clone(), |e| Msg::Pod(Box::new(e)));
+    let w2 = forward(nodes_api, tx.clone(), |e| Msg::Node(Box::new(e)));
     let binds = Arc::new(Semaphore::new(opts.parallel_binds.max(1)));
     let mut core = core::Core::default();
     let mut node_relist: Option<std::collections::HashSet<String>> = None;
@@ -116,14 +116,14 @@ pub async fn run(client: Client, opts: Options) -> Result<(), SchedulerError> {
         }
         for msg in batch {
             match msg {
-                Msg::Pod(ev) => match ev {
+                Msg::Pod(ev) => match *ev {
                     watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
                         core.pod_seen(p, &opts.scheduler_name)
                     }
                     watcher::Event::Delete(p) => core.pod_gone(&p),
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 },
-                Msg::Node(ev) => match ev {
+                Msg::Node(ev) => match *ev {
                     watcher::Event::Init => node_relist = Some(Default::default()),
                     watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
                         if let (Some(seen), Some(name)) = (&mut node_relist, &n.metadata.name) {
