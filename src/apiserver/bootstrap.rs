@@ -2,7 +2,10 @@
 //! namespaces `default`, `kube-system`, `kube-public` and `kube-node-lease`, and the
 //! `kubernetes` Service in `default` on the first address of the service CIDR. Several
 //! masters may race to create them; `AlreadyExists` counts as success.
-//! Limits (phase 1): no RBAC defaults, no bootstrap-token Secret, no `kubernetes` Endpoints.
+//! Also the default RBAC ClusterRoles and ClusterRoleBindings ([`super::rbac_defaults`])
+//! and the `bootstrap-token-<id>` Secrets of the cluster's tokens. Limits: an existing
+//! object is never updated (a changed default role is not reconciled); no `kubernetes`
+//! Endpoints.
 
 use serde_json::{json, Value};
 
@@ -63,7 +66,23 @@ pub async fn run(st: &State) -> Result<(), ApiError> {
         "spec": {"type": "ClusterIP", "clusterIP": first,
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
     });
-    ensure(st, "services", Some("default"), svc).await
+    ensure(st, "services", Some("default"), svc).await?;
+    for role in super::rbac_defaults::cluster_roles() {
+        ensure(st, "clusterroles", None, role).await?;
+    }
+    for binding in super::rbac_defaults::cluster_role_bindings() {
+        ensure(st, "clusterrolebindings", None, binding).await?;
+    }
+    for t in &st.tokens {
+        ensure(
+            st,
+            "secrets",
+            Some("kube-system"),
+            super::authn::token_secret(t),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Discovery and health: `/api`, `/apis`, `/apis/<g>`, `/api/v1`, `/apis/<g>/<v>`,
-//! `/version`, `/healthz`, `/livez`, `/readyz`, and SelfSubjectAccessReview.
+//! `/version`, `/healthz`, `/livez`, `/readyz`.
 //!
 //! Both discovery formats are served, built from the resource table: the legacy documents
 //! (`APIVersions`, `APIGroupList`, `APIResourceList`), and aggregated discovery
@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::resources::{self, Resource, RESOURCES, VERBS};
 use super::server::{full_response, json_response, Req, Response};
-use super::State;
+use super::{subresource, State};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -65,33 +65,15 @@ fn scope(r: &Resource) -> &'static str {
     }
 }
 
-fn subresources(r: &Resource) -> Vec<(&'static str, Value)> {
-    let mut out = Vec::new();
-    if r.status {
-        out.push((
-            "status",
-            json!({"group": r.group, "version": r.version, "kind": r.kind}),
-        ));
-    }
-    if r.scale {
-        out.push((
-            "scale",
-            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
-        ));
-    }
-    out
-}
-
 fn aggregated_group(group: &str, version: &str) -> Value {
     let resources: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
         .map(|r| {
-            let subs: Vec<Value> = subresources(r)
+            let subs: Vec<Value> = subresource::of(r)
                 .into_iter()
-                .map(|(name, kind)| {
-                    json!({"subresource": name, "responseKind": kind,
-                           "verbs": ["get", "patch", "update"]})
+                .map(|(name, kind, verbs)| {
+                    json!({"subresource": name, "responseKind": kind, "verbs": verbs})
                 })
                 .collect();
             json!({
@@ -197,17 +179,17 @@ pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
             "shortNames": r.short_names,
             "categories": r.categories,
         }));
-        for (sub, kind) in subresources(r) {
+        for (sub, kind, verbs) in subresource::of(r) {
             let mut entry = json!({
                 "name": format!("{}/{sub}", r.plural),
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": kind["kind"],
-                "verbs": ["get", "patch", "update"],
+                "verbs": verbs,
             });
-            if sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
+            if kind["group"] != r.group {
+                entry["group"] = kind["group"].clone();
+                entry["version"] = kind["version"].clone();
             }
             list.push(entry);
         }
@@ -224,25 +206,6 @@ pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
     ))
-}
-
-/// `POST …/selfsubjectaccessreviews` (what `kubectl auth can-i` asks): masters may do
-/// everything, everyone else nothing, matching phase 1 authorization.
-pub fn access_review(req: &Req) -> Result<Response, ApiError> {
-    // kubectl sends this as protobuf; the answer does not depend on the question in
-    // phase 1, so a body that is not JSON gets a review without its spec echoed back.
-    let mut review: Value = serde_json::from_slice(&req.body).unwrap_or_else(|_| {
-        json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
-               "metadata": {}, "spec": {}})
-    });
-    if !review.is_object() {
-        return Err(ApiError::DecodeBody {
-            reason: "a SelfSubjectAccessReview must be an object".into(),
-        });
-    }
-    let allowed = req.user.as_ref().is_some_and(|u| u.is_master());
-    review["status"] = json!({"allowed": allowed});
-    Ok(json_response(StatusCode::CREATED, &review))
 }
 
 #[cfg(test)]

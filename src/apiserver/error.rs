@@ -35,6 +35,8 @@ pub enum ApiError {
         resource: String,
         name: String,
     },
+    #[error("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} {reason}")]
+    AlreadyBound { name: String, reason: String },
     #[error("{kind} \"{name}\" is invalid: {reason}")]
     Invalid {
         kind: String,
@@ -55,13 +57,17 @@ pub enum ApiError {
     ReadBody(String),
     #[error("Unauthorized")]
     Unauthenticated,
-    #[error("{resource} is forbidden: User \"{user}\" cannot {verb} resource \"{resource}\" in API group \"{group}\"{scope}")]
+    #[error("{message}")]
     Forbidden {
-        user: String,
-        verb: String,
+        message: String,
         group: String,
         resource: String,
-        scope: String,
+    },
+    #[error("forbidden: User \"{user}\" cannot {verb} path \"{path}\"")]
+    ForbiddenPath {
+        user: String,
+        verb: String,
+        path: String,
     },
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
@@ -96,7 +102,7 @@ impl ApiError {
         match self {
             RouteNotFound | NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
-            Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+            Conflict { .. } | AlreadyBound { .. } => (StatusCode::CONFLICT, "Conflict"),
             Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             DecodeBody { .. } | BadQuery { .. } | ReadBody(_) => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
@@ -107,7 +113,7 @@ impl ApiError {
             }
             BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            Forbidden { .. } | ForbiddenPath { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Gone { .. } => (StatusCode::GONE, "Expired"),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),

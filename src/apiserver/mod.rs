@@ -14,27 +14,35 @@
 //! `serde_json::Value`s, handled generically with a few per-kind rules ([`defaults`],
 //! [`service`]). Errors are one [`ApiError`] mapped to a Kubernetes `Status` in one place.
 //!
-//! Limits (phase 2): no RBAC (only `system:masters` is authorized; other users get 403),
-//! no bootstrap-token or service-account-token authentication, OpenAPI v3 documents without
+//! Authentication: x509, bootstrap tokens and service-account JWTs ([`authn`]);
+//! authorization: RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]).
+//!
+//! Limits: OpenAPI v3 documents without
 //! schemas (enough for `kubectl apply`/`create`, not for `kubectl explain`), protobuf request
 //! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no shared watch
 //! cache (each watch opens a store watch), no garbage collection or graceful pod deletion,
 //! server-side apply is a strategic merge without field ownership or conflicts.
 
+mod authn;
 mod bootstrap;
 mod defaults;
+mod delete;
 mod discovery;
 mod error;
+pub mod jwt;
 mod list;
 mod object;
 mod openapi;
 mod patch;
 mod protobuf;
+mod rbac;
+mod rbac_defaults;
 pub mod resources;
 mod rest;
 mod selector;
 mod server;
 mod service;
+mod subresource;
 mod table;
 mod tls;
 mod watch;
@@ -50,12 +58,17 @@ pub use error::ApiError;
 pub use selector::Selector;
 pub use tls::{server_config, TlsError, User};
 
+use crate::pki::token::Token;
 use crate::store::Store;
 
 /// What every request handler shares.
 pub(crate) struct State {
     pub store: Arc<dyn Store>,
     pub service_cidr: Ipv4Net,
+    /// Verifies (and, with `sa.key`, mints) service-account tokens.
+    pub sa_keys: Option<jwt::SaKeys>,
+    /// Bootstrap tokens whose Secrets the bootstrap creates.
+    pub tokens: Vec<Token>,
 }
 
 impl State {
@@ -64,6 +77,8 @@ impl State {
         State {
             store,
             service_cidr: "10.96.0.0/12".parse().expect("cidr"),
+            sa_keys: None,
+            tokens: Vec::new(),
         }
     }
 }
@@ -73,6 +88,8 @@ impl State {
 pub enum StartError {
     #[error("cannot load the TLS material")]
     Tls(#[from] TlsError),
+    #[error("cannot load the service-account key")]
+    SaKey(#[from] jwt::JwtError),
     #[error("cannot create the bootstrap objects")]
     Bootstrap(#[source] ApiError),
 }
@@ -91,10 +108,29 @@ impl ApiServer {
         service_cidr: Ipv4Net,
         pki_dir: &Path,
     ) -> Result<ApiServer, StartError> {
+        Self::start_with_tokens(store, service_cidr, pki_dir, Vec::new()).await
+    }
+
+    /// [`ApiServer::start`], also creating the `bootstrap-token-<id>` Secrets of `tokens`
+    /// (from the cluster's `tokens.toml`). The service-account keys `sa.pub`/`sa.key` are
+    /// loaded from `pki_dir` when present.
+    pub async fn start_with_tokens(
+        store: Arc<dyn Store>,
+        service_cidr: Ipv4Net,
+        pki_dir: &Path,
+        tokens: Vec<Token>,
+    ) -> Result<ApiServer, StartError> {
         let tls = server_config(pki_dir)?;
+        let sa_keys = if pki_dir.join("sa.pub").exists() {
+            Some(jwt::SaKeys::load(pki_dir)?)
+        } else {
+            None
+        };
         let state = Arc::new(State {
             store,
             service_cidr,
+            sa_keys,
+            tokens,
         });
         bootstrap::run(&state)
             .await

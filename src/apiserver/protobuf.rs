@@ -6,7 +6,8 @@
 //! back to JSON on 415. How: the body is the `k8s\0` magic followed by a `runtime.Unknown`
 //! (type meta + raw bytes); the raw object is decoded with a small field table per message
 //! into the same JSON the kind has on the wire. Limits: only Namespace, ConfigMap, Secret,
-//! ServiceAccount, Service, Pod, Deployment, Job, CronJob and the RBAC kinds, with the fields the
+//! ServiceAccount, Service, Pod, Deployment, Job, CronJob, the RBAC kinds,
+//! SelfSubjectAccessReview and TokenRequest, with the fields the
 //! `kubectl create`/`run` generators set; any other kind, or an unlisted field holding a
 //! non-zero value, is refused with 415, never silently dropped. Zero values (`""`, `0`,
 //! `false`, empty messages) are left out, as Go's JSON encoding omits them — which also
@@ -238,6 +239,44 @@ const POLICY_RULE: &[F] = &[
     (4, "resourceNames", Ty::Str, true),
     (5, "nonResourceURLs", Ty::Str, true),
 ];
+const RESOURCE_ATTRIBUTES: &[F] = &[
+    (1, "namespace", Ty::Str, false),
+    (2, "verb", Ty::Str, false),
+    (3, "group", Ty::Str, false),
+    (4, "version", Ty::Str, false),
+    (5, "resource", Ty::Str, false),
+    (6, "subresource", Ty::Str, false),
+    (7, "name", Ty::Str, false),
+];
+const NON_RESOURCE_ATTRIBUTES: &[F] = &[(1, "path", Ty::Str, false), (2, "verb", Ty::Str, false)];
+const ACCESS_REVIEW_SPEC: &[F] = &[
+    (1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES), false),
+    (
+        2,
+        "nonResourceAttributes",
+        Ty::Msg(NON_RESOURCE_ATTRIBUTES),
+        false,
+    ),
+];
+const ACCESS_REVIEW: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(ACCESS_REVIEW_SPEC), false),
+];
+const BOUND_OBJECT: &[F] = &[
+    (1, "kind", Ty::Str, false),
+    (2, "apiVersion", Ty::Str, false),
+    (3, "name", Ty::Str, false),
+    (4, "uid", Ty::Str, false),
+];
+const TOKEN_REQUEST_SPEC: &[F] = &[
+    (1, "audiences", Ty::Str, true),
+    (3, "boundObjectRef", Ty::Msg(BOUND_OBJECT), false),
+    (4, "expirationSeconds", Ty::Int, false),
+];
+const TOKEN_REQUEST: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(TOKEN_REQUEST_SPEC), false),
+];
 const ROLE: &[F] = &[
     (1, "metadata", Ty::Msg(OBJECT_META), false),
     (2, "rules", Ty::Msg(POLICY_RULE), true),
@@ -441,6 +480,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "Job") => JOB,
         ("batch/v1", "CronJob") => CRON_JOB,
         ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => ACCESS_REVIEW,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
         _ => return Err(unsupported(format!("protobuf for {api_version} {kind}"))),
     };

@@ -8,10 +8,8 @@
 //! `namespace` and deletion fields are the server's; `generation` grows when `.spec`
 //! changes; on kinds with a `status` subresource the main endpoint leaves `.status` alone and
 //! the `status` endpoint changes only `.status`; an unchanged object is not rewritten.
-//! Deleting an object with finalizers only sets `deletionTimestamp`; the update that
-//! empties its finalizers then deletes it. Limits (phase 1): pods are deleted at once (no
-//! kubelet grace period yet); no `ownerReferences` garbage collection; deleting a namespace
-//! deletes its objects directly instead of through a namespace controller.
+//! The update that empties the finalizers of an object marked for deletion (with no grace
+//! period pending) deletes it; deletion itself is in [`super::delete`].
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -22,16 +20,16 @@ use super::object::{
     self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
 };
 use super::patch::{self, PatchKind};
-use super::resources::{self, Resource, RESOURCES};
+use super::resources::{self, Resource};
 use super::server::{json_response, Req, Response, Target};
 use super::{defaults, table, State};
 use crate::store::StoreError;
 
-fn name_of(t: &Target) -> &str {
+pub(super) fn name_of(t: &Target) -> &str {
     t.name.as_deref().unwrap_or_default()
 }
 
-fn not_found(res: &Resource, name: &str) -> ApiError {
+pub(super) fn not_found(res: &Resource, name: &str) -> ApiError {
     ApiError::NotFound {
         group: res.group.into(),
         resource: res.plural.into(),
@@ -39,7 +37,7 @@ fn not_found(res: &Resource, name: &str) -> ApiError {
     }
 }
 
-fn conflict(res: &Resource, name: &str) -> ApiError {
+pub(super) fn conflict(res: &Resource, name: &str) -> ApiError {
     ApiError::Conflict {
         group: res.group.into(),
         resource: res.plural.into(),
@@ -47,7 +45,7 @@ fn conflict(res: &Resource, name: &str) -> ApiError {
     }
 }
 
-fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
+pub(super) fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
     match e {
         StoreError::NotFound { .. } => not_found(res, name),
         StoreError::Conflict { .. } => conflict(res, name),
@@ -60,7 +58,7 @@ fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
     }
 }
 
-fn invalid(res: &Resource, name: &str, reason: String) -> ApiError {
+pub(super) fn invalid(res: &Resource, name: &str, reason: String) -> ApiError {
     ApiError::Invalid {
         kind: res.kind.into(),
         name: name.into(),
@@ -69,7 +67,7 @@ fn invalid(res: &Resource, name: &str, reason: String) -> ApiError {
 }
 
 /// Reads one object and its `mod_revision`.
-async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
+pub(super) async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
     let key = t.res.key(t.namespace.as_deref(), name_of(t));
     let kv = st
         .store
@@ -80,7 +78,7 @@ async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
 }
 
 /// The `autoscaling/v1` Scale view of a scalable object.
-fn scale_of(obj: &Value) -> Value {
+pub(super) fn scale_of(obj: &Value) -> Value {
     let labels = obj
         .pointer("/spec/selector/matchLabels")
         .or_else(|| {
@@ -267,6 +265,17 @@ pub async fn create(st: &State, t: &Target, req: &Req) -> Result<Response, ApiEr
 
 /// The object an update really writes, given the stored one and the requested one.
 fn merge_update(t: &Target, old: &Value, mut new: Value) -> Value {
+    if t.sub.as_deref() == Some("approval") {
+        let mut out = old.clone();
+        if !out["status"].is_object() {
+            out["status"] = json!({});
+        }
+        out["status"]["conditions"] = new
+            .pointer("/status/conditions")
+            .cloned()
+            .unwrap_or(json!([]));
+        return out;
+    }
     if t.sub.as_deref() == Some("status") {
         let mut out = old.clone();
         match new.get("status") {
@@ -336,12 +345,7 @@ async fn commit(
     if req.q("dryRun").is_some() {
         return Ok(new);
     }
-    let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-        && new
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .map_or(true, Vec::is_empty);
-    if finalized {
+    if super::delete::finished(&new) {
         let (rev, _) = st
             .store
             .delete(&key, Some(expected))
@@ -444,97 +448,6 @@ pub async fn patch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
         }
     }
     Err(conflict(t.res, name_of(t)))
-}
-
-/// Deletes every object in a namespace (phase 1 stands in for the namespace controller).
-async fn empty_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
-    for res in RESOURCES.iter().filter(|r| r.namespaced) {
-        let page = st
-            .store
-            .list(&res.prefix(Some(ns)), Default::default())
-            .await?;
-        for kv in page.items {
-            match st.store.delete(&kv.key, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Deletes one object, or marks it for deletion when it has finalizers.
-async fn delete_object(st: &State, t: &Target, req: &Req) -> Result<Value, ApiError> {
-    let (old, rev) = read(st, t).await?;
-    if req.q("dryRun").is_some() {
-        return Ok(old);
-    }
-    let has_finalizers = old
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
-    if has_finalizers {
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(old);
-        }
-        let mut new = old.clone();
-        meta_mut(&mut new).insert("deletionTimestamp".into(), json!(now()));
-        meta_mut(&mut new).insert("deletionGracePeriodSeconds".into(), json!(0));
-        let key = t.res.key(t.namespace.as_deref(), name_of(t));
-        let rev = st
-            .store
-            .update(&key, to_bytes(&new), rev)
-            .await
-            .map_err(|e| store_err(t.res, name_of(t), e))?;
-        set_rv(&mut new, rev);
-        return Ok(new);
-    }
-    if t.res.plural == "namespaces" {
-        empty_namespace(st, name_of(t)).await?;
-    }
-    let key = t.res.key(t.namespace.as_deref(), name_of(t));
-    let (rev, _) = st
-        .store
-        .delete(&key, Some(rev))
-        .await
-        .map_err(|e| store_err(t.res, name_of(t), e))?;
-    let mut gone = old;
-    set_rv(&mut gone, rev);
-    Ok(gone)
-}
-
-/// DELETE of one object.
-pub async fn delete(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
-    if t.sub.is_some() {
-        return Err(ApiError::MethodNotAllowed);
-    }
-    let obj = delete_object(st, t, req).await?;
-    Ok(json_response(StatusCode::OK, &obj))
-}
-
-/// DELETE of a collection: every object the selectors match.
-pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
-    let q = ListQuery::from_req(req)?;
-    let page = list_objects(st, t.res, t.namespace.as_deref(), &q).await?;
-    let mut deleted = Vec::new();
-    for obj in page.items {
-        let one = Target {
-            res: t.res,
-            namespace: meta_str(&obj, "namespace").map(str::to_string),
-            name: meta_str(&obj, "name").map(str::to_string),
-            sub: None,
-        };
-        match delete_object(st, &one, req).await {
-            Ok(o) => deleted.push(o),
-            Err(ApiError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"kind": format!("{}List", t.res.kind), "apiVersion": t.res.api_version(),
-                "metadata": {}, "items": deleted}),
-    ))
 }
 
 #[cfg(test)]

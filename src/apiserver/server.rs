@@ -29,7 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use super::error::ApiError;
 use super::resources::{self, Resource};
 use super::tls::{user_from_cert, User};
-use super::{discovery, object, openapi, rest, watch, State};
+use super::{authn, delete, discovery, object, openapi, rbac, rest, subresource, watch, State};
 
 /// The body of every response: a whole buffer or a stream (watch).
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -186,11 +186,8 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
     if rest.len() > len || name.as_deref() == Some("") {
         return Err(ApiError::RouteNotFound);
     }
-    match sub.as_deref() {
-        None => {}
-        Some("status") if res.status => {}
-        Some("scale") if res.scale => {}
-        Some(_) => return Err(ApiError::RouteNotFound),
+    if sub.as_deref().is_some_and(|s| !subresource::exists(res, s)) {
+        return Err(ApiError::RouteNotFound);
     }
     if res.namespaced && namespace.is_none() && name.is_some() {
         return Err(ApiError::RouteNotFound);
@@ -230,6 +227,7 @@ fn verb(method: &Method, t: &Target, req: &Req) -> Result<&'static str, ApiError
         (&Method::GET, false) if req.flag("watch") => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, false) => "create",
+        (&Method::POST, true) if t.sub.as_deref().is_some_and(subresource::is_action) => "create",
         (&Method::PUT, true) => "update",
         (&Method::PATCH, true) => "patch",
         (&Method::DELETE, true) => "delete",
@@ -238,24 +236,81 @@ fn verb(method: &Method, t: &Target, req: &Req) -> Result<&'static str, ApiError
     })
 }
 
-fn authorize(user: Option<&User>, t: &Target, verb: &str) -> Result<(), ApiError> {
-    let user = user.ok_or(ApiError::Unauthenticated)?;
-    if user.is_master() {
-        return Ok(());
-    }
-    let resource = match &t.sub {
-        Some(s) => format!("{}/{s}", t.res.plural),
-        None => t.res.plural.to_string(),
-    };
-    Err(ApiError::Forbidden {
-        user: user.name.clone(),
+/// The RBAC attributes of a resource request.
+fn attributes(t: &Target, verb: &str) -> rbac::Attributes {
+    rbac::Attributes {
         verb: verb.to_string(),
         group: t.res.group.to_string(),
-        resource,
-        scope: match &t.namespace {
-            Some(ns) => format!(" in the namespace \"{ns}\""),
-            None => " at the cluster scope".into(),
-        },
+        resource: t.res.plural.to_string(),
+        subresource: t.sub.clone().unwrap_or_default(),
+        namespace: t.namespace.clone().unwrap_or_default(),
+        name: t.name.clone().unwrap_or_default(),
+        path: None,
+    }
+}
+
+/// Allows the request or answers 401/403.
+async fn authorize(
+    state: &State,
+    user: Option<&User>,
+    a: &rbac::Attributes,
+) -> Result<(), ApiError> {
+    let user = user.ok_or(ApiError::Unauthenticated)?;
+    if rbac::allowed(state, user, a).await? {
+        Ok(())
+    } else {
+        Err(rbac::forbidden(user, a))
+    }
+}
+
+/// Applies `Impersonate-User`/`Impersonate-Group` headers when the user may impersonate.
+async fn impersonate(
+    state: &State,
+    user: User,
+    headers: &hyper::HeaderMap,
+) -> Result<User, ApiError> {
+    let Some(name) = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(user);
+    };
+    let check = |resource: &str, ns: &str, name: &str| rbac::Attributes {
+        verb: "impersonate".into(),
+        resource: resource.into(),
+        namespace: ns.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let mut wanted = match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|s| s.split_once(':'))
+    {
+        Some((ns, sa)) => vec![check("serviceaccounts", ns, sa)],
+        None => vec![check("users", "", name)],
+    };
+    let mut groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    for g in &groups {
+        wanted.push(check("groups", "", g));
+    }
+    for a in &wanted {
+        authorize(state, Some(&user), a).await?;
+    }
+    if let Some((ns, _)) = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|s| s.split_once(':'))
+    {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups.push("system:authenticated".into());
+    Ok(User {
+        name: name.to_string(),
+        groups,
     })
 }
 
@@ -316,9 +371,14 @@ async fn dispatch(
             _ => Ok(discovery::version()),
         };
     }
-    if user.is_none() {
-        return Err(ApiError::Unauthenticated);
-    }
+    let authorization = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = authn::authenticate(state, user, authorization)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let user = Some(impersonate(state, user, req.headers()).await?);
     if too_big {
         return Err(ApiError::BodyTooLarge {
             limit: object::MAX_BODY,
@@ -337,26 +397,49 @@ async fn dispatch(
         body,
         user,
     };
-    match route? {
+    let route = route?;
+    if !matches!(route, Route::Resource(_) | Route::AccessReview) {
+        let a = rbac::Attributes {
+            verb: "get".into(),
+            path: Some(path.trim_end_matches('/').to_string()),
+            ..Default::default()
+        };
+        authorize(state, r.user.as_ref(), &a).await?;
+    }
+    match route {
         Route::Health | Route::Version => Err(ApiError::RouteNotFound),
         Route::Api => Ok(discovery::api(&r)),
         Route::Apis => Ok(discovery::apis(&r)),
         Route::Group(g) => discovery::group(&g),
         Route::GroupVersion(g, v) => discovery::group_version(&g, &v),
         Route::OpenApi => openapi::serve(&path),
-        Route::AccessReview => discovery::access_review(&r),
+        Route::AccessReview => {
+            let a = rbac::Attributes {
+                verb: "create".into(),
+                group: "authorization.k8s.io".into(),
+                resource: "selfsubjectaccessreviews".into(),
+                ..Default::default()
+            };
+            authorize(state, r.user.as_ref(), &a).await?;
+            rbac::access_review(state, &r).await
+        }
         Route::Resource(t) => {
             let verb = verb(&r.method, &t, &r)?;
-            authorize(r.user.as_ref(), &t, verb)?;
+            authorize(state, r.user.as_ref(), &attributes(&t, verb)).await?;
             match verb {
                 "get" => rest::get(state, &t, &r).await,
                 "list" => rest::list(state, &t, &r).await,
                 "watch" => watch::watch(state, &t, &r).await,
-                "create" => rest::create(state, &t, &r).await,
+                "create" => match t.sub.as_deref() {
+                    Some("binding") => subresource::bind(state, &t, &r).await,
+                    Some("eviction") => subresource::evict(state, &t, &r).await,
+                    Some("token") => subresource::token(state, &t, &r).await,
+                    _ => rest::create(state, &t, &r).await,
+                },
                 "update" => rest::update(state, &t, &r).await,
                 "patch" => rest::patch(state, &t, &r).await,
-                "delete" => rest::delete(state, &t, &r).await,
-                _ => rest::delete_collection(state, &t, &r).await,
+                "delete" => delete::delete(state, &t, &r).await,
+                _ => delete::delete_collection(state, &t, &r).await,
             }
         }
     }

@@ -2,6 +2,8 @@
 //! development and tests: the apiserver, and in-process the scheduler and the
 //! controller-manager (each under leader election, with its own client certificate and a
 //! kubeconfig written next to `admin.conf`: `scheduler.conf`, `controller-manager.conf`).
+//! The bootstrap tokens of `DIR/secrets/tokens.toml` become their `bootstrap-token-<id>`
+//! Secrets, and the default RBAC roles are created.
 //!
 //! It serves on `--listen` (loopback by default) with the cluster's `apiserver` certificate,
 //! stores objects in memory or in etcd (`--store etcd=URL,…`, plain HTTP or, for `https://`
@@ -143,7 +145,8 @@ async fn up(
     let cluster = Cluster::load(dir)?;
     let store = open_store(store, dir).await?;
     let pki_dir = pki::pki_dir(dir);
-    let server = ApiServer::start(store, cluster.service_cidr, &pki_dir)
+    let tokens = pki::token::load(dir).context("cannot read the bootstrap tokens")?;
+    let server = ApiServer::start_with_tokens(store, cluster.service_cidr, &pki_dir, tokens)
         .await
         .context("cannot start the apiserver")?;
     let listener = tokio::net::TcpListener::bind(listen)

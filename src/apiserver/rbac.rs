@@ -1,0 +1,360 @@
+//! RBAC authorization: Role, ClusterRole, RoleBinding and ClusterRoleBinding, evaluated
+//! the way Kubernetes' RBAC authorizer does.
+//!
+//! What: a request is described by [`Attributes`] (verb, API group, resource, subresource,
+//! namespace, name — or a non-resource path). It is allowed when some ClusterRoleBinding,
+//! or some RoleBinding in the request's namespace, names the user (by `User`, `Group` or
+//! `ServiceAccount` subject) and refers to a role with a rule that covers the request.
+//! `system:masters` is allowed everything without a lookup. How: the bindings and roles are
+//! read from the store per decision (the watch cache will serve them); rules match with
+//! `*` wildcards, `resource/subresource` and `*/subresource` forms, `resourceNames` (never
+//! for create or collection verbs), and non-resource URLs with a trailing `*` prefix
+//! match. Limits: ClusterRole `aggregationRule` is not evaluated (the default `admin`,
+//! `edit` and `view` carry their rules directly, see [`super::rbac_defaults`]); no
+//! escalation checks on role writes.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::object::{decode, from_kv};
+use super::server::{json_response, Req, Response};
+use super::tls::User;
+use super::State;
+
+/// What a request asks to do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attributes {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    /// Set for non-resource requests (`/healthz`, `/apis`…); the resource fields are empty.
+    pub path: Option<String>,
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Whether one policy rule covers the request.
+pub fn rule_allows(rule: &Value, a: &Attributes) -> bool {
+    let verbs = strs(&rule["verbs"]);
+    if !verbs.iter().any(|v| *v == "*" || *v == a.verb) {
+        return false;
+    }
+    if let Some(path) = &a.path {
+        return strs(&rule["nonResourceURLs"]).iter().any(|u| {
+            *u == "*"
+                || *u == path
+                || u.strip_suffix('*')
+                    .is_some_and(|prefix| path.starts_with(prefix))
+        });
+    }
+    let groups = strs(&rule["apiGroups"]);
+    if !groups.iter().any(|g| *g == "*" || *g == a.group) {
+        return false;
+    }
+    let wanted = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
+    let resource_ok = strs(&rule["resources"]).iter().any(|r| {
+        *r == "*"
+            || *r == wanted
+            || (!a.subresource.is_empty()
+                && r.strip_prefix("*/").is_some_and(|s| s == a.subresource))
+    });
+    if !resource_ok {
+        return false;
+    }
+    let names = strs(&rule["resourceNames"]);
+    names.is_empty() || (!a.name.is_empty() && names.contains(&a.name.as_str()))
+}
+
+/// Whether a binding's subject names the user. `default_ns` is a RoleBinding's namespace.
+fn subject_matches(s: &Value, user: &User, default_ns: &str) -> bool {
+    let name = s["name"].as_str().unwrap_or_default();
+    match s["kind"].as_str() {
+        Some("User") => user.name == name,
+        Some("Group") => user.groups.iter().any(|g| g == name),
+        Some("ServiceAccount") => {
+            let ns = s["namespace"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(default_ns);
+            user.name == format!("system:serviceaccount:{ns}:{name}")
+        }
+        _ => false,
+    }
+}
+
+async fn rules_of(st: &State, role_ref: &Value, ns: &str) -> Result<Vec<Value>, ApiError> {
+    let name = role_ref["name"].as_str().unwrap_or_default();
+    let key = match role_ref["kind"].as_str() {
+        Some("ClusterRole") => format!("/registry/clusterroles/{name}"),
+        Some("Role") if !ns.is_empty() => format!("/registry/roles/{ns}/{name}"),
+        _ => return Ok(Vec::new()),
+    };
+    Ok(match st.store.get(&key).await? {
+        Some(kv) => from_kv(&kv)?["rules"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+        None => Vec::new(),
+    })
+}
+
+async fn bindings_allow(
+    st: &State,
+    prefix: &str,
+    user: &User,
+    a: &Attributes,
+) -> Result<bool, ApiError> {
+    let page = st.store.list(prefix, Default::default()).await?;
+    for kv in &page.items {
+        let b = from_kv(kv)?;
+        let ns = b
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let named = b["subjects"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &ns)));
+        if !named {
+            continue;
+        }
+        if rules_of(st, &b["roleRef"], &ns)
+            .await?
+            .iter()
+            .any(|r| rule_allows(r, a))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether RBAC allows `user` to do `a`.
+pub async fn allowed(st: &State, user: &User, a: &Attributes) -> Result<bool, ApiError> {
+    if user.is_master() {
+        return Ok(true);
+    }
+    if bindings_allow(st, "/registry/clusterrolebindings/", user, a).await? {
+        return Ok(true);
+    }
+    if a.path.is_none() && !a.namespace.is_empty() {
+        let prefix = format!("/registry/rolebindings/{}/", a.namespace);
+        return bindings_allow(st, &prefix, user, a).await;
+    }
+    Ok(false)
+}
+
+/// The 403 for a refused resource request, worded like Kubernetes'.
+pub fn forbidden(user: &User, a: &Attributes) -> ApiError {
+    if let Some(path) = &a.path {
+        return ApiError::ForbiddenPath {
+            user: user.name.clone(),
+            verb: a.verb.clone(),
+            path: path.clone(),
+        };
+    }
+    let resource = if a.subresource.is_empty() {
+        a.resource.clone()
+    } else {
+        format!("{}/{}", a.resource, a.subresource)
+    };
+    let what = if a.name.is_empty() {
+        resource.clone()
+    } else {
+        format!("{resource} \"{}\"", a.name)
+    };
+    let scope = if a.namespace.is_empty() {
+        " at the cluster scope".to_string()
+    } else {
+        format!(" in the namespace \"{}\"", a.namespace)
+    };
+    ApiError::Forbidden {
+        message: format!(
+            "{what} is forbidden: User \"{}\" cannot {} resource \"{resource}\" in API group \"{}\"{scope}",
+            user.name, a.verb, a.group
+        ),
+        group: a.group.clone(),
+        resource,
+    }
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (what `kubectl auth
+/// can-i` asks): the answer RBAC gives the requesting user.
+pub async fn access_review(st: &State, req: &Req) -> Result<Response, ApiError> {
+    let user = req.user.as_ref().ok_or(ApiError::Unauthenticated)?;
+    let mut review = decode(&req.body, &req.content_type)?;
+    let s = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_string();
+    let spec = review["spec"].clone();
+    let a = if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
+        Attributes {
+            verb: s(ra, "verb"),
+            group: s(ra, "group"),
+            resource: s(ra, "resource"),
+            subresource: s(ra, "subresource"),
+            namespace: s(ra, "namespace"),
+            name: s(ra, "name"),
+            path: None,
+        }
+    } else if let Some(nr) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
+        Attributes {
+            verb: s(nr, "verb"),
+            path: Some(s(nr, "path")),
+            ..Default::default()
+        }
+    } else {
+        return Err(ApiError::Invalid {
+            kind: "SelfSubjectAccessReview".into(),
+            name: String::new(),
+            reason: "spec.resourceAttributes: Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
+        });
+    };
+    let allowed = allowed(st, user, &a).await?;
+    review["kind"] = json!("SelfSubjectAccessReview");
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["metadata"] = json!({"creationTimestamp": null});
+    review["status"] = if allowed {
+        json!({"allowed": true, "reason": "allowed by RBAC"})
+    } else {
+        json!({"allowed": false})
+    };
+    Ok(json_response(StatusCode::CREATED, &review))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Store};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn attrs(verb: &str, group: &str, resource: &str, sub: &str, ns: &str) -> Attributes {
+        Attributes {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            ..Default::default()
+        }
+    }
+
+    fn user(name: &str, groups: &[&str]) -> User {
+        User {
+            name: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn rules_match_verbs_groups_subresources_names_and_paths() {
+        let rule = json!({"verbs": ["get", "list"], "apiGroups": [""],
+                          "resources": ["pods", "pods/status"]});
+        assert!(rule_allows(&rule, &attrs("get", "", "pods", "", "a")));
+        assert!(rule_allows(&rule, &attrs("get", "", "pods", "status", "a")));
+        assert!(!rule_allows(&rule, &attrs("get", "", "pods", "log", "a")));
+        assert!(!rule_allows(&rule, &attrs("delete", "", "pods", "", "a")));
+        assert!(!rule_allows(&rule, &attrs("get", "apps", "pods", "", "a")));
+        let star_sub = json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*/scale"]});
+        assert!(rule_allows(
+            &star_sub,
+            &attrs("update", "apps", "deployments", "scale", "a")
+        ));
+        let named = json!({"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"],
+                           "resourceNames": ["x"]});
+        let mut a = attrs("get", "", "configmaps", "", "a");
+        assert!(!rule_allows(&named, &a), "no name in the request");
+        a.name = "x".into();
+        assert!(rule_allows(&named, &a));
+        let urls = json!({"verbs": ["get"], "nonResourceURLs": ["/apis/*", "/version"]});
+        let path = |p: &str| Attributes {
+            verb: "get".into(),
+            path: Some(p.into()),
+            ..Default::default()
+        };
+        assert!(rule_allows(&urls, &path("/apis/apps/v1")));
+        assert!(rule_allows(&urls, &path("/version")));
+        assert!(!rule_allows(&urls, &path("/metrics")));
+    }
+
+    #[tokio::test]
+    async fn bindings_grant_rules_to_users_groups_and_service_accounts_in_their_scope() {
+        let store = Arc::new(MemoryStore::new());
+        let st = State::for_tests(store.clone());
+        let put = |k: &str, v: Value| {
+            let store = store.clone();
+            let k = k.to_string();
+            async move {
+                store
+                    .create(&k, serde_json::to_vec(&v).expect("json"))
+                    .await
+                    .expect("create")
+            }
+        };
+        put(
+            "/registry/clusterroles/reader",
+            json!({"rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}]}),
+        )
+        .await;
+        put(
+            "/registry/roles/team/cm-writer",
+            json!({"rules": [{"verbs": ["create"], "apiGroups": [""], "resources": ["configmaps"]}]}),
+        )
+        .await;
+        put(
+            "/registry/clusterrolebindings/readers",
+            json!({"subjects": [{"kind": "Group", "name": "auditors"}],
+                   "roleRef": {"kind": "ClusterRole", "name": "reader"}}),
+        )
+        .await;
+        put(
+            "/registry/rolebindings/team/bot",
+            json!({"metadata": {"namespace": "team"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "bot"}],
+                   "roleRef": {"kind": "Role", "name": "cm-writer"}}),
+        )
+        .await;
+        let auditor = user("alice", &["auditors"]);
+        assert!(allowed(&st, &auditor, &attrs("list", "", "pods", "", ""))
+            .await
+            .expect("rbac"));
+        assert!(
+            !allowed(&st, &auditor, &attrs("delete", "", "pods", "", "x"))
+                .await
+                .expect("rbac")
+        );
+        let bot = user(
+            "system:serviceaccount:team:bot",
+            &["system:serviceaccounts"],
+        );
+        assert!(
+            allowed(&st, &bot, &attrs("create", "", "configmaps", "", "team"))
+                .await
+                .expect("rbac")
+        );
+        assert!(
+            !allowed(&st, &bot, &attrs("create", "", "configmaps", "", "other"))
+                .await
+                .expect("rbac"),
+            "a RoleBinding only grants in its namespace"
+        );
+        assert!(allowed(
+            &st,
+            &user("root", &["system:masters"]),
+            &attrs("delete", "", "nodes", "", "")
+        )
+        .await
+        .expect("rbac"));
+    }
+}
