@@ -31,14 +31,62 @@ use super::{controller_of, Ctx, ReconcileError};
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";
 
-/// The template hash: Kubernetes' safe alphabet over a SHA-256 of the template JSON.
+/// Drops nulls, empty objects and empty arrays, so that `resources: {}` written by one
+/// client and left out by another hash alike.
+fn prune(v: &mut serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null => false,
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| prune(x));
+            !m.is_empty()
+        }
+        serde_json::Value::Array(a) => {
+            a.retain_mut(prune);
+            !a.is_empty()
+        }
+        _ => true,
+    }
+}
+
+/// JSON with sorted keys, whatever the map implementation.
+fn canonical(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for k in keys {
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&m[k], out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for x in a {
+                canonical(x, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// The template hash: Kubernetes' safe alphabet over a SHA-256 of the template's canonical
+/// JSON (without the hash label and empty fields).
 pub fn template_hash(t: &PodTemplateSpec) -> String {
     let mut t = t.clone();
     if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         l.remove(HASH);
     }
-    let bytes = serde_json::to_vec(&t).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
+    let mut v = serde_json::to_value(&t).unwrap_or_default();
+    prune(&mut v);
+    let mut text = String::new();
+    canonical(&v, &mut text);
+    let digest = Sha256::digest(text.as_bytes());
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     digest[..10]
         .iter()
@@ -513,5 +561,10 @@ mod tests {
             s.containers[0].image = Some("nginx:2".into());
         }
         assert_ne!(template_hash(&t), h);
+        let mut with_empty = t.clone();
+        if let Some(s) = with_empty.spec.as_mut() {
+            s.containers[0].resources = Some(Default::default());
+        }
+        assert_eq!(template_hash(&with_empty), template_hash(&t));
     }
 }
