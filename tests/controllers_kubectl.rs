@@ -1,7 +1,8 @@
 //! The scheduler and controller-manager inside `kimg up`, with simulated nodes
 //! (`kimg sim nodes`), driven by the real `kubectl` (v1.32): placement, scaling, rollouts,
 //! DaemonSets, Jobs, CronJobs, cascading deletion, node failure and leader election, on the
-//! memory store and on a local etcd. Needs the `kubectl` and `etcd-server` packages.
+//! memory store and on a local etcd, and a bootstrap-token CSR checked with `openssl`.
+//! Needs the `kubectl`, `etcd-server` and `openssl` packages.
 
 mod common;
 
@@ -459,6 +460,9 @@ fn kubectl_workloads_on_simulated_nodes_with_kimg_up_on_a_local_etcd_binary() {
     let mut env = Env::start(&url, &[]);
     deployments_and_placements(&mut env);
     drop(env);
+    let mut env = Env::start(&url, &[]);
+    daemonsets_jobs_and_cronjobs(&mut env);
+    drop(env);
     drop(etcd);
 }
 
@@ -565,4 +569,124 @@ fn killing_the_leading_scheduler_hands_leadership_over_within_one_lease() {
     env.ok(&["run", "probe", "--image=busybox"]);
     let pods = env.running("run=probe", 1);
     assert_eq!(pods[0].1, "n-0");
+}
+
+#[test]
+fn a_bootstrap_token_csr_is_approved_and_signed_by_the_cluster_ca_checked_with_openssl() {
+    let env = Env::start("memory", &[]);
+    let tokens = std::fs::read_to_string(env.dir.join("secrets/tokens.toml")).expect("tokens.toml");
+    let field = |k: &str| {
+        tokens.lines().find_map(|l| {
+            l.strip_prefix(&format!("{k} = \""))?
+                .strip_suffix('"')
+                .map(str::to_string)
+        })
+    };
+    let token = format!(
+        "{}.{}",
+        field("id").expect("token id"),
+        field("secret").expect("token secret")
+    );
+    let (key, req) = (env.dir.join("w1.key"), env.dir.join("w1.csr"));
+    common::tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().expect("utf-8"),
+            "-out",
+            req.to_str().expect("utf-8"),
+            "-subj",
+            "/O=system:nodes/CN=system:node:w1",
+        ],
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).expect("csr"));
+    let manifest = env.dir.join("csr.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\n\
+        metadata: {{name: node-csr-w1}}\nspec:\n  request: {b64}\n  \
+        signerName: kubernetes.io/kube-apiserver-client-kubelet\n  \
+        usages: [digital signature, key encipherment, client auth]\n"
+        ),
+    )
+    .expect("write");
+    let kc: Value = {
+        let text = std::fs::read_to_string(&env.kubeconfig).expect("kubeconfig");
+        serde_yaml::from_str(&text).expect("yaml")
+    };
+    let server = kc["clusters"][0]["cluster"]["server"]
+        .as_str()
+        .expect("server")
+        .to_string();
+    let ca = env.dir.join("secrets/pki/ca.crt");
+    let out = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            "/dev/null",
+            "--server",
+            &server,
+            "--certificate-authority",
+            ca.to_str().expect("utf-8"),
+            "--token",
+            &token,
+            "create",
+            "-f",
+            manifest.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert_b64 = wait_for(30, "the CSR to be approved and signed", || {
+        let v = env.json(&["get", "csr", "node-csr-w1"]);
+        let approved = v["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Approved");
+        let cert = v["status"]["certificate"].as_str()?.to_string();
+        approved.then_some(cert)
+    });
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(cert_b64)
+        .expect("base64");
+    let crt = env.dir.join("w1.crt");
+    std::fs::write(&crt, pem).expect("write cert");
+    let verify = common::tool_ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            ca.to_str().expect("utf-8"),
+            crt.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(verify.contains(": OK"), "{verify}");
+    let text = common::tool_ok(
+        "openssl",
+        &[
+            "x509",
+            "-in",
+            crt.to_str().expect("utf-8"),
+            "-noout",
+            "-subject",
+            "-ext",
+            "extendedKeyUsage",
+        ],
+    );
+    assert!(
+        text.contains("system:node:w1") && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
 }

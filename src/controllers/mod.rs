@@ -141,6 +141,8 @@ pub struct Ctx {
     pub serviceaccounts: Store<ServiceAccount>,
     pub queues: Queues,
     pub expectations: replicaset::Expectations,
+    /// Pod CIDRs handed out by this process (the node cache may not show them yet).
+    pub allocated_cidrs: std::sync::Mutex<std::collections::HashSet<Ipv4Net>>,
 }
 
 impl Ctx {
@@ -358,6 +360,7 @@ pub async fn run(client: Client, opts: Options) {
         serviceaccounts,
         queues: queues.clone(),
         expectations: Default::default(),
+        allocated_cidrs: Default::default(),
     });
     let c = &ctx;
     let q = &queues;

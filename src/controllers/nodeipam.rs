@@ -1,8 +1,8 @@
 //! NodeIPAM: gives every node a `/24` pod CIDR (`spec.podCIDR`, `spec.podCIDRs`) from the
 //! cluster's pod network.
 //!
-//! How: the /24s already held by nodes in the cache are taken; a node without one gets the
-//! lowest free /24. Limits: the mask is fixed at /24; IPv4 only; two controller-managers
+//! How: the /24s held by nodes in the cache, plus those this process handed out (the cache
+//! may lag), are taken; a node without one gets the lowest free /24. Limits: the mask is fixed at /24; IPv4 only; two controller-managers
 //! never allocate at once (leader election), but a stale cache right after a failover
 //! could hand out a /24 twice until the next reconcile — the apiserver rejects a change of
 //! an already set podCIDR, so the loser keeps its first one.
@@ -43,13 +43,25 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
     {
         return Ok(None);
     }
-    let taken: HashSet<Ipv4Net> = ctx
-        .nodes
-        .state()
-        .iter()
-        .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok())
-        .collect();
-    let Some(cidr) = next_free(cluster, &taken) else {
+    let free = {
+        let mut mine = ctx
+            .allocated_cidrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut taken: HashSet<Ipv4Net> = ctx
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.spec.as_ref()?.pod_cidr.as_ref()?.parse().ok())
+            .collect();
+        taken.extend(mine.iter().copied());
+        let free = next_free(cluster, &taken);
+        if let Some(c) = free {
+            mine.insert(c);
+        }
+        free
+    };
+    let Some(cidr) = free else {
         tracing::warn!(node = key, %cluster, "no free pod CIDR left");
         return Ok(None);
     };
@@ -63,7 +75,6 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
             source,
         })?;
     tracing::info!(node = key, %cidr, "allocated pod CIDR");
-    // The cache learns of it through the watch; until then, avoid reusing it.
     Ok(None)
 }
 
