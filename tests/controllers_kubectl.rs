@@ -460,9 +460,15 @@ fn kubectl_workloads_on_simulated_nodes_with_kimg_up_on_a_local_etcd_binary() {
     let mut env = Env::start(&url, &[]);
     deployments_and_placements(&mut env);
     drop(env);
-    let mut env = Env::start(&url, &[]);
+    // A fresh etcd: the first cluster's nodes would otherwise still be registered.
+    let etcd2 = rt
+        .block_on(kimg::store::LocalEtcd::start())
+        .expect("start etcd");
+    let url2 = format!("etcd={}", etcd2.config().endpoints[0]);
+    let mut env = Env::start(&url2, &[]);
     daemonsets_jobs_and_cronjobs(&mut env);
     drop(env);
+    drop(etcd2);
     drop(etcd);
 }
 
