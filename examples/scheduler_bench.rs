@@ -101,6 +101,16 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU seconds a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |x| x.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (num(11) + num(12)) / 100.0
+}
+
 struct Kill(Vec<Child>);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -140,6 +150,7 @@ async fn end_to_end(nodes: usize, pods: usize) -> anyhow::Result<()> {
         .stderr(Stdio::null())
         .spawn()?;
     let out = up.stdout.take().context("stdout")?;
+    let up_pid = up.id();
     procs.0.push(up);
     let kubeconfig = {
         use std::io::BufRead;
@@ -150,21 +161,21 @@ async fn end_to_end(nodes: usize, pods: usize) -> anyhow::Result<()> {
     let client = kimg::controllers::client_from_kubeconfig(&kubeconfig).await?;
     let kc = kubeconfig.to_str().context("utf-8")?.to_string();
     let t = Instant::now();
-    procs.0.push(
-        Command::new(&bin)
-            .args([
-                "sim",
-                "nodes",
-                "--count",
-                &nodes.to_string(),
-                "--kubeconfig",
-                &kc,
-                "--heartbeat",
-                "30s",
-            ])
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let sim = Command::new(&bin)
+        .args([
+            "sim",
+            "nodes",
+            "--count",
+            &nodes.to_string(),
+            "--kubeconfig",
+            &kc,
+            "--heartbeat",
+            "30s",
+        ])
+        .stderr(Stdio::null())
+        .spawn()?;
+    let sim_pid = sim.id();
+    procs.0.push(sim);
     let node_api: Api<Node> = Api::all(client.clone());
     loop {
         let n = node_api.list(&ListParams::default()).await?.items.len();
@@ -193,6 +204,7 @@ async fn end_to_end(nodes: usize, pods: usize) -> anyhow::Result<()> {
         "e2e_pods_created={pods} e2e_create_seconds={:.1}",
         t.elapsed().as_secs_f64()
     );
+    let cpu0 = [cpu_seconds(up_pid), cpu_seconds(sim_pid)];
     let start = Instant::now();
     let sched = Command::new(&bin)
         .args(["scheduler", "--kubeconfig", &kc, "--leader-elect=false"])
@@ -230,6 +242,8 @@ async fn end_to_end(nodes: usize, pods: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let secs = start.elapsed().as_secs_f64();
+    println!("cpu_seconds_during_scheduling apiserver={:.1} sim={:.1} scheduler={:.1} controller_manager={:.1}",
+        cpu_seconds(up_pid) - cpu0[0], cpu_seconds(sim_pid) - cpu0[1], cpu_seconds(sched_pid), cpu_seconds(cm_pid));
     tokio::time::sleep(Duration::from_secs(5)).await;
     println!("e2e_schedule_seconds={secs:.1} e2e_pods_per_second={:.0} (includes scheduler start-up and its initial list)", pods as f64 / secs);
     println!("scheduler_rss_kib={} scheduler_peak_rss_kib={peak_sched} controller_manager_rss_kib={} controller_manager_peak_rss_kib={peak_cm}",

@@ -68,7 +68,7 @@ where
     F: Fn(watcher::Event<K>) -> Msg + Send + 'static,
 {
     tokio::spawn(async move {
-        let cfg = watcher::Config::default().page_size(5000);
+        let cfg = watcher::Config::default().page_size(500);
         let mut stream = watcher(api, cfg).boxed();
         while let Some(ev) = stream.next().await {
             match ev {
