@@ -11,7 +11,8 @@
 //!
 //! Stopping a node (so node lifecycle can be tested): with `pause_dir` set, a node whose
 //! name exists as a file in that directory stops heartbeating, stops reporting and stops
-//! handling its pods — it looks dead; removing the file revives it (it reports Ready again).
+//! handling its pods — it looks dead; removing the file revives it (it reports Ready again
+//! and finishes the deletions of its pods that happened meanwhile).
 //!
 //! Limits: no containers, probes or logs; pod IPs are not routable; one process handles
 //! all of its nodes.
@@ -426,6 +427,15 @@ pub async fn run(client: Client, opts: SimOptions) -> Result<(), SimError> {
             };
             for n in &revived {
                 f.report_ready(n).await;
+                // Catch up on what happened to its pods while it was silent.
+                let pods: Api<Pod> = Api::all(f.client.clone());
+                let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={n}"));
+                if let Ok(list) = pods.list(&lp).await {
+                    for p in list.items {
+                        let f = f.clone();
+                        tokio::spawn(async move { f.pod_changed(p).await });
+                    }
+                }
             }
             let live: Vec<String> = f
                 .names
