@@ -451,21 +451,20 @@ fn kubectl_session(up: &Up) {
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
     assert_eq!(up.curl(false, &[], "/healthz"), (200, "ok".to_string()));
-    // An authenticated user outside system:masters is forbidden until RBAC (phase 2).
-    let (code, body) = up.curl(
-        false,
-        &[
-            "--cert",
-            &up.pki("scheduler.crt"),
-            "--key",
-            &up.pki("scheduler.key"),
-        ],
-        "/api/v1/namespaces/demo/pods",
-    );
+    // The scheduler's certificate gets what RBAC's system:kube-scheduler role grants.
+    let scheduler = [
+        "--cert",
+        &up.pki("scheduler.crt"),
+        "--key",
+        &up.pki("scheduler.key"),
+    ];
+    let (code, body) = up.curl(false, &scheduler, "/api/v1/namespaces/demo/pods");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = up.curl(false, &scheduler, "/api/v1/namespaces/demo/secrets");
     assert_eq!(code, 403, "{body}");
     assert!(
         body.contains("system:kube-scheduler")
-            && body.contains("cannot list resource")
+            && body.contains(r#"cannot list resource \"secrets\""#)
             && body.contains(r#""reason":"Forbidden""#),
         "{body}"
     );

@@ -4,7 +4,8 @@
 //! How: a list reads the store range of the collection (one namespace or all) at one
 //! revision, keeps the objects the selectors match, and stops after `limit` matches; the
 //! `continue` token encodes the revision and the last key read, so the next page reads the
-//! same snapshot (410 Gone once that revision is compacted). A field selector that pins
+//! same snapshot (410 Gone once that revision is compacted). Reads go through the watch
+//! cache (`resourceVersion=0`: whatever it holds; unset: consistent). A field selector that pins
 //! `metadata.name` inside a namespace reads the one key. Limits: `resourceVersion` on a list
 //! is honoured only with `resourceVersionMatch=Exact` (otherwise the newest data is read,
 //! which satisfies `NotOlderThan`).
@@ -29,6 +30,8 @@ pub struct ListQuery {
     /// `(revision, last key)` from a `continue` token.
     pub after: Option<(i64, String)>,
     pub revision: Option<i64>,
+    /// `resourceVersion=0`: any cached state will do.
+    pub any: bool,
 }
 
 /// One page of a list.
@@ -78,6 +81,7 @@ impl ListQuery {
         if let Some(c) = req.q("continue").filter(|c| !c.is_empty()) {
             q.after = Some(decode_continue(c)?);
         }
+        q.any = req.q("resourceVersion") == Some("0");
         if req.q("resourceVersionMatch") == Some("Exact") {
             if let Some(rv) = req.q("resourceVersion") {
                 q.revision = Some(parse_rv(rv)?);
@@ -131,7 +135,6 @@ pub async fn list_objects(
     loop {
         let want = q.limit.map(|l| l.saturating_sub(items.len()).max(1));
         let page = st
-            .store
             .list(
                 &prefix,
                 ListOptions {
@@ -139,6 +142,7 @@ pub async fn list_objects(
                     start_after: start_after.clone(),
                     revision,
                 },
+                q.any,
             )
             .await?;
         revision = Some(page.revision);

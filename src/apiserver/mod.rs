@@ -17,14 +17,16 @@
 //! Authentication: x509, bootstrap tokens and service-account JWTs ([`authn`]);
 //! authorization: RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]).
 //!
+//! Lists and watches are served by one shared watch cache ([`cache`]).
+//!
 //! Limits: OpenAPI v3 documents without
 //! schemas (enough for `kubectl apply`/`create`, not for `kubectl explain`), protobuf request
-//! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no shared watch
-//! cache (each watch opens a store watch), no garbage collection or graceful pod deletion,
+//! bodies only for the kinds `kubectl create <kind>` sends ([`protobuf`]), no garbage collection or graceful pod deletion,
 //! server-side apply is a strategic merge without field ownership or conflicts.
 
 mod authn;
 mod bootstrap;
+mod cache;
 mod defaults;
 mod delete;
 mod discovery;
@@ -39,6 +41,7 @@ mod rbac;
 mod rbac_defaults;
 pub mod resources;
 mod rest;
+mod schemas;
 mod selector;
 mod server;
 mod service;
@@ -59,7 +62,7 @@ pub use selector::Selector;
 pub use tls::{server_config, TlsError, User};
 
 use crate::pki::token::Token;
-use crate::store::Store;
+use crate::store::{ListOptions, ListResult, Store, StoreError, WatchStream};
 
 /// What every request handler shares.
 pub(crate) struct State {
@@ -69,6 +72,31 @@ pub(crate) struct State {
     pub sa_keys: Option<jwt::SaKeys>,
     /// Bootstrap tokens whose Secrets the bootstrap creates.
     pub tokens: Vec<Token>,
+    /// Serves lists and watches; `None` reads the store directly (unit tests).
+    pub cache: Option<Arc<cache::WatchCache>>,
+}
+
+impl State {
+    /// A range read, from the watch cache when there is one.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        options: ListOptions,
+        any: bool,
+    ) -> Result<ListResult, StoreError> {
+        match &self.cache {
+            Some(c) => c.list(prefix, options, any).await,
+            None => self.store.list(prefix, options).await,
+        }
+    }
+
+    /// A watch, from the watch cache when there is one.
+    pub async fn watch(&self, prefix: &str, from: i64) -> Result<WatchStream, StoreError> {
+        match &self.cache {
+            Some(c) => c.watch(prefix, from),
+            None => self.store.watch(prefix, from).await,
+        }
+    }
 }
 
 impl State {
@@ -79,6 +107,7 @@ impl State {
             service_cidr: "10.96.0.0/12".parse().expect("cidr"),
             sa_keys: None,
             tokens: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -126,15 +155,22 @@ impl ApiServer {
         } else {
             None
         };
-        let state = Arc::new(State {
+        let mut state = State {
             store,
             service_cidr,
             sa_keys,
             tokens,
-        });
+            cache: None,
+        };
         bootstrap::run(&state)
             .await
             .map_err(StartError::Bootstrap)?;
+        state.cache = Some(
+            cache::WatchCache::start(state.store.clone())
+                .await
+                .map_err(|e| StartError::Bootstrap(e.into()))?,
+        );
+        let state = Arc::new(state);
         Ok(ApiServer { state, tls })
     }
 

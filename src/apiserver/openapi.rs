@@ -5,9 +5,10 @@
 //! `x-kubernetes-group-version-kind` extension) accepts the `fieldValidation` query
 //! parameter. When it does, kubectl leaves validation to the server and sends
 //! `fieldValidation=Strict` instead of downloading schemas; without these documents
-//! `kubectl apply` and `kubectl create -f` refuse to run. Limits (phase 2): the documents
-//! carry operations but no component schemas, so `kubectl explain` has nothing to show and
-//! client-side apply uses kubectl's built-in merge metadata; there is no `/openapi/v2`.
+//! `kubectl apply` and `kubectl create -f` refuse to run. The component schemas come from
+//! `k8s-openapi` ([`super::schemas`]), so `kubectl explain` works; `/openapi/v2` serves
+//! the same schemas as Swagger `definitions`. Limits: every group-version document carries
+//! all schemas; no protobuf encoding of `/openapi/v2`.
 
 use hyper::StatusCode;
 use serde_json::{json, Map, Value};
@@ -84,13 +85,33 @@ fn group_version(group: &str, version: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": super::schemas::definitions()},
     }))
 }
 
-/// Serves `/openapi/...`.
-pub fn serve(path: &str) -> Result<Response, ApiError> {
+/// `/openapi/v2`: the same schemas as Swagger 2.0 `definitions`.
+fn swagger() -> Value {
+    let text = serde_json::to_string(super::schemas::definitions())
+        .unwrap_or_default()
+        .replace(super::schemas::REF_PREFIX, "#/definitions/");
+    let definitions: Value = serde_json::from_str(&text).unwrap_or_default();
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
+        "paths": {},
+        "definitions": definitions,
+    })
+}
+
+/// Serves `/openapi/...` (v2 only as JSON: a client that accepts only protobuf gets 404).
+pub fn serve(path: &str, accept: &str) -> Result<Response, ApiError> {
     let rest = path.trim_end_matches('/');
+    if rest == "/openapi/v2" {
+        if accept.contains("protobuf") && !accept.contains("json") {
+            return Err(ApiError::RouteNotFound);
+        }
+        return Ok(json_response(StatusCode::OK, &swagger()));
+    }
     let doc = match rest.strip_prefix("/openapi/v3") {
         Some("") => Some(index()),
         Some(gv) => {
@@ -130,7 +151,12 @@ mod tests {
         assert!(index()["paths"]["apis/batch/v1"]["serverRelativeURL"]
             .as_str()
             .is_some_and(|u| u.starts_with("/openapi/v3/apis/batch/v1?hash=")));
-        assert!(serve("/openapi/v3/apis/nope/v1").is_err());
-        assert!(serve("/openapi/v2").is_err());
+        assert!(serve("/openapi/v3/apis/nope/v1", "").is_err());
+        assert!(core["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"].is_object());
+        let v2 = swagger();
+        let pod_spec_ref = &v2["definitions"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"];
+        assert!(pod_spec_ref
+            .to_string()
+            .contains("#/definitions/io.k8s.api.core.v1.PodSpec"));
     }
 }

@@ -5,8 +5,8 @@
 //! namespace, name — or a non-resource path). It is allowed when some ClusterRoleBinding,
 //! or some RoleBinding in the request's namespace, names the user (by `User`, `Group` or
 //! `ServiceAccount` subject) and refers to a role with a rule that covers the request.
-//! `system:masters` is allowed everything without a lookup. How: the bindings and roles are
-//! read from the store per decision (the watch cache will serve them); rules match with
+//! `system:masters` is allowed everything without a lookup. How: the bindings are read
+//! from the watch cache (a consistent read) and the roles they name from the store; rules match with
 //! `*` wildcards, `resource/subresource` and `*/subresource` forms, `resourceNames` (never
 //! for create or collection verbs), and non-resource URLs with a trailing `*` prefix
 //! match. Limits: ClusterRole `aggregationRule` is not evaluated (the default `admin`,
@@ -116,7 +116,7 @@ async fn bindings_allow(
     user: &User,
     a: &Attributes,
 ) -> Result<bool, ApiError> {
-    let page = st.store.list(prefix, Default::default()).await?;
+    let page = st.list(prefix, Default::default(), false).await?;
     for kv in &page.items {
         let b = from_kv(kv)?;
         let ns = b

@@ -256,9 +256,28 @@ async fn create_object(
     Ok(obj)
 }
 
+/// With `fieldValidation=Strict`, refuses fields the kind's schema does not define.
+fn strict(t: &Target, req: &Req, obj: &Value) -> Result<(), ApiError> {
+    if req.q("fieldValidation") != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = super::schemas::unknown_fields(t.res.group, t.res.version, t.res.kind, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let fields: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::DecodeBody {
+        reason: format!("strict decoding error: {}", fields.join(", ")),
+    })
+}
+
 /// POST to a collection.
 pub async fn create(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
     let obj = decode_object(&req.body, &req.content_type, t.res)?;
+    strict(t, req, &obj)?;
     let obj = create_object(st, t, req, obj).await?;
     Ok(respond(t, req, StatusCode::CREATED, obj))
 }
@@ -391,6 +410,9 @@ pub async fn update(st: &State, t: &Target, req: &Req) -> Result<Response, ApiEr
         (new, rv_of(&scale)?)
     } else {
         let mut new = decode_object(&req.body, &req.content_type, t.res)?;
+        if t.sub.is_none() {
+            strict(t, req, &new)?;
+        }
         same_name(t, &mut new)?;
         place(t, &mut new)?;
         let wanted = rv_of(&new)?;

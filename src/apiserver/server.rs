@@ -412,7 +412,7 @@ async fn dispatch(
         Route::Apis => Ok(discovery::apis(&r)),
         Route::Group(g) => discovery::group(&g),
         Route::GroupVersion(g, v) => discovery::group_version(&g, &v),
-        Route::OpenApi => openapi::serve(&path),
+        Route::OpenApi => openapi::serve(&path, &r.accept),
         Route::AccessReview => {
             let a = rbac::Attributes {
                 verb: "create".into(),

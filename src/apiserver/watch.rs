@@ -8,9 +8,9 @@
 //! re-list. `allowWatchBookmarks` adds a `BOOKMARK` every [`BOOKMARK_EVERY`]; with
 //! `sendInitialEvents=true` the initial events end with a bookmark annotated
 //! `k8s.io/initial-events-end`. Table output works as for lists (one row per event).
-//! Limits (phase 1): each watcher opens its own store watch — the shared watch cache of
-//! ARCHITECTURE §7 is phase 2; a slow client holds at most [`BUFFER`] events before the
-//! server stops reading the store for it.
+//! Events come from the shared watch cache ([`super::cache`]); a client that stops reading
+//! holds at most [`BUFFER`] encoded events, then falls behind the cache and its watch ends
+//! with 410 without slowing anyone else.
 
 use std::time::Duration;
 
@@ -108,10 +108,9 @@ pub async fn watch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
             (page.items, page.revision)
         }
         (false, Some(rv)) => (Vec::new(), parse_rv(rv)?),
-        (false, None) => (Vec::new(), st.store.current_revision().await?),
+        (false, None) => (Vec::new(), 0),
     };
     let mut stream = st
-        .store
         .watch(&t.res.prefix(t.namespace.as_deref()), from)
         .await?;
     let initial_end_bookmark = req.flag("sendInitialEvents") && bookmarks;

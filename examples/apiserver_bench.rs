@@ -1,0 +1,274 @@
+//! Benchmarks of the apiserver over a local etcd (the Debian `etcd` binary), printing the
+//! figures of issue 5: create/s of small ConfigMaps through the apiserver ÷ raw etcd
+//! puts/s of the same bytes (same run, same concurrency), p50/p99 create latency, LIST
+//! latency for 10,000 pods, 1,000 watchers during 1,000 updates (delivered %, p99 lag),
+//! and the process RSS with 10,000 pods (apiserver and this client share the process).
+//!
+//! Run: `cargo run --example apiserver_bench [-- --quick]`.
+
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kimg::apiserver::ApiServer;
+use kimg::store::{EtcdStore, LocalEtcd, Store};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+const CONCURRENCY: usize = 8;
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+fn agent(pki: &std::path::Path) -> ureq::Agent {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(pki.join("ca.crt")).expect("ca") {
+        roots.add(c.expect("cert")).expect("root");
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("admin.crt"))
+        .expect("admin.crt")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join("admin.key")).expect("admin.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client cert");
+    ureq::AgentBuilder::new()
+        .tls_config(Arc::new(tls))
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+fn configmap(name: &str, i: usize) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"default"}},"data":{{"i":"{i}"}}}}"#
+    )
+}
+
+fn rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (creates, pods, watchers, updates) = if quick {
+        (500, 1_000, 100, 100)
+    } else {
+        (2_000, 10_000, 1_000, 1_000)
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("bench");
+    let cluster =
+        kimg::cluster::create(&dir, &kimg::cluster::NewOptions::default(), false).expect("cluster");
+    let pki = kimg::pki::pki_dir(&dir);
+    let etcd = rt
+        .block_on(LocalEtcd::start())
+        .expect("etcd (etcd-server package)");
+    let store: Arc<dyn Store> = Arc::new(
+        rt.block_on(EtcdStore::connect(&etcd.config()))
+            .expect("connect"),
+    );
+
+    // Raw etcd puts of the same bytes, same concurrency.
+    let body = configmap("cm-00000", 0).into_bytes();
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..CONCURRENCY {
+            let store = store.clone();
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (w..creates).step_by(CONCURRENCY) {
+                    store
+                        .create(&format!("/raw/{i}"), body.clone())
+                        .await
+                        .expect("put");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    let raw_rate = creates as f64 / t.elapsed().as_secs_f64();
+
+    let server = rt
+        .block_on(ApiServer::start(store.clone(), cluster.service_cidr, &pki))
+        .expect("apiserver");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("listen");
+    let url = format!("https://{}", listener.local_addr().expect("addr"));
+    rt.spawn(server.serve(listener, std::future::pending()));
+    let agent = agent(&pki);
+
+    // Creates through the apiserver.
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(creates)));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..CONCURRENCY {
+            let (agent, url, latencies) = (agent.clone(), url.clone(), latencies.clone());
+            s.spawn(move || {
+                for i in (w..creates).step_by(CONCURRENCY) {
+                    let one = Instant::now();
+                    agent
+                        .post(&format!("{url}/api/v1/namespaces/default/configmaps"))
+                        .set("Content-Type", "application/json")
+                        .send_string(&configmap(&format!("cm-{i:05}"), i))
+                        .expect("create");
+                    latencies.lock().expect("lock").push(one.elapsed());
+                }
+            });
+        }
+    });
+    let api_rate = creates as f64 / t.elapsed().as_secs_f64();
+    let mut lat = latencies.lock().expect("lock").clone();
+    println!("creates: {creates} ConfigMaps, {CONCURRENCY} concurrent clients");
+    println!("  raw etcd puts/s       {raw_rate:9.0}");
+    println!("  apiserver creates/s   {api_rate:9.0}");
+    println!("  ratio                 {:9.2}", api_rate / raw_rate);
+    println!(
+        "  create latency        p50 {:?}  p99 {:?}",
+        pct(&mut lat, 0.50),
+        pct(&mut lat, 0.99)
+    );
+
+    // 10,000 pods, written to the store directly, listed through the apiserver.
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in 0..CONCURRENCY {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (w..pods).step_by(CONCURRENCY) {
+                    let pod = format!(
+                        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"p{i}","namespace":"bench","uid":"u{i}","labels":{{"app":"bench"}}}},"spec":{{"nodeName":"n{}","containers":[{{"name":"c","image":"registry.example/app:1","resources":{{"requests":{{"cpu":"100m","memory":"64Mi"}}}}}}]}},"status":{{"phase":"Running","podIP":"10.244.{}.{}"}}}}"#,
+                        i % 50,
+                        i / 250,
+                        i % 250
+                    );
+                    store
+                        .create(&format!("/registry/pods/bench/p{i}"), pod.into_bytes())
+                        .await
+                        .expect("pod");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+    });
+    let mut lists = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let text = agent
+            .get(&format!("{url}/api/v1/namespaces/bench/pods"))
+            .call()
+            .expect("list")
+            .into_string()
+            .expect("body");
+        lists.push(t.elapsed());
+        assert!(text.contains(&format!("\"p{}\"", pods - 1)));
+    }
+    println!("list: {pods} pods, median of 5  {:?}", pct(&mut lists, 0.5));
+    println!(
+        "rss with {pods} pods: {:.0} MB (apiserver + bench client)",
+        rss_mb()
+    );
+
+    // Watchers during updates.
+    let rv: String = {
+        let v: serde_json::Value = agent
+            .get(&format!(
+                "{url}/api/v1/namespaces/default/configmaps/cm-00000"
+            ))
+            .call()
+            .expect("get")
+            .into_string()
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .expect("json");
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string()
+    };
+    let sent: Arc<Vec<Mutex<Option<Instant>>>> =
+        Arc::new((0..updates).map(|_| Mutex::new(None)).collect());
+    let received = Arc::new(AtomicUsize::new(0));
+    let lags = Arc::new(Mutex::new(Vec::with_capacity(watchers * updates)));
+    let ready = Arc::new(AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for _ in 0..watchers {
+            let (agent, url, rv) = (agent.clone(), url.clone(), rv.clone());
+            let (sent, received, lags, ready) =
+                (sent.clone(), received.clone(), lags.clone(), ready.clone());
+            std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn_scoped(s, move || {
+                    let resp = agent
+                        .get(&format!(
+                            "{url}/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={rv}&fieldSelector=metadata.name%3Dcm-00000&timeoutSeconds=120"
+                        ))
+                        .call()
+                        .expect("watch");
+                    ready.fetch_add(1, Ordering::SeqCst);
+                    let mut mine = Vec::new();
+                    for line in BufReader::new(resp.into_reader()).lines() {
+                        let Ok(line) = line else { break };
+                        let Some(at) = line.find("\"i\":\"") else { continue };
+                        let digits: String =
+                            line[at + 5..].chars().take_while(char::is_ascii_digit).collect();
+                        let Ok(i) = digits.parse::<usize>() else { continue };
+                        if i == 0 || i > updates {
+                            continue;
+                        }
+                        if let Some(t) = *sent[i - 1].lock().expect("lock") {
+                            mine.push(t.elapsed());
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                        if i == updates {
+                            break;
+                        }
+                    }
+                    lags.lock().expect("lock").extend(mine);
+                })
+                .expect("spawn watcher");
+        }
+        while ready.load(Ordering::SeqCst) < watchers {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for i in 1..=updates {
+            *sent[i - 1].lock().expect("lock") = Some(Instant::now());
+            agent
+                .request(
+                    "PATCH",
+                    &format!("{url}/api/v1/namespaces/default/configmaps/cm-00000"),
+                )
+                .set("Content-Type", "application/merge-patch+json")
+                .send_string(&format!(r#"{{"data":{{"i":"{i}"}}}}"#))
+                .expect("update");
+        }
+    });
+    let total = received.load(Ordering::Relaxed);
+    let mut lags = lags.lock().expect("lock").clone();
+    println!(
+        "watch: {watchers} watchers, {updates} updates: delivered {:.2}%  p50 lag {:?}  p99 lag {:?}",
+        100.0 * total as f64 / (watchers * updates) as f64,
+        pct(&mut lags, 0.5),
+        pct(&mut lags, 0.99)
+    );
+    drop(etcd);
+}

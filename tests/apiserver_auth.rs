@@ -1,0 +1,483 @@
+//! Authentication and RBAC of `kimg up`, judged by the real `kubectl` (v1.32) and `curl`:
+//! bootstrap tokens from `tokens.toml` (valid, expired), no credentials, service-account
+//! tokens from `kubectl create token`, RBAC limits, `kubectl auth can-i` (also `--as`),
+//! the dashboard admin-user manifest, and the subresources the node side uses (binding,
+//! graceful deletion), `kubectl explain` and strict field validation. Needs the `kubectl`
+//! and `curl` packages.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::kimg_ok;
+
+const TOKEN: &str = "abcdef.0123456789abcdef";
+const EXPIRED: &str = "zzzzzz.0123456789abcdef";
+
+struct Up {
+    child: Child,
+    tmp: tempfile::TempDir,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    url: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    fn start() -> Up {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("dev");
+        kimg_ok(
+            tmp.path(),
+            &["cluster", "new", dir.to_str().expect("utf-8")],
+        );
+        std::fs::write(
+            dir.join("secrets/tokens.toml"),
+            r#"[[token]]
+id = "abcdef"
+secret = "0123456789abcdef"
+usages = ["authentication", "signing"]
+groups = ["system:bootstrappers:kubeadm:default-node-token"]
+
+[[token]]
+id = "zzzzzz"
+secret = "0123456789abcdef"
+expires = "2020-01-01T00:00:00Z"
+usages = ["authentication", "signing"]
+groups = ["system:bootstrappers:kubeadm:default-node-token"]
+"#,
+        )
+        .expect("write tokens");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let listen = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kimg"))
+            .args(["up", dir.to_str().expect("utf-8"), "--listen", &listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kimg up");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("kimg up prints the kubeconfig path");
+        Up {
+            child,
+            tmp,
+            kubeconfig: PathBuf::from(line.trim()),
+            dir,
+            url: format!("https://{listen}"),
+        }
+    }
+
+    fn ca(&self) -> String {
+        self.dir.join("secrets/pki/ca.crt").display().to_string()
+    }
+
+    /// kubectl as the admin (`token: None`) or with a bearer token and no certificate.
+    fn kubectl(&self, token: Option<&str>, args: &[&str]) -> Output {
+        let mut cmd = Command::new("kubectl");
+        match token {
+            None => {
+                cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+            }
+            Some(t) => {
+                let empty = self.tmp.path().join("empty.conf");
+                std::fs::write(&empty, "apiVersion: v1\nkind: Config\n").expect("write");
+                cmd.arg("--kubeconfig")
+                    .arg(empty)
+                    .args(["--server", &self.url, "--certificate-authority"])
+                    .arg(self.ca())
+                    .args(["--token", t]);
+            }
+        }
+        cmd.args(args).output().expect("run kubectl")
+    }
+
+    fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.kubectl(token, args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn fails(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.kubectl(token, args);
+        assert!(!out.status.success(), "kubectl {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `can-i` prints yes/no and exits non-zero for no.
+    fn can_i(&self, token: Option<&str>, args: &[&str]) -> String {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = self.kubectl(token, &all);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// `curl` with the cluster CA and extra arguments; returns (code, body).
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+                &self.ca(),
+            ])
+            .args(args)
+            .arg(format!("{}{path}", self.url))
+            .output()
+            .expect("run curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("http code"), body.to_string())
+    }
+
+    fn apply(&self, token: Option<&str>, name: &str, yaml: &str) -> String {
+        let p = self.tmp.path().join(name);
+        std::fs::write(&p, yaml).expect("write manifest");
+        self.ok(token, &["apply", "-f", p.to_str().expect("utf-8")])
+    }
+}
+
+const CSR: &str = "apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata:
+  name: node-csr-test
+spec:
+  request: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KLS0tLS1FTkQgQ0VSVElGSUNBVEUgUkVRVUVTVC0tLS0tCg==
+  signerName: kubernetes.io/kube-apiserver-client-kubelet
+  usages: [digital signature, client auth]
+";
+
+const ADMIN_USER: &str = "apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: admin-user
+  namespace: kubernetes-dashboard
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: admin-user
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: cluster-admin
+subjects:
+- kind: ServiceAccount
+  name: admin-user
+  namespace: kubernetes-dashboard
+";
+
+#[test]
+fn tokens_service_accounts_and_rbac_are_enforced_by_kimg_up_for_kubectl() {
+    let up = Up::start();
+
+    // No credentials, a bad token and an expired bootstrap token: 401 Status.
+    for args in [
+        vec![],
+        vec!["-H", "Authorization: Bearer abcdef.0123456789abcdee"],
+        vec!["-H", "Authorization: Bearer zzzzzz.0123456789abcdef"],
+        vec!["-H", "Authorization: Bearer not-a-jwt"],
+    ] {
+        let (code, body) = up.curl(&args, "/api/v1/namespaces");
+        assert_eq!(code, 401, "{args:?}: {body}");
+        assert!(body.contains(r#""kind":"Status""#), "{body}");
+    }
+    let expired = up.fails(Some(EXPIRED), &["get", "csr"]);
+    assert!(expired.contains("must be logged in"), "{expired}");
+
+    // The bootstrap token may create and read CSRs, nothing else.
+    up.apply(Some(TOKEN), "csr.yaml", CSR);
+    assert!(up
+        .ok(Some(TOKEN), &["get", "csr"])
+        .contains("node-csr-test"));
+    let denied = up.fails(Some(TOKEN), &["-n", "kube-system", "get", "secrets"]);
+    assert!(
+        denied.contains("Forbidden")
+            && denied.contains("system:bootstrap:abcdef")
+            && denied.contains("cannot list resource \"secrets\""),
+        "{denied}"
+    );
+    assert_eq!(up.can_i(Some(TOKEN), &["create", "csr"]), "yes");
+    assert_eq!(up.can_i(Some(TOKEN), &["list", "secrets", "-A"]), "no");
+    assert_eq!(up.can_i(Some(TOKEN), &["delete", "csr"]), "no");
+    let whoami = |as_: &[&str], what: &[&str]| {
+        let mut args: Vec<&str> = what.to_vec();
+        args.extend_from_slice(as_);
+        up.can_i(None, &args)
+    };
+    let bootstrapper = [
+        "--as",
+        "system:bootstrap:abcdef",
+        "--as-group",
+        "system:bootstrappers",
+    ];
+    assert_eq!(whoami(&bootstrapper, &["create", "csr"]), "yes");
+    assert_eq!(whoami(&bootstrapper, &["get", "nodes"]), "no");
+    assert_eq!(
+        up.can_i(None, &["delete", "nodes"]),
+        "yes",
+        "the admin is a master"
+    );
+
+    // The dashboard admin-user manifest applies and its token is cluster-admin.
+    up.ok(None, &["create", "namespace", "kubernetes-dashboard"]);
+    up.apply(None, "admin-user.yaml", ADMIN_USER);
+    let admin_token = up.ok(
+        None,
+        &[
+            "-n",
+            "kubernetes-dashboard",
+            "create",
+            "token",
+            "admin-user",
+        ],
+    );
+    let admin_token = admin_token.trim();
+    assert_eq!(admin_token.split('.').count(), 3, "a JWT: {admin_token}");
+    assert!(up
+        .ok(Some(admin_token), &["-n", "kube-system", "get", "secrets"])
+        .contains("bootstrap-token-abcdef"));
+
+    // A service account bound to `view` in one namespace reads there and nowhere else.
+    up.ok(None, &["create", "serviceaccount", "reader"]);
+    up.ok(
+        None,
+        &[
+            "create",
+            "rolebinding",
+            "reader-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:reader",
+        ],
+    );
+    let reader = up.ok(None, &["create", "token", "reader"]);
+    let reader = reader.trim();
+    up.ok(Some(reader), &["get", "pods"]);
+    up.ok(None, &["create", "configmap", "cfg", "--from-literal=a=b"]);
+    assert!(up.ok(Some(reader), &["get", "cm"]).contains("cfg"));
+    assert!(up
+        .fails(Some(reader), &["-n", "kube-system", "get", "pods"])
+        .contains("Forbidden"));
+    let denied = up.fails(
+        Some(reader),
+        &["create", "configmap", "x", "--from-literal=a=b"],
+    );
+    assert!(denied.contains("forbidden"), "{denied}");
+    assert_eq!(up.can_i(Some(reader), &["list", "pods"]), "yes");
+    assert_eq!(up.can_i(Some(reader), &["delete", "pods"]), "no");
+    assert_eq!(
+        whoami(
+            &["--as", "system:serviceaccount:default:reader"],
+            &["get", "secrets"]
+        ),
+        "no"
+    );
+    // Deleting the service account revokes its tokens.
+    up.ok(None, &["delete", "serviceaccount", "reader"]);
+    let revoked = up.fails(Some(reader), &["get", "pods"]);
+    assert!(revoked.contains("must be logged in"), "{revoked}");
+}
+
+#[test]
+fn the_scheduler_binds_pods_once_and_bound_pods_are_deleted_gracefully() {
+    let up = Up::start();
+    up.ok(None, &["run", "p", "--image=busybox", "--", "sleep", "60"]);
+    let scheduler = [
+        "--cert",
+        &up.dir
+            .join("secrets/pki/scheduler.crt")
+            .display()
+            .to_string(),
+        "--key",
+        &up.dir
+            .join("secrets/pki/scheduler.key")
+            .display()
+            .to_string(),
+    ]
+    .map(|s| s.to_string());
+    let scheduler: Vec<&str> = scheduler.iter().map(String::as_str).collect();
+    let bind = |node: &str| {
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Binding","metadata":{{"name":"p"}},"target":{{"kind":"Node","name":"{node}"}}}}"#
+        );
+        let mut args = scheduler.clone();
+        args.extend([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+        ]);
+        up.curl(&args, "/api/v1/namespaces/default/pods/p/binding")
+    };
+    let (code, body) = bind("n1");
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = bind("n2");
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        up.ok(
+            None,
+            &["get", "pod", "p", "-o", "jsonpath={.spec.nodeName}"]
+        ),
+        "n1"
+    );
+    // A bound pod is only marked; the kubelet's grace-0 delete removes it.
+    up.ok(None, &["delete", "pod", "p", "--wait=false"]);
+    assert_eq!(
+        up.ok(
+            None,
+            &[
+                "get",
+                "pod",
+                "p",
+                "-o",
+                "jsonpath={.metadata.deletionGracePeriodSeconds}"
+            ]
+        ),
+        "30"
+    );
+    up.ok(None, &["delete", "pod", "p", "--grace-period=0", "--force"]);
+    assert!(up.fails(None, &["get", "pod", "p"]).contains("NotFound"));
+}
+
+#[test]
+fn kubectl_explains_pod_spec_and_strict_validation_refuses_unknown_fields() {
+    let up = Up::start();
+    let explained = up.ok(None, &["explain", "pod.spec"]);
+    assert!(
+        explained.contains("KIND:")
+            && explained.contains("Pod")
+            && explained.contains("containers"),
+        "{explained}"
+    );
+    let field = up.ok(None, &["explain", "deployment.spec.replicas"]);
+    assert!(field.contains("integer"), "{field}");
+    let typo = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: typo
+data: {a: b}
+dta: {c: d}
+";
+    let p = up.tmp.path().join("typo.yaml");
+    std::fs::write(&p, typo).expect("write");
+    let err = up.fails(None, &["apply", "-f", p.to_str().expect("utf-8")]);
+    assert!(
+        err.contains("unknown field") && err.contains("dta"),
+        "{err}"
+    );
+    up.ok(
+        None,
+        &[
+            "apply",
+            "--validate=false",
+            "-f",
+            p.to_str().expect("utf-8"),
+        ],
+    );
+}
+
+const PYTHON_CLIENT: &str = r#"
+import sys, threading
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+config.load_kube_config(config_file=sys.argv[1])
+v1 = client.CoreV1Api()
+body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="py", labels={"from": "python"}),
+                          data={"a": "1"})
+created = v1.create_namespaced_config_map("default", body)
+got = v1.read_namespaced_config_map("py", "default")
+assert got.data == {"a": "1"}, got.data
+listed = v1.list_namespaced_config_map("default", label_selector="from=python")
+assert [c.metadata.name for c in listed.items] == ["py"]
+
+seen = []
+def follow():
+    w = watch.Watch()
+    for ev in w.stream(v1.list_namespaced_config_map, "default", label_selector="from=python",
+                       resource_version=listed.metadata.resource_version, timeout_seconds=10):
+        seen.append((ev["type"], ev["object"].data))
+        if ev["type"] == "DELETED":
+            w.stop()
+t = threading.Thread(target=follow)
+t.start()
+
+got.data = {"a": "2"}
+updated = v1.replace_namespaced_config_map("py", "default", got)
+stale = got
+stale.metadata.resource_version = created.metadata.resource_version
+stale.data = {"a": "3"}
+try:
+    v1.replace_namespaced_config_map("py", "default", stale)
+    sys.exit("a stale update must conflict")
+except ApiException as e:
+    assert e.status == 409, e.status
+v1.patch_namespaced_config_map("py", "default", {"data": {"b": "x"}})
+v1.delete_namespaced_config_map("py", "default")
+t.join(20)
+kinds = [k for k, _ in seen]
+assert kinds == ["MODIFIED", "MODIFIED", "DELETED"], seen
+print("python client ok")
+"#;
+
+#[test]
+fn the_python_kubernetes_client_does_crud_watch_and_conflicts_with_a_venv_from_pypi() {
+    let up = Up::start();
+    let venv = up.tmp.path().join("venv");
+    common::tool_ok("python3", &["-m", "venv", venv.to_str().expect("utf-8")]);
+    let pip = venv.join("bin/pip");
+    let out = Command::new(&pip)
+        .args(["install", "-q", "kubernetes"])
+        .output()
+        .expect("run pip");
+    assert!(
+        out.status.success(),
+        "pip install kubernetes (PyPI): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = up.tmp.path().join("client.py");
+    std::fs::write(&script, PYTHON_CLIENT).expect("write script");
+    let out = Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .arg(&up.kubeconfig)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python client ok"));
+}
