@@ -10,15 +10,21 @@
 //! - [`kubelet`]: pods on containerd: images, CNI sandbox, OCI spec, lifecycle, probes, status.
 //! - [`store`]: the storage trait with its etcd and memory backends.
 //! - [`apiserver`]: the Kubernetes REST API over the store.
+//! - [`scheduler`]: `kimg scheduler` — places pods on nodes.
+//! - [`controllers`]: `kimg controller-manager` — workload, node and cleanup controllers.
+//! - [`sim`]: `kimg sim nodes` — a simulated node fleet.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
 pub mod apiserver;
 pub mod build;
 pub mod cli;
 pub mod cluster;
+pub mod controllers;
 pub mod kubelet;
 pub mod node;
 pub mod oci;
 pub mod pki;
 pub mod proxy;
+pub mod scheduler;
+pub mod sim;
 pub mod store;

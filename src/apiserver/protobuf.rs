@@ -7,7 +7,8 @@
 //! (type meta + raw bytes); the raw object is decoded with a small field table per message
 //! into the same JSON the kind has on the wire. Limits: only Namespace, ConfigMap, Secret,
 //! ServiceAccount, Service, Pod, Deployment, Job, CronJob, the RBAC kinds,
-//! SelfSubjectAccessReview and TokenRequest, with the fields the
+//! SelfSubjectAccessReview, TokenRequest and CertificateSigningRequest (`kubectl
+//! certificate approve|deny` update the approval subresource with one), with the fields the
 //! `kubectl create`/`run` generators set; any other kind, or an unlisted field holding a
 //! non-zero value, is refused with 415, never silently dropped. Zero values (`""`, `0`,
 //! `false`, empty messages) are left out, as Go's JSON encoding omits them — which also
@@ -25,6 +26,8 @@ pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
 #[derive(Clone, Copy)]
 enum Ty {
     Str,
+    /// `bytes`, base64 in the JSON form.
+    Bytes,
     Int,
     Bool,
     Msg(&'static [F]),
@@ -57,6 +60,32 @@ const LB_INGRESS: &[F] = &[(1, "ip", Ty::Str, false), (2, "hostname", Ty::Str, f
 const LB_STATUS: &[F] = &[(1, "ingress", Ty::Msg(LB_INGRESS), true)];
 const SERVICE_STATUS: &[F] = &[(1, "loadBalancer", Ty::Msg(LB_STATUS), false)];
 const NAMESPACE_SPEC: &[F] = &[(1, "finalizers", Ty::Str, true)];
+const CSR_SPEC: &[F] = &[
+    (1, "request", Ty::Bytes, false),
+    (2, "username", Ty::Str, false),
+    (3, "uid", Ty::Str, false),
+    (4, "groups", Ty::Str, true),
+    (5, "usages", Ty::Str, true),
+    (7, "signerName", Ty::Str, false),
+    (8, "expirationSeconds", Ty::Int, false),
+];
+const CSR_CONDITION: &[F] = &[
+    (1, "type", Ty::Str, false),
+    (2, "reason", Ty::Str, false),
+    (3, "message", Ty::Str, false),
+    (4, "lastUpdateTime", Ty::Time, false),
+    (5, "lastTransitionTime", Ty::Time, false),
+    (6, "status", Ty::Str, false),
+];
+const CSR_STATUS: &[F] = &[
+    (1, "conditions", Ty::Msg(CSR_CONDITION), true),
+    (2, "certificate", Ty::Bytes, false),
+];
+const CSR: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(CSR_SPEC), false),
+    (3, "status", Ty::Msg(CSR_STATUS), false),
+];
 const NAMESPACE: &[F] = &[
     (1, "metadata", Ty::Msg(OBJECT_META), false),
     (2, "spec", Ty::Msg(NAMESPACE_SPEC), false),
@@ -390,6 +419,7 @@ fn message(b: &[u8], fields: &[F]) -> Result<Value, ApiError> {
             (Ty::Int, 0) => json!(r.varint()? as i64),
             (Ty::Bool, 0) => json!(r.varint()? != 0),
             (Ty::Str, 2) => json!(utf8(r.bytes()?)?),
+            (Ty::Bytes, 2) => json!(base64::engine::general_purpose::STANDARD.encode(r.bytes()?)),
             (Ty::Msg(sub), 2) => message(r.bytes()?, sub)?,
             (Ty::MapStr | Ty::MapBytes, 2) => {
                 let (k, v) = map_entry(r.bytes()?, matches!(ty, Ty::MapBytes))?;
@@ -481,6 +511,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "CronJob") => CRON_JOB,
         ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => ACCESS_REVIEW,
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => CSR,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,
         _ => return Err(unsupported(format!("protobuf for {api_version} {kind}"))),

@@ -243,6 +243,9 @@ async fn create_object(
         }
     }
     defaults::on_create(st, res, &mut obj).await?;
+    if res.kind == "CertificateSigningRequest" {
+        stamp_requester(&mut obj, req);
+    }
     if req.q("dryRun").is_some() {
         return Ok(obj);
     }
@@ -254,6 +257,25 @@ async fn create_object(
         .map_err(|e| store_err(res, &name, e))?;
     set_rv(&mut obj, rev);
     Ok(obj)
+}
+
+/// A CSR records who asked for it: the server overwrites `spec.username` and
+/// `spec.groups` with the authenticated requester (approvers and signers trust them).
+fn stamp_requester(obj: &mut Value, req: &Req) {
+    let Some(user) = &req.user else { return };
+    if !obj["spec"].is_object() {
+        obj["spec"] = json!({});
+    }
+    let mut groups = user.groups.clone();
+    if !groups.iter().any(|g| g == "system:authenticated") {
+        groups.push("system:authenticated".into());
+    }
+    obj["spec"]["username"] = json!(user.name);
+    obj["spec"]["groups"] = json!(groups);
+    if let Some(spec) = obj["spec"].as_object_mut() {
+        spec.remove("uid");
+        spec.remove("extra");
+    }
 }
 
 /// With `fieldValidation=Strict`, refuses fields the kind's schema does not define.

@@ -174,6 +174,25 @@ fn node_status(node: &Value) -> String {
     out
 }
 
+/// `Pending`, or the CSR's condition types joined, plus `Issued` once signed (as kubectl
+/// shows them).
+fn csr_condition(csr: &Value) -> String {
+    let mut parts: Vec<String> = csr
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str().map(str::to_string))
+        .collect();
+    if parts.is_empty() {
+        parts.push("Pending".into());
+    }
+    if !s(csr, "/status/certificate").is_empty() {
+        parts.push("Issued".into());
+    }
+    parts.join(",")
+}
+
 fn node_roles(node: &Value) -> String {
     let roles: Vec<&str> = node
         .pointer("/metadata/labels")
@@ -401,6 +420,27 @@ fn columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                 ],
             )
         }
+        "CertificateSigningRequest" => (
+            vec![
+                ("Name", "string", 0),
+                ("Age", "string", 0),
+                ("SignerName", "string", 0),
+                ("Requestor", "string", 0),
+                ("RequestedDuration", "string", 0),
+                ("Condition", "string", 0),
+            ],
+            vec![
+                name,
+                json!(age(o)),
+                json!(s(o, "/spec/signerName")),
+                json!(s(o, "/spec/username")),
+                or_none(match n(o, "/spec/expirationSeconds") {
+                    0 => String::new(),
+                    secs => format!("{}m", secs / 60),
+                }),
+                json!(csr_condition(o)),
+            ],
+        ),
         "ConfigMap" => (
             vec![
                 ("Name", "string", 0),

@@ -3,7 +3,10 @@
 
 mod build;
 mod cluster;
+mod controller_manager;
 mod oci;
+mod scheduler;
+mod sim;
 mod token;
 mod up;
 
@@ -69,7 +72,25 @@ pub enum Command {
         /// `memory`, or `etcd=URL[,URL…]` (https URLs use the cluster's etcd client cert).
         #[arg(long, default_value = "memory")]
         store: String,
+        /// Do not run the scheduler in-process (run `kimg scheduler` separately).
+        #[arg(long)]
+        no_scheduler: bool,
+        /// Do not run the controller-manager in-process.
+        #[arg(long)]
+        no_controller_manager: bool,
+        #[command(flatten)]
+        controllers: controller_manager::ControllerArgs,
+        #[command(flatten)]
+        lease: scheduler::LeaseArgs,
     },
+    /// Place pending pods on nodes (kube-scheduler), with leader election.
+    Scheduler(scheduler::SchedulerArgs),
+    /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
+    /// election.
+    ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Simulated resources for tests and benchmarks.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
     /// Print a shell completion script: `source <(kimg completion bash)`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -105,7 +126,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => cluster::kubeconfig(&dir, server, output),
         Command::Oci(cmd) => oci::run(cmd),
         Command::Init => crate::node::run_init(),
-        Command::Up { dir, listen, store } => up::run(&dir, listen, &store),
+        Command::Up {
+            dir,
+            listen,
+            store,
+            no_scheduler,
+            no_controller_manager,
+            controllers,
+            lease,
+        } => up::run(
+            &dir,
+            listen,
+            &store,
+            up::Components {
+                scheduler: !no_scheduler,
+                controller_manager: !no_controller_manager,
+                controllers,
+                lease,
+            },
+        ),
+        Command::Scheduler(args) => scheduler::run(args),
+        Command::ControllerManager(args) => controller_manager::run(args),
+        Command::Sim(cmd) => sim::run(cmd),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

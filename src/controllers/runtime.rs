@@ -1,0 +1,197 @@
+//! The controller machinery: watch → cache → queue → reconcile.
+//!
+//! How: [`informer`] runs a kube-runtime watcher (an explicit state machine that re-lists
+//! after `410 Gone`) into a reflector [`Store`] — one writer, cheap cloneable readers,
+//! possibly stale — and calls a handler with every object it applies or deletes. Handlers
+//! map objects to keys on a [`Queue`], which holds each key at most once. [`work`] waits
+//! until the caches have synced, then reconciles keys one at a time; a reconcile returns
+//! when to look again, and errors are retried with a capped backoff.
+//!
+//! Limits: one worker per controller (keys are reconciled sequentially), no rate limiting
+//! beyond the error backoff.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::Resource;
+use tokio::sync::mpsc;
+
+/// A deduplicating work queue of object keys (`namespace/name` or `name`).
+#[derive(Clone)]
+pub struct Queue {
+    tx: mpsc::UnboundedSender<Arc<str>>,
+    queued: Arc<Mutex<HashSet<Arc<str>>>>,
+}
+
+/// The receiving end of a [`Queue`], consumed by [`work`].
+pub struct QueueRx(mpsc::UnboundedReceiver<Arc<str>>);
+
+#[cfg(test)]
+impl QueueRx {
+    pub async fn next(&mut self) -> Option<String> {
+        self.0.recv().await.map(|k| k.to_string())
+    }
+
+    pub fn try_next(&mut self) -> Option<String> {
+        self.0.try_recv().ok().map(|k| k.to_string())
+    }
+}
+
+/// A new queue.
+pub fn queue() -> (Queue, QueueRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Queue {
+            tx,
+            queued: Default::default(),
+        },
+        QueueRx(rx),
+    )
+}
+
+impl Queue {
+    /// Queues `key` unless it is already waiting.
+    pub fn add(&self, key: &str) {
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.contains(key) {
+            let k: Arc<str> = key.into();
+            q.insert(k.clone());
+            let _ = self.tx.send(k);
+        }
+    }
+
+    /// Queues `key` after `delay`.
+    pub fn add_after(&self, key: &str, delay: Duration) {
+        let q = self.clone();
+        let key = key.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            q.add(&key);
+        });
+    }
+
+    fn take(&self, key: &str) {
+        self.queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// `namespace/name` for namespaced objects, `name` otherwise.
+pub fn key_of<K: Resource>(obj: &K) -> String {
+    let m = obj.meta();
+    match &m.namespace {
+        Some(ns) => format!("{ns}/{}", m.name.as_deref().unwrap_or_default()),
+        None => m.name.clone().unwrap_or_default(),
+    }
+}
+
+/// Looks `key` up in a reflector store.
+pub fn get<K>(store: &Store<K>, key: &str) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let r = match key.split_once('/') {
+        Some((ns, name)) => reflector::ObjectRef::new(name).within(ns),
+        None => reflector::ObjectRef::new(key),
+    };
+    store.get(&r)
+}
+
+/// Starts a watch of `api` into a cache; `on_change` sees every applied object and,
+/// with `true`, every deleted one.
+pub fn informer<K, F>(api: Api<K>, cfg: watcher::Config, on_change: F) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    F: Fn(&K, bool) + Send + 'static,
+{
+    let (reader, mut writer) = reflector::store::<K>();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(ev) => {
+                    writer.apply_watcher_event(&ev);
+                    match &ev {
+                        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                            on_change(o, false)
+                        }
+                        watcher::Event::Delete(o) => on_change(o, true),
+                        watcher::Event::Init | watcher::Event::InitDone => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    reader
+}
+
+/// What a reconcile decided: look again after a while, or only on the next change.
+pub type Requeue = Option<Duration>;
+
+/// Reconciles keys from `rx` forever, after `ready` (the caches' sync) completes.
+pub async fn work<F, Fut, E>(
+    name: &'static str,
+    queue: Queue,
+    mut rx: QueueRx,
+    ready: impl Future,
+    reconcile: F,
+) where
+    F: Fn(Arc<str>) -> Fut,
+    Fut: Future<Output = Result<Requeue, E>>,
+    E: std::fmt::Display,
+{
+    ready.await;
+    tracing::info!(controller = name, "caches synced; reconciling");
+    let mut failures: std::collections::HashMap<Arc<str>, u32> = Default::default();
+    while let Some(key) = rx.0.recv().await {
+        queue.take(&key);
+        match reconcile(key.clone()).await {
+            Ok(requeue) => {
+                failures.remove(&key);
+                if let Some(d) = requeue {
+                    queue.add_after(&key, d);
+                }
+            }
+            Err(e) => {
+                let n = failures.entry(key.clone()).or_insert(0);
+                *n += 1;
+                let delay = Duration::from_millis(200u64 << (*n).min(6));
+                tracing::warn!(controller = name, key = %key, error = %e, "reconcile failed; retrying");
+                queue.add_after(&key, delay);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_queued_twice_is_reconciled_once() {
+        let (q, mut rx) = queue();
+        q.add("default/a");
+        q.add("default/a");
+        q.add("default/b");
+        assert_eq!(rx.0.recv().await.as_deref(), Some("default/a"));
+        assert_eq!(rx.0.recv().await.as_deref(), Some("default/b"));
+        assert!(rx.0.try_recv().is_err());
+        q.take("default/a");
+        q.add("default/a");
+        assert_eq!(rx.0.recv().await.as_deref(), Some("default/a"));
+    }
+}
