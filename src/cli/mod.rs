@@ -5,6 +5,7 @@ mod build;
 mod cluster;
 mod controller_manager;
 mod oci;
+mod proxy;
 mod scheduler;
 mod sim;
 mod token;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
     /// election.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Program this node's nftables for Services (ClusterIP, NodePort) and serve cluster
+    /// DNS (kube-proxy + CoreDNS).
+    Proxy(proxy::ProxyArgs),
     /// Simulated resources for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -148,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Proxy(args) => proxy::run(args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());
