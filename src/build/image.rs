@@ -461,8 +461,8 @@ fn prefixed(tree: &Tree, prefix: &str) -> Tree {
     out
 }
 
-/// The first-boot config of an image: `cluster.toml`, `image.toml`, the role's PKI files
-/// and (workers) the bootstrap token. Paths are relative to `/etc/kimg`.
+/// The first-boot config of an image: `cluster.toml`, `image.toml`, the role's PKI files,
+/// (masters) `tokens.toml` and (workers) the bootstrap token. Paths are relative to `/etc/kimg`.
 fn config_tree(
     cluster: &Cluster,
     profile: &Profile,
@@ -499,6 +499,15 @@ fn config_tree(
         t.insert_file(&format!("pki/{rel}"), mode, data);
     }
     t.insert_dir("pki", 0o700);
+    if profile.has(Role::Master) {
+        // The first master creates the bootstrap-token Secrets from these (with expiry).
+        let path = pki::token::tokens_path(&cluster.dir);
+        let data = std::fs::read(&path).map_err(|source| BuildError::Secret {
+            path: path.clone(),
+            source,
+        })?;
+        t.insert_file("tokens.toml", 0o600, data);
+    }
     if profile.has(Role::Worker) {
         let tokens = pki::token::load(&cluster.dir)?;
         let now = time::OffsetDateTime::now_utc();

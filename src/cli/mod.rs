@@ -1,6 +1,7 @@
 //! The command-line surface of `kimg` (clap derive). `main.rs` parses, then calls [`run`].
 //! One file per command group; each turns arguments into calls on the library modules.
 
+mod apiserver;
 mod build;
 mod cluster;
 mod controller_manager;
@@ -84,6 +85,9 @@ pub enum Command {
         #[command(flatten)]
         lease: scheduler::LeaseArgs,
     },
+    /// Serve the Kubernetes API of a master machine from its image config (/etc/kimg)
+    /// over the cluster's etcd (kube-apiserver).
+    Apiserver(apiserver::ApiserverArgs),
     /// Place pending pods on nodes (kube-scheduler), with leader election.
     Scheduler(scheduler::SchedulerArgs),
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
@@ -149,6 +153,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 lease,
             },
         ),
+        Command::Apiserver(args) => apiserver::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Sim(cmd) => sim::run(cmd),
