@@ -2,7 +2,8 @@
 //!
 //! Programs the nftables table `ip kimg-proxy` for every Service (ClusterIP, NodePort;
 //! headless Services get no rules) and, with `--dns-listen`, serves cluster DNS for
-//! `<svc>.<ns>.svc.<domain>`, forwarding other names to `--upstream`.
+//! `<svc>.<ns>.svc.<domain>`, forwarding other names to `--upstream`. With `--node-name`
+//! and `--node-ip` it also programs the VXLAN overlay to the pods of every other node.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +35,12 @@ pub struct ProxyArgs {
     /// nameservers of /etc/resolv.conf.
     #[arg(long = "upstream", value_name = "ADDR:PORT")]
     pub upstreams: Vec<SocketAddr>,
+    /// Program the VXLAN pod overlay for this node (publishes its VTEP MAC on the Node).
+    #[arg(long, requires = "node_ip")]
+    pub node_name: Option<String>,
+    /// This node's InternalIP (the VXLAN tunnel endpoint).
+    #[arg(long, requires = "node_name")]
+    pub node_ip: Option<std::net::Ipv4Addr>,
     /// Re-apply the ruleset at least this often.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub resync: std::time::Duration,
@@ -91,6 +98,22 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         let opts = ProxyOptions {
             resync: a.resync,
             ..ProxyOptions::default()
+        };
+        let _overlay = match (a.node_name, a.node_ip) {
+            (Some(name), Some(ip)) => {
+                let netlink = crate::proxy::vxlan::IpRoute2 {
+                    netns: None,
+                    mtu: Some(1450),
+                };
+                Some(tokio::spawn(crate::proxy::overlay::run(
+                    client.clone(),
+                    name,
+                    ip,
+                    netlink,
+                    a.resync,
+                )))
+            }
+            _ => None,
         };
         tokio::select! {
             r = controller::run(client, rules, directory, opts) => {
