@@ -201,7 +201,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         binaries.extend(part.binaries);
     }
     let mut libs = Tree::new();
-    for pkg in pkgs.iter().filter(|p| p.name.starts_with("lib")) {
+    for pkg in pkgs.iter().filter(|p| debian::resolve::is_library(&p.name)) {
         libs.merge(&extract(&source, pkg, role::LIBRARY_PATTERNS)?);
     }
     let kernel_pkg = pkgs
