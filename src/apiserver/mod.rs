@@ -64,7 +64,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use selector::Selector;
-pub use tls::{server_config, TlsError, User};
+pub use tls::{server_config, user_from_cert, TlsError, User};
 
 use crate::pki::token::Token;
 use crate::store::{ListOptions, ListResult, Store, StoreError, WatchStream};

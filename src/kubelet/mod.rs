@@ -15,19 +15,28 @@
 //! [`volumes`], [`state`] (the state enums, restart rules), [`pod`] (the worker),
 //! [`probe`], [`status`], [`runtime`] (the side-effect seam).
 //!
-//! Limits: no registry pull, no projected service-account tokens, no :10250 server,
-//! no node registration (see issue 7's other parts); logs are plain text files.
+//! The node agent around it: [`join`] (TLS bootstrap and certificate rotation), [`node`]
+//! (Node object, Lease, conditions), [`sync`] (the API's pods ↔ this kubelet), [`server`]
+//! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`).
+//!
+//! Limits: no registry pull, no projected service-account tokens; logs are plain text
+//! files.
 
+pub mod agent;
 pub mod cni;
 pub mod containerd;
 mod error;
+pub mod join;
 pub mod netns;
+pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod runtime;
+pub mod server;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod volumes;
 
 #[cfg(test)]
