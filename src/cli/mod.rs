@@ -4,6 +4,7 @@
 mod build;
 mod cluster;
 mod controller_manager;
+mod kubelet;
 mod oci;
 mod scheduler;
 mod sim;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
     /// election.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Run this machine as a node: join with a bootstrap token, register the Node, run
+    /// its pods on containerd and serve logs/exec on :10250.
+    Kubelet(kubelet::KubeletArgs),
     /// Simulated resources for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -147,6 +151,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         ),
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
+        Command::Kubelet(args) => kubelet::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
