@@ -12,7 +12,8 @@
 //! - `GET /exec/<ns>/<pod>/<container>?command=…&stdout=&stderr=` upgrades to a WebSocket
 //!   with subprotocol `v5.channel.k8s.io` (or `v4.channel.k8s.io`); each binary message
 //!   starts with its channel byte: 1 stdout, 2 stderr, 3 the final `metav1.Status` (exit
-//!   codes as reason `NonZeroExitCode` with an `ExitCode` cause).
+//!   codes as reason `NonZeroExitCode` with an `ExitCode` cause); with v5 each stream is
+//!   then ended by a close signal (255, channel) before a normal WebSocket close.
 //!
 //! Limits: exec output is sent when the command ends (no interactive streaming), stdin and
 //! tty are not supported (client messages, including v5's close signal, are read and
@@ -38,7 +39,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::sync::PodSync;
@@ -310,6 +312,7 @@ fn exec(
     }
     let (want_out, want_err) = (flag(q, "stdout"), flag(q, "stderr"));
     let container = container.to_string();
+    let v5 = *protocol == EXEC_PROTOCOLS[0];
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -346,7 +349,17 @@ fn exec(
         let mut msg = vec![3u8];
         msg.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
         let _ = sink.send(Message::binary(msg)).await;
-        let _ = sink.send(Message::Close(None)).await;
+        if v5 {
+            // v5: end each stream with a close signal, so readers see EOF, not an error.
+            for channel in [1u8, 2, 3] {
+                let _ = sink.send(Message::binary(vec![255u8, channel])).await;
+            }
+        }
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        let _ = sink.send(Message::Close(Some(close))).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
     });
     let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
