@@ -39,7 +39,7 @@ use super::State;
 
 /// The RBAC verb of a proxied pod subresource, or `None` when `t` is not one.
 pub fn verb_of(t: &Target) -> Option<&'static str> {
-    if t.res.group != "" || t.res.plural != "pods" || t.name.is_none() {
+    if !t.res.group.is_empty() || t.res.plural != "pods" || t.name.is_none() {
         return None;
     }
     match t.sub.as_deref() {
