@@ -487,8 +487,74 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     let exec = env.kubectl(&["exec", "p1", "--", "cat", "/etc/hostname"]);
     assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "p1");
     assert!(exec.status.success());
+    // RBAC guards the proxy: the default service account may not exec.
+    let denied = env.kubectl(&[
+        "--as",
+        "system:serviceaccount:default:default",
+        "exec",
+        "p1",
+        "--",
+        "true",
+    ]);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // The kubelet API refuses a node's own certificate and callers without one.
+    let url = format!("https://127.0.0.1:{api_port}/containerLogs/default/p1/main");
+    let curl = |extra: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (crt, key) = (
+        state.join("kubelet-client.crt"),
+        state.join("kubelet-client.key"),
+    );
+    let as_node = curl(&[
+        "--cert",
+        crt.to_str().expect("utf-8"),
+        "--key",
+        key.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(as_node, "403");
+    assert_ne!(curl(&[]), "200", "no client certificate, no logs");
 
     // Ten pods: create → Running latency through the API, and the kubelet's memory.
+    // Timed from a watch (each event stamped on arrival), not by polling.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args([
+            "get",
+            "pods",
+            "-l",
+            "app=kj",
+            "-w",
+            "--no-headers",
+            "-o",
+            "custom-columns=N:.metadata.name,P:.status.phase",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl get -w");
+    let (tx, rx) = mpsc::channel();
+    let stdout = watch.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    // The watch lists p1 first: it is running once it has said so.
+    wait_for(30, "the watch to start", || {
+        rx.recv_timeout(Duration::from_millis(100)).ok()
+    });
     let t0 = Instant::now();
     let yaml: String = (0..10)
         .map(|i| pod_yaml(&format!("bulk-{i}"), "sleep 3600") + "---\n")
@@ -496,20 +562,22 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     apply(&env, "bulk", &yaml);
     let mut latencies: Vec<Option<Duration>> = vec![None; 10];
     wait_for(120, "ten pods Running", || {
-        let v = env.json(&["get", "pods", "-l", "app=kj"]);
-        for p in v["items"].as_array().into_iter().flatten() {
-            let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        while let Ok((at, line)) = rx.try_recv() {
+            let mut f = line.split_whitespace();
+            let (name, phase) = (f.next().unwrap_or_default(), f.next().unwrap_or_default());
             if let Some(i) = name
                 .strip_prefix("bulk-")
                 .and_then(|i| i.parse::<usize>().ok())
             {
-                if p["status"]["phase"] == "Running" && latencies[i].is_none() {
-                    latencies[i] = Some(t0.elapsed());
+                if phase == "Running" && latencies[i].is_none() {
+                    latencies[i] = Some(at - t0);
                 }
             }
         }
         latencies.iter().all(Option::is_some).then_some(())
     });
+    let _ = watch.kill();
+    let _ = watch.wait();
     let mut ms: Vec<u128> = latencies.iter().flatten().map(|d| d.as_millis()).collect();
     ms.sort();
     let rss = std::fs::read_to_string(format!(
