@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kimg::kubelet::private_containerd::PrivateContainerd;
 use serde_json::Value;
 
 fn free_port() -> u16 {
@@ -45,7 +46,7 @@ fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 struct Env {
     tmp: tempfile::TempDir,
     up: Child,
-    containerd: Child,
+    containerd: PrivateContainerd,
     kubelet: Option<Child>,
     kubeconfig: PathBuf,
     bridge: String,
@@ -58,48 +59,12 @@ impl Drop for Env {
             let _ = k.kill();
             let _ = k.wait();
         }
-        let runc_root = self.tmp.path().join("runc");
-        for e in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(e.file_name())
-                .status();
-        }
-        // Shims our containerd started carry our socket in their command line.
-        let sock = format!("-address\0{}", self.sock().display());
-        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&sock) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            }
-        }
-        for c in [&mut self.containerd, &mut self.up] {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.containerd.stop();
+        let _ = self.up.kill();
+        let _ = self.up.wait();
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
-        let prefix = self.tmp.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = Command::new("umount").args(["-l", m]).status();
-        }
         for e in std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
@@ -115,7 +80,7 @@ impl Drop for Env {
 
 impl Env {
     fn sock(&self) -> PathBuf {
-        self.tmp.path().join("c.sock")
+        self.containerd.socket()
     }
 
     fn dir(&self) -> PathBuf {
@@ -188,7 +153,7 @@ impl Env {
             "--containerd-socket".into(),
             self.sock().display().to_string(),
             "--runc-root".into(),
-            tmp.join("runc").display().to_string(),
+            self.containerd.runc_root().display().to_string(),
             "--listen-port".into(),
             port,
             "--oci-archive-dir".into(),
@@ -284,24 +249,7 @@ fn start() -> Env {
             .trim(),
     );
     // A containerd of our own.
-    let d = tmp.path();
-    let sock = d.join("c.sock");
-    let config = format!(
-        "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-         [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"\"\n",
-        root = d.join("root").display().to_string(),
-        state = d.join("state").display().to_string(),
-        sock = sock.display().to_string(),
-    );
-    std::fs::write(d.join("containerd.toml"), config).expect("config");
-    let log = std::fs::File::create(d.join("containerd.log")).expect("log");
-    let containerd = Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(d.join("containerd.toml"))
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("containerd is installed");
+    let containerd = PrivateContainerd::start(tmp.path()).expect("containerd is installed");
     let pid = std::process::id() % 100_000;
     let env = Env {
         up,

@@ -17,7 +17,8 @@
 //!
 //! The node agent around it: [`join`] (TLS bootstrap and certificate rotation), [`node`]
 //! (Node object, Lease, conditions), [`sync`] (the API's pods ↔ this kubelet), [`server`]
-//! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`).
+//! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`);
+//! [`private_containerd`] runs a containerd of one's own for tests.
 //!
 //! Limits: no registry pull, no projected service-account tokens; logs are plain text
 //! files.
@@ -30,6 +31,7 @@ pub mod join;
 pub mod netns;
 pub mod node;
 pub mod pod;
+pub mod private_containerd;
 pub mod probe;
 pub mod runtime;
 pub mod server;
