@@ -188,10 +188,10 @@ impl Env {
         std::fs::read_to_string(self.tmp.path().join("kubelet.log")).unwrap_or_default()
     }
 
-    fn stop_kubelet(&mut self) {
+    fn stop_kubelet(&mut self, signal: &str) {
         if let Some(mut k) = self.kubelet.take() {
             let _ = Command::new("kill")
-                .args(["-TERM", &k.id().to_string()])
+                .args([signal, &k.id().to_string()])
                 .status();
             let _ = k.wait();
         }
@@ -562,17 +562,38 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
         .collect();
     assert!(netns.is_empty(), "netns pins left: {netns:?}");
 
-    // A restart without the token reuses the stored certificate: no second CSR.
-    env.stop_kubelet();
+    // A crash (SIGKILL) with a pod running, then a restart without the token: the stored
+    // certificate is reused (no second CSR), the previous run's container is replaced and
+    // the pod runs again under the new process.
+    apply(&env, "p2", &pod_yaml("p2", "echo again; sleep 3600"));
+    wait_for(90, "p2 Running", || running_ip(&env, "p2"));
+    env.stop_kubelet("-KILL");
     let before = env.renew_time();
     env.start_kubelet(None, api_port);
     wait_for(40, "the restarted kubelet to renew the lease", || {
         (env.renew_time() != before).then_some(())
     });
     assert_eq!(env.csr_count(), 1, "no second CSR:\n{}", env.kubelet_log());
-    apply(&env, "p2", &pod_yaml("p2", "echo again; sleep 3600"));
-    wait_for(90, "p2 Running after the restart", || {
-        running_ip(&env, "p2")
+    wait_for(60, "exec into p2 through the restarted kubelet", || {
+        env.kubectl(&["exec", "p2", "--", "true"])
+            .status
+            .success()
+            .then_some(())
     });
+    let containers = env.ctr(&["containers", "ls", "-q"]);
+    assert_eq!(containers.lines().count(), 1, "{containers}");
+    assert_eq!(env.ok(&["logs", "p2"]).trim(), "again");
     env.ok(&["delete", "pod", "p2", "--wait=true", "--timeout=60s"]);
+    wait_for(30, "containerd to be empty again", || {
+        env.ctr(&["containers", "ls", "-q"])
+            .trim()
+            .is_empty()
+            .then_some(())
+    });
+    let netns: Vec<_> = std::fs::read_dir(state.join("netns"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    assert!(netns.is_empty(), "netns pins left: {netns:?}");
 }

@@ -5,10 +5,13 @@
 //! the Node ([`super::node`]), then keeps three timers: the Lease every 10 s, the node
 //! conditions every 30 s, and a certificate rotation check every minute. It waits until
 //! NodeIPAM has set `spec.podCIDR`, builds the CNI bridge network on it, and runs the pod
-//! sync loop ([`super::sync`]) and the kubelet API ([`super::server`]).
+//! sync loop ([`super::sync`]) and the kubelet API ([`super::server`]). Before that it
+//! removes what a previous run left (containers, network namespaces, pod directories), so
+//! a restarted kubelet starts its pods afresh.
 //!
-//! Limits: the pod CIDR is read once (a node whose CIDR changes needs a restart); the CNI
-//! plugins are taken from `/usr/lib/cni`.
+//! Limits: the pod CIDR is read once (a node whose CIDR changes needs a restart); running
+//! pods are restarted, not adopted, when the kubelet restarts; containerd's `k8s.io`
+//! namespace is taken to belong to the kubelet alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +99,51 @@ async fn import_archives(client: &Containerd, dir: &std::path::Path) -> Result<u
     Ok(paths.len())
 }
 
+/// Removes what a previous run of the kubelet left: every container and task in
+/// containerd's `k8s.io` namespace (the kubelet owns it), pod network namespaces (CNI DEL
+/// first), pod directories, logs, IPAM leases and pod cgroups. The sync loop then starts
+/// the API's pods afresh — what a node reboot does too.
+async fn clear_previous_run(
+    client: &Containerd,
+    cni: &CniNetwork,
+    netns_dir: &std::path::Path,
+    root: &std::path::Path,
+    cgroup_parent: &str,
+) {
+    for id in client.container_ids().await.unwrap_or_default() {
+        let _ = client.kill(&id, 9, true).await;
+        for _ in 0..50 {
+            if client.delete_task(&id).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match client.delete_container(&id).await {
+            Ok(()) => tracing::info!(container = %id, "removed a container of a previous run"),
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "cannot remove a container of a previous run")
+            }
+        }
+    }
+    let uids: Vec<String> = std::fs::read_dir(netns_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for uid in &uids {
+        let ns = super::netns::PodNamespaces::new(netns_dir, &root.join("pods").join(uid), uid);
+        let _ = cni.del(uid, &ns.net).await;
+        if let Err(e) = super::netns::remove(&ns) {
+            tracing::warn!(pod = %uid, error = %e, "cannot remove a network namespace of a previous run");
+        }
+        super::remove_pod_cgroups(cgroup_parent, uid);
+    }
+    for dir in [root.join("pods"), root.join("logs"), cni.ipam_dir.clone()] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Polls the Node until NodeIPAM has given it a pod CIDR.
 async fn wait_for_pod_cidr(cell: &ClientCell, name: &str) -> Result<ipnet::Ipv4Net, AgentError> {
     let mut logged = false;
@@ -165,8 +213,17 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         pod_cidr,
         ipam_dir: state.join("ipam"),
     };
+    let root = state.join("pods-root");
+    clear_previous_run(
+        &containerd,
+        &cni,
+        &state.join("netns"),
+        &root,
+        &cfg.cgroup_parent,
+    )
+    .await;
     let rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
-    let mut kcfg = KubeletConfig::new(state.join("pods-root"), &name, &cfg.node_ip);
+    let mut kcfg = KubeletConfig::new(root, &name, &cfg.node_ip);
     kcfg.cgroup_parent = cfg.cgroup_parent.clone();
     let kubelet = Arc::new(Kubelet::new(Arc::new(rt), kcfg));
     let sync = PodSync::new(kubelet, cell.clone(), &name);

@@ -7,13 +7,13 @@
 //! the node ([`Kubelet::delete_pod`]), then its API object is deleted with
 //! `gracePeriodSeconds=0` and a uid precondition — how a kubelet finishes a graceful
 //! delete. Pods that disappear from the API (a delete event, or missing from a re-list)
-//! are removed from the node as well. Every 500 ms the status of each running pod is
+//! are removed from the node as well. Every 250 ms the status of each running pod is
 //! compared with what was last written and, when it changed, merge-patched through
 //! `pods/status`.
 //!
-//! Limits: pods running before a kubelet restart are not adopted (their containers stay
-//! until removed by hand); referenced objects are read once, at pod start; a pod the
-//! kubelet cannot start is reported `Failed` with the reason.
+//! Limits: pods running before a kubelet restart are not adopted but started afresh (the
+//! agent clears the previous run first); referenced objects are read once, at pod start;
+//! a pod the kubelet cannot start is reported `Failed` with the reason.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -270,7 +270,7 @@ impl PodSync {
     pub async fn run(self: Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
                 me.push_statuses().await;
