@@ -435,6 +435,47 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     let exec = env.kubectl(&["exec", "p1", "--", "cat", "/etc/hostname"]);
     assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "p1");
     assert!(exec.status.success());
+    // Output streams while the command runs, and stdin reaches it.
+    let mut slow = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&env.kubeconfig)
+        .args([
+            "exec",
+            "p1",
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 4; echo second",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl exec");
+    let started = Instant::now();
+    let mut lines = BufReader::new(slow.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("first"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the first line came only at the end"
+    );
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("second"));
+    assert!(slow.wait().expect("wait").success());
+    // (`timeout`: a stdin that never reaches EOF must fail the test, not hang it.)
+    let mut cat = Command::new("timeout")
+        .args(["60", "kubectl", "--kubeconfig"])
+        .arg(&env.kubeconfig)
+        .args(["exec", "-i", "p1", "--", "sh", "-c", "tr a-z A-Z; exit 4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl exec -i");
+    {
+        use std::io::Write;
+        let mut stdin = cat.stdin.take().expect("stdin");
+        stdin.write_all(b"shout\n").expect("write stdin");
+    }
+    let out = cat.wait_with_output().expect("kubectl exec -i");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
+    assert_eq!(out.status.code(), Some(4));
     // RBAC guards the proxy: the default service account may not exec.
     let denied = env.kubectl(&[
         "--as",

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 pub use containerd::{Containerd, Exit, ImageInfo};
 pub use error::KubeletError;
 pub use pod::PodRecord;
-pub use runtime::{ContainerdRuntime, ExecOutput, Runtime, Sandbox};
+pub use runtime::{ContainerdRuntime, ExecIo, ExecOutput, ExecStream, Runtime, Sandbox};
 pub use spec::ResolvedData;
 pub use state::{Backoff, ContainerState, PodState, RestartPolicy};
 
@@ -235,6 +235,30 @@ impl Kubelet {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, KubeletError> {
+        let (id, process) = self.exec_process(uid, container, command)?;
+        self.rt.exec(&id, &process, timeout).await
+    }
+
+    /// [`Kubelet::exec`] with streamed input and output; returns the exit code.
+    pub async fn exec_stream(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+        io: ExecIo,
+        timeout: Duration,
+    ) -> Result<u32, KubeletError> {
+        let (id, process) = self.exec_process(uid, container, command)?;
+        self.rt.exec_streaming(&id, &process, io, timeout).await
+    }
+
+    /// The container id and OCI process for running `command` in a running container.
+    fn exec_process(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+    ) -> Result<(String, serde_json::Value), KubeletError> {
         let r = self
             .record(uid)
             .ok_or_else(|| KubeletError::UnknownPod(uid.into()))?;
@@ -247,7 +271,7 @@ impl Kubelet {
                 container: container.into(),
             })?;
         let process = spec::process(command, &c.env, "/", c.user.0, c.user.1);
-        self.rt.exec(&c.id, &process, timeout).await
+        Ok((c.id.clone(), process))
     }
 
     /// Stops the pod (SIGTERM, SIGKILL after `grace` or the pod's

@@ -12,12 +12,14 @@
 //! - `GET /exec/<ns>/<pod>/<container>?command=…&stdout=&stderr=` upgrades to a WebSocket
 //!   with subprotocol `v5.channel.k8s.io` (or `v4.channel.k8s.io`); each binary message
 //!   starts with its channel byte: 1 stdout, 2 stderr, 3 the final `metav1.Status` (exit
-//!   codes as reason `NonZeroExitCode` with an `ExitCode` cause); with v5 each stream is
-//!   then ended by a close signal (255, channel) before a normal WebSocket close.
+//!   codes as reason `NonZeroExitCode` with an `ExitCode` cause), then a WebSocket close
+//!   with code 1000 (client-go reads that as the end of every stream; a close without a
+//!   code is an error to it, and it ignores close signals from the server). Output
+//!   is forwarded as the command writes it; with `stdin=true`, channel-0 messages feed the
+//!   command's stdin and v5's close signal for channel 0 (255 0) is its EOF.
 //!
-//! Limits: exec output is sent when the command ends (no interactive streaming), stdin and
-//! tty are not supported (client messages, including v5's close signal, are read and
-//! dropped); no attach, port-forward, stats or metrics endpoints.
+//! Limits: no tty (and so no resize, channel 4); v4 clients cannot end stdin before the
+//! command ends; no attach, port-forward, stats or metrics endpoints.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -38,12 +40,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::sync::PodSync;
+use super::{ExecIo, ExecStream};
 use crate::apiserver::{user_from_cert, User};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -310,9 +314,8 @@ fn exec(
     if command.is_empty() {
         return full(StatusCode::BAD_REQUEST, "exec needs a command");
     }
-    let (want_out, want_err) = (flag(q, "stdout"), flag(q, "stderr"));
+    let (want_in, want_out, want_err) = (flag(q, "stdin"), flag(q, "stdout"), flag(q, "stderr"));
     let container = container.to_string();
-    let v5 = *protocol == EXEC_PROTOCOLS[0];
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
@@ -325,42 +328,67 @@ fn exec(
         )
         .await;
         let (mut sink, mut incoming) = ws.split();
-        // Drain what the client sends (pings are answered by the sink's next write).
-        let drain = tokio::spawn(async move { while let Some(Ok(_)) = incoming.next().await {} });
-        let result = sync
-            .kubelet()
-            .exec(&uid, &container, &command, Duration::from_secs(24 * 3600))
-            .await;
-        let status = match result {
-            Ok(out) => {
-                for (channel, want, bytes) in
-                    [(1u8, want_out, out.stdout), (2u8, want_err, out.stderr)]
-                {
-                    if want && !bytes.is_empty() {
-                        let mut msg = vec![channel];
-                        msg.extend_from_slice(&bytes);
-                        let _ = sink.send(Message::binary(msg)).await;
-                    }
-                }
-                exec_status(Ok(out.exit_code), &command)
+        let (in_tx, in_rx) = match want_in {
+            true => {
+                let (t, r) = mpsc::channel::<Bytes>(16);
+                (Some(t), Some(r))
             }
-            Err(e) => exec_status(Err(e.to_string()), &command),
+            false => (None, None),
         };
+        // Client messages: stdin chunks (channel 0) and, in v5, its close signal (255 0).
+        let reader = tokio::spawn(async move {
+            let mut in_tx = in_tx;
+            while let Some(Ok(msg)) = incoming.next().await {
+                let Message::Binary(b) = msg else { continue };
+                match (b.first(), b.get(1)) {
+                    (Some(0), _) => {
+                        if let Some(t) = &in_tx {
+                            let _ = t.send(b.slice(1..)).await;
+                        }
+                    }
+                    (Some(255), Some(0)) => in_tx = None,
+                    _ => {}
+                }
+            }
+        });
+        let (out_tx, mut out_rx) = mpsc::channel::<(ExecStream, Bytes)>(64);
+        let io = ExecIo {
+            stdin: in_rx,
+            output: out_tx,
+        };
+        let kubelet = sync.kubelet().clone();
+        let run = kubelet.exec_stream(
+            &uid,
+            &container,
+            &command,
+            io,
+            Duration::from_secs(24 * 3600),
+        );
+        let forward = async {
+            while let Some((stream, data)) = out_rx.recv().await {
+                let (channel, wanted) = match stream {
+                    ExecStream::Stdout => (1u8, want_out),
+                    ExecStream::Stderr => (2u8, want_err),
+                };
+                if wanted {
+                    let mut msg = Vec::with_capacity(data.len() + 1);
+                    msg.push(channel);
+                    msg.extend_from_slice(&data);
+                    let _ = sink.send(Message::binary(msg)).await;
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(run, forward);
+        let status = exec_status(result.map_err(|e| e.to_string()), &command);
         let mut msg = vec![3u8];
         msg.extend_from_slice(&serde_json::to_vec(&status).unwrap_or_default());
         let _ = sink.send(Message::binary(msg)).await;
-        if v5 {
-            // v5: end each stream with a close signal, so readers see EOF, not an error.
-            for channel in [1u8, 2, 3] {
-                let _ = sink.send(Message::binary(vec![255u8, channel])).await;
-            }
-        }
         let close = CloseFrame {
             code: CloseCode::Normal,
             reason: "".into(),
         };
         let _ = sink.send(Message::Close(Some(close))).await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     });
     let mut r = full(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let h = r.headers_mut();
