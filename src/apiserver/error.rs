@@ -75,6 +75,8 @@ pub enum ApiError {
     Gone { requested: i64 },
     #[error("storage error: {0}")]
     Store(#[source] StoreError),
+    #[error("error dialing backend: {0}")]
+    KubeletProxy(String),
 }
 
 /// `deployments.apps`, or `pods` for the core group, as Kubernetes names resources in messages.
@@ -116,7 +118,7 @@ impl ApiError {
             Forbidden { .. } | ForbiddenPath { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Gone { .. } => (StatusCode::GONE, "Expired"),
-            Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            Store(_) | KubeletProxy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
 

@@ -7,7 +7,8 @@
 //! ([`resources`]) stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the verbs
 //! get, list, watch, create, update, patch (json, merge, strategic subset, apply), delete
 //! and deletecollection (with grace periods and finalizers, [`delete`]); the `status`,
-//! `scale`, `binding`, `eviction`, `approval` and `token` subresources; label and field selectors,
+//! `scale`, `binding`, `eviction`, `approval` and `token` subresources; `log` and `exec`
+//! relayed to the pod's kubelet ([`kubelet_proxy`]); label and field selectors,
 //! `limit`/`continue`; Table output for `kubectl get`; ClusterIP and NodePort allocation;
 //! bootstrap namespaces and the `kubernetes` Service.
 //!
@@ -37,6 +38,7 @@ mod delete;
 mod discovery;
 mod error;
 pub mod jwt;
+mod kubelet_proxy;
 mod list;
 mod object;
 mod openapi;
@@ -64,7 +66,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use selector::Selector;
-pub use tls::{server_config, TlsError, User};
+pub use tls::{server_config, user_from_cert, TlsError, User};
 
 use crate::pki::token::Token;
 use crate::store::{ListOptions, ListResult, Store, StoreError, WatchStream};
@@ -79,6 +81,8 @@ pub(crate) struct State {
     pub tokens: Vec<Token>,
     /// Serves lists and watches; `None` reads the store directly (unit tests).
     pub cache: Option<Arc<cache::WatchCache>>,
+    /// Dials kubelets for `pods/log` and `pods/exec` (the `apiserver-kubelet-client` cert).
+    pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl State {
@@ -113,6 +117,7 @@ impl State {
             sa_keys: None,
             tokens: Vec::new(),
             cache: None,
+            kubelet_tls: None,
         }
     }
 }
@@ -160,12 +165,18 @@ impl ApiServer {
         } else {
             None
         };
+        let kubelet_tls = if pki_dir.join("apiserver-kubelet-client.crt").exists() {
+            Some(kubelet_proxy::client_config(pki_dir)?)
+        } else {
+            None
+        };
         let mut state = State {
             store,
             service_cidr,
             sa_keys,
             tokens,
             cache: None,
+            kubelet_tls,
         };
         bootstrap::run(&state)
             .await

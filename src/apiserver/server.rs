@@ -29,7 +29,9 @@ use tokio_rustls::TlsAcceptor;
 use super::error::ApiError;
 use super::resources::{self, Resource};
 use super::tls::{user_from_cert, User};
-use super::{authn, delete, discovery, object, openapi, rbac, rest, subresource, watch, State};
+use super::{
+    authn, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, subresource, watch, State,
+};
 
 /// The body of every response: a whole buffer or a stream (watch).
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -149,7 +151,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+pub(super) fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     q.unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
@@ -379,6 +381,12 @@ async fn dispatch(
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let user = Some(impersonate(state, user, req.headers()).await?);
+    if let Ok(Route::Resource(t)) = &route {
+        if let Some(v) = kubelet_proxy::verb_of(t) {
+            authorize(state, user.as_ref(), &attributes(t, v)).await?;
+            return kubelet_proxy::serve(state, t, req).await;
+        }
+    }
     if too_big {
         return Err(ApiError::BodyTooLarge {
             limit: object::MAX_BODY,
@@ -504,7 +512,7 @@ pub async fn serve(
                 .and_then(|c| user_from_cert(c));
             let svc = service_fn(move |req| handle(state.clone(), user.clone(), req));
             if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await
             {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -50,6 +50,16 @@ pub fn of(r: &Resource) -> Vec<(&'static str, Value, &'static [&'static str])> {
                 &["create"],
             ));
             out.push((
+                "exec",
+                json!({"group": "", "version": "v1", "kind": "PodExecOptions"}),
+                &["create", "get"],
+            ));
+            out.push((
+                "log",
+                json!({"group": "", "version": "v1", "kind": "Pod"}),
+                &["get"],
+            ));
+            out.push((
                 "eviction",
                 json!({"group": "policy", "version": "v1", "kind": "Eviction"}),
                 &["create"],

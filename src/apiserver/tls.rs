@@ -25,6 +25,8 @@ pub enum TlsError {
     Verifier(#[source] rustls::server::VerifierBuilderError),
     #[error("the serving certificate and key are unusable")]
     ServingCert(#[source] rustls::Error),
+    #[error("the apiserver-kubelet-client certificate and key are unusable")]
+    ClientCert(#[source] rustls::Error),
 }
 
 /// An authenticated user.

@@ -5,6 +5,7 @@ mod apiserver;
 mod build;
 mod cluster;
 mod controller_manager;
+mod kubelet;
 mod oci;
 mod proxy;
 mod scheduler;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Program this node's nftables for Services (ClusterIP, NodePort) and serve cluster
     /// DNS (kube-proxy + CoreDNS).
     Proxy(proxy::ProxyArgs),
+    /// Run this machine as a node: join with a bootstrap token, register the Node, run
+    /// its pods on containerd and serve logs/exec on :10250.
+    Kubelet(kubelet::KubeletArgs),
     /// Simulated resources for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -156,6 +160,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apiserver(args) => apiserver::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
+        Command::Kubelet(args) => kubelet::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Proxy(args) => proxy::run(args),
         Command::Completion { shell } => {

@@ -691,13 +691,15 @@ impl Containerd {
         }
     }
 
-    /// Runs `process_json` (an OCI `Process`) in the container, output to `out`/`err`
-    /// files, and returns its exit code. Kills it after `timeout`.
+    /// Runs `process_json` (an OCI `Process`) in the container, input from the `stdin`
+    /// FIFO when given, output to `out`/`err`, and returns its exit code. Kills it after
+    /// `timeout`.
     pub async fn exec(
         &self,
         id: &str,
         exec_id: &str,
         process_json: Vec<u8>,
+        stdin: Option<&Path>,
         out: &Path,
         err: &Path,
         timeout: Duration,
@@ -706,7 +708,7 @@ impl Containerd {
             .exec(self.req(
                 api::ExecProcessRequest {
                     container_id: id.into(),
-                    stdin: String::new(),
+                    stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
                     stdout: out.display().to_string(),
                     stderr: err.display().to_string(),
                     terminal: false,
@@ -764,6 +766,23 @@ impl Containerd {
             ))
             .await;
         result
+    }
+
+    /// Closes the stdin of exec process `exec_id` (the shim holds its FIFO open, so only
+    /// this makes the process see EOF).
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), KubeletError> {
+        self.tasks()
+            .close_io(self.req(
+                api::CloseIoRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    stdin: true,
+                },
+                None,
+            ))
+            .await
+            .map_err(KubeletError::containerd("close io"))?;
+        Ok(())
     }
 
     /// Ids of every container in the namespace (for leak checks and cleanup).

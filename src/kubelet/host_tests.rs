@@ -16,12 +16,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::cni::CniNetwork;
+use super::private_containerd::PrivateContainerd;
 use super::*;
 
-/// A containerd of our own, killed by PID on drop, with its bridge removed.
+/// A containerd of our own (stopped on drop, with its containers), with its bridge and
+/// cgroups removed.
 struct Host {
     dir: tempfile::TempDir,
-    child: std::process::Child,
+    containerd: PrivateContainerd,
     bridge: String,
     kubelet: Kubelet,
     client: Containerd,
@@ -29,47 +31,8 @@ struct Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // A failed test leaves containers running: delete them through runc (their state is
-        // under our dir), then stop the shims our containerd started (found by our socket).
-        let runc_root = self.dir.path().join("runc");
-        for e in std::fs::read_dir(&runc_root)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = std::process::Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["delete", "--force"])
-                .arg(e.file_name())
-                .status();
-        }
-        let sock = format!("-address\0{}", self.dir.path().join("c.sock").display());
-        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&sock) {
-                // SAFETY: kill(2) on a shim whose command line names our own socket.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-        // SAFETY: plain kill(2) on the PID of the containerd this test started.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // A failed test leaves containers running: stop them with containerd first.
+        self.containerd.stop();
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
@@ -80,18 +43,6 @@ impl Drop for Host {
             .flatten()
         {
             remove_cgroup_tree(&e.path().join(&parent));
-        }
-        // Unmount whatever is still mounted under our dir (rootfs overlays, ns pins).
-        let prefix = self.dir.path().display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
@@ -112,29 +63,15 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
         .tempdir_in("/tmp")
         .unwrap();
     let d = dir.path();
-    let sock = d.join("c.sock");
-    let config = format!(
-        "version = 2\nroot = {root:?}\nstate = {state:?}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-         [grpc]\n  address = {sock:?}\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  address = \"\"\n",
-        root = d.join("root").display().to_string(),
-        state = d.join("state").display().to_string(),
-        sock = sock.display().to_string(),
-    );
-    std::fs::write(d.join("config.toml"), config).unwrap();
-    let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-    let child = std::process::Command::new("/usr/bin/containerd")
-        .arg("--config")
-        .arg(d.join("config.toml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
+    let containerd = PrivateContainerd::start(d)
         .expect("containerd is installed (apt-get install containerd runc)");
+    let sock = containerd.socket();
     let bridge = format!("kt{}x{n}", std::process::id() % 100_000);
     let mut client = None;
     for _ in 0..200 {
         if sock.exists() {
             if let Ok(c) = Containerd::connect(&sock, "k8s.io").await {
-                let c = c.with_runc_root(&d.join("runc"));
+                let c = c.with_runc_root(&containerd.runc_root());
                 if c.container_ids().await.is_ok() {
                     client = Some(c);
                     break;
@@ -143,12 +80,8 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let client = client.unwrap_or_else(|| {
-        panic!(
-            "containerd did not come up: {}",
-            std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default()
-        )
-    });
+    let client =
+        client.unwrap_or_else(|| panic!("containerd did not come up: {}", containerd.log()));
     let cni = CniNetwork {
         bin_dir: PathBuf::from("/usr/lib/cni"),
         bridge: bridge.clone(),
@@ -165,7 +98,7 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
         kubelet: Kubelet::new(Arc::new(rt), cfg),
         client,
         dir,
-        child,
+        containerd,
         bridge,
     };
     host.import_busybox().await;

@@ -15,19 +15,30 @@
 //! [`volumes`], [`state`] (the state enums, restart rules), [`pod`] (the worker),
 //! [`probe`], [`status`], [`runtime`] (the side-effect seam).
 //!
-//! Limits: no registry pull, no projected service-account tokens, no :10250 server,
-//! no node registration (see issue 7's other parts); logs are plain text files.
+//! The node agent around it: [`join`] (TLS bootstrap and certificate rotation), [`node`]
+//! (Node object, Lease, conditions), [`sync`] (the API's pods ↔ this kubelet), [`server`]
+//! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`);
+//! [`private_containerd`] runs a containerd of one's own for tests.
+//!
+//! Limits: no registry pull, no projected service-account tokens; logs are plain text
+//! files.
 
+pub mod agent;
 pub mod cni;
 pub mod containerd;
 mod error;
+pub mod join;
 pub mod netns;
+pub mod node;
 pub mod pod;
+pub mod private_containerd;
 pub mod probe;
 pub mod runtime;
+pub mod server;
 pub mod spec;
 pub mod state;
 pub mod status;
+pub mod sync;
 pub mod volumes;
 
 #[cfg(test)]
@@ -46,7 +57,7 @@ use tokio::sync::watch;
 pub use containerd::{Containerd, Exit, ImageInfo};
 pub use error::KubeletError;
 pub use pod::PodRecord;
-pub use runtime::{ContainerdRuntime, ExecOutput, Runtime, Sandbox};
+pub use runtime::{ContainerdRuntime, ExecIo, ExecOutput, ExecStream, Runtime, Sandbox};
 pub use spec::ResolvedData;
 pub use state::{Backoff, ContainerState, PodState, RestartPolicy};
 
@@ -224,6 +235,30 @@ impl Kubelet {
         command: &[String],
         timeout: Duration,
     ) -> Result<ExecOutput, KubeletError> {
+        let (id, process) = self.exec_process(uid, container, command)?;
+        self.rt.exec(&id, &process, timeout).await
+    }
+
+    /// [`Kubelet::exec`] with streamed input and output; returns the exit code.
+    pub async fn exec_stream(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+        io: ExecIo,
+        timeout: Duration,
+    ) -> Result<u32, KubeletError> {
+        let (id, process) = self.exec_process(uid, container, command)?;
+        self.rt.exec_streaming(&id, &process, io, timeout).await
+    }
+
+    /// The container id and OCI process for running `command` in a running container.
+    fn exec_process(
+        &self,
+        uid: &str,
+        container: &str,
+        command: &[String],
+    ) -> Result<(String, serde_json::Value), KubeletError> {
         let r = self
             .record(uid)
             .ok_or_else(|| KubeletError::UnknownPod(uid.into()))?;
@@ -236,7 +271,7 @@ impl Kubelet {
                 container: container.into(),
             })?;
         let process = spec::process(command, &c.env, "/", c.user.0, c.user.1);
-        self.rt.exec(&c.id, &process, timeout).await
+        Ok((c.id.clone(), process))
     }
 
     /// Stops the pod (SIGTERM, SIGKILL after `grace` or the pod's

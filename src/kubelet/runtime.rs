@@ -31,6 +31,20 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
+/// Which output stream a chunk of exec output came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecStream {
+    Stdout,
+    Stderr,
+}
+
+/// The streams of an interactive exec: stdin chunks in (closed sender = EOF), output
+/// chunks out as they are written.
+pub struct ExecIo {
+    pub stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    pub output: tokio::sync::mpsc::Sender<(ExecStream, bytes::Bytes)>,
+}
+
 /// Everything the pod worker does to the machine.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -69,6 +83,26 @@ pub trait Runtime: Send + Sync + 'static {
         process: &Value,
         timeout: Duration,
     ) -> Result<ExecOutput, KubeletError>;
+    /// Runs an OCI `Process` with streamed stdin/stdout/stderr; returns the exit code.
+    /// The default runs [`Runtime::exec`] and sends its output at the end (no stdin).
+    async fn exec_streaming(
+        &self,
+        id: &str,
+        process: &Value,
+        io: ExecIo,
+        timeout: Duration,
+    ) -> Result<u32, KubeletError> {
+        let out = self.exec(id, process, timeout).await?;
+        for (s, data) in [
+            (ExecStream::Stdout, out.stdout),
+            (ExecStream::Stderr, out.stderr),
+        ] {
+            if !data.is_empty() {
+                let _ = io.output.send((s, data.into())).await;
+            }
+        }
+        Ok(out.exit_code)
+    }
 }
 
 /// The real runtime: containerd for containers, CNI for the network.
@@ -216,6 +250,7 @@ impl Runtime for ContainerdRuntime {
                 id,
                 &exec_id,
                 serde_json::to_vec(process).unwrap_or_default(),
+                None,
                 &out,
                 &err,
                 timeout,
@@ -231,6 +266,160 @@ impl Runtime for ContainerdRuntime {
             stdout,
             stderr,
         })
+    }
+
+    async fn exec_streaming(
+        &self,
+        id: &str,
+        process: &Value,
+        io: ExecIo,
+        timeout: Duration,
+    ) -> Result<u32, KubeletError> {
+        let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
+        let exec_id = format!("exec-{}-{n}", std::process::id());
+        std::fs::create_dir_all(&self.exec_dir).map_err(KubeletError::io(&self.exec_dir))?;
+        let path = |suffix: &str| self.exec_dir.join(format!("{exec_id}.{suffix}"));
+        let (out, err, input) = (path("out"), path("err"), path("in"));
+        let mut fifos = vec![out.clone(), err.clone()];
+        if io.stdin.is_some() {
+            fifos.push(input.clone());
+        }
+        for p in &fifos {
+            nix::unistd::mkfifo(p.as_path(), nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| KubeletError::Io {
+                    path: p.clone(),
+                    source: std::io::Error::from_raw_os_error(e as i32),
+                })?;
+        }
+        // Held open read-write so the shim's open does not block. The shim keeps the FIFO
+        // open too, so after the last chunk the process gets its EOF through CloseIO.
+        let feeder = match io.stdin {
+            Some(mut rx) => {
+                let mut tx = tokio::net::unix::pipe::OpenOptions::new()
+                    .read_write(true)
+                    .open_sender(&input)
+                    .map_err(KubeletError::io(&input))?;
+                let (client, id, exec_id) = (self.client.clone(), id.to_string(), exec_id.clone());
+                Some(tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    while let Some(chunk) = rx.recv().await {
+                        if tx.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    // CloseIO drops what the shim has not copied yet: wait until the FIFO
+                    // is drained (and a moment for the copy) before closing.
+                    for _ in 0..500 {
+                        if unread_bytes(&tx) == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    drop(tx);
+                    // The process may not exist yet when stdin ends at once: retry a while.
+                    for _ in 0..50 {
+                        if client.close_stdin(&id, &exec_id).await.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }))
+            }
+            None => None,
+        };
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+        let out_task = tokio::spawn(stream_fifo(
+            out.clone(),
+            done_rx.clone(),
+            io.output.clone(),
+            ExecStream::Stdout,
+        ));
+        let err_task = tokio::spawn(stream_fifo(
+            err.clone(),
+            done_rx,
+            io.output,
+            ExecStream::Stderr,
+        ));
+        let code = self
+            .client
+            .exec(
+                id,
+                &exec_id,
+                serde_json::to_vec(process).unwrap_or_default(),
+                feeder.as_ref().map(|_| input.as_path()),
+                &out,
+                &err,
+                timeout,
+            )
+            .await;
+        let _ = done_tx.send(true);
+        let _ = out_task.await;
+        let _ = err_task.await;
+        if let Some(f) = feeder {
+            f.abort();
+        }
+        for p in &fifos {
+            let _ = std::fs::remove_file(p);
+        }
+        code
+    }
+}
+
+/// Bytes written to the FIFO and not read yet (FIONREAD); 0 when unknown.
+fn unread_bytes(fifo: &impl std::os::fd::AsRawFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD on an open pipe descriptor writes one c_int to `n`.
+    let rc = unsafe { libc::ioctl(fifo.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc == 0 {
+        n
+    } else {
+        0
+    }
+}
+
+/// Forwards what is written to a FIFO to `tx` until `done`, then what is left.
+async fn stream_fifo(
+    path: PathBuf,
+    mut done: tokio::sync::watch::Receiver<bool>,
+    tx: tokio::sync::mpsc::Sender<(ExecStream, bytes::Bytes)>,
+    which: ExecStream,
+) {
+    let Ok(rx) = tokio::net::unix::pipe::OpenOptions::new()
+        .read_write(true)
+        .open_receiver(&path)
+    else {
+        return;
+    };
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Only a bool leaves the select: the watch guard must not live across an await.
+        let finished = tokio::select! {
+            ready = rx.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                false
+            }
+            _ = done.wait_for(|d| *d) => true,
+        };
+        loop {
+            match rx.try_read(&mut chunk) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let data = bytes::Bytes::copy_from_slice(&chunk[..n]);
+                    let _ = tx.send((which, data)).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+            if !finished {
+                break;
+            }
+        }
+        if finished {
+            return;
+        }
     }
 }
 

@@ -24,12 +24,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
+
+use crate::kubelet::node;
 
 /// Fleet settings.
 #[derive(Debug, Clone)]
@@ -99,68 +100,22 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn ready_conditions() -> serde_json::Value {
-    let t = now();
-    let c = |ty: &str, st: &str, reason: &str, msg: &str| {
-        json!({"type": ty, "status": st, "reason": reason, "message": msg,
-               "lastHeartbeatTime": t, "lastTransitionTime": t})
-    };
-    json!([
-        c(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
-        c(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
-        c(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available"
-        ),
-        c(
-            "Ready",
-            "True",
-            "KubeletReady",
-            "kubelet is posting ready status"
-        ),
-    ])
-}
-
 fn node_object(opts: &SimOptions, i: usize) -> Node {
     let name = format!("{}{i}", opts.prefix);
-    let mut labels: HashMap<String, String> = [
-        ("kubernetes.io/hostname", name.as_str()),
-        ("kubernetes.io/os", "linux"),
-        ("kubernetes.io/arch", "amd64"),
-        ("kimg.dev/sim", "true"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut labels = vec![("kimg.dev/sim".to_string(), "true".to_string())];
     labels.extend(opts.labels.iter().cloned());
-    let res = json!({"cpu": opts.cpu, "memory": opts.memory, "pods": opts.pods.to_string()});
-    let v = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"taints": opts.taints},
-        "status": {
-            "capacity": res, "allocatable": res,
-            "conditions": ready_conditions(),
-            "addresses": [{"type": "InternalIP", "address": format!("10.200.{}.{}", i / 250, i % 250 + 1)},
-                          {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.32.0-kimg-sim", "kubeProxyVersion": "", "operatingSystem": "linux",
-                         "architecture": "amd64", "containerRuntimeVersion": "sim://0", "osImage": "kimg sim",
-                         "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-        },
-    });
-    serde_json::from_value(v).unwrap_or_default()
+    node::node_object(&node::NodeInfo {
+        internal_ip: format!("10.200.{}.{}", i / 250, i % 250 + 1),
+        name,
+        labels,
+        taints: opts.taints.clone(),
+        cpu: opts.cpu.clone(),
+        memory: opts.memory.clone(),
+        pods: opts.pods,
+        kubelet_version: "v1.32.0-kimg-sim".into(),
+        runtime_version: "sim://0".into(),
+        kubelet_port: 10250,
+    })
 }
 
 struct Fleet {
@@ -204,53 +159,24 @@ impl Fleet {
     async fn register(&self, i: usize) -> Result<(), SimError> {
         let node = node_object(&self.opts, i);
         let name = node.metadata.name.clone().unwrap_or_default();
-        let api: Api<Node> = Api::all(self.client.clone());
-        let err = |source| SimError::Register {
-            node: name.clone(),
-            source,
-        };
-        match api.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(err(e)),
-        }
-        // Status is a subresource: post it separately (idempotent).
-        let status = json!({"status": serde_json::to_value(&node.status).unwrap_or_default()});
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        node::register(&self.client, &node)
             .await
-            .map_err(err)?;
+            .map_err(|source| SimError::Register {
+                node: name.clone(),
+                source,
+            })?;
         self.heartbeat(&name).await;
         Ok(())
     }
 
     async fn heartbeat(&self, name: &str) {
-        let api: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        let t = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let patch = json!({"spec": {"renewTime": t}});
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {
-                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": name, "namespace": "kube-node-lease"},
-                    "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": t}});
-                if let Ok(l) = serde_json::from_value::<Lease>(lease) {
-                    let _ = api.create(&PostParams::default(), &l).await;
-                }
-            }
-            Err(e) => tracing::debug!(node = name, error = %e, "heartbeat failed"),
+        if let Err(e) = node::renew_lease(&self.client, name).await {
+            tracing::debug!(node = name, error = %e, "heartbeat failed");
         }
     }
 
     async fn report_ready(&self, name: &str) {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let patch = json!({"status": {"conditions": ready_conditions()}});
-        if let Err(e) = api
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        if let Err(e) = node::report_conditions(&self.client, name).await {
             tracing::debug!(node = name, error = %e, "cannot report Ready");
         }
     }

@@ -1,0 +1,279 @@
+//! `kimg kubelet` as a whole: join, register, wait for a pod CIDR, run pods, serve :10250.
+//!
+//! How: [`run`] gets the node's client certificate ([`super::join`]), imports every OCI
+//! archive (`*.tar`) of the image directory into containerd (air-gapped images), registers
+//! the Node ([`super::node`]), then keeps three timers: the Lease every 10 s, the node
+//! conditions every 30 s, and a certificate rotation check every minute. It waits until
+//! NodeIPAM has set `spec.podCIDR`, builds the CNI bridge network on it, and runs the pod
+//! sync loop ([`super::sync`]) and the kubelet API ([`super::server`]). Before that it
+//! removes what a previous run left (containers, network namespaces, pod directories), so
+//! a restarted kubelet starts its pods afresh.
+//!
+//! Limits: the pod CIDR is read once (a node whose CIDR changes needs a restart); running
+//! pods are restarted, not adopted, when the kubelet restarts; containerd's `k8s.io`
+//! namespace is taken to belong to the kubelet alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::Api;
+
+use super::cni::CniNetwork;
+use super::join::{self, ClientCell, JoinConfig};
+use super::node::{self, NodeInfo};
+use super::sync::PodSync;
+use super::{server, Containerd, ContainerdRuntime, Kubelet, KubeletConfig, KubeletError};
+
+/// Everything `kimg kubelet` needs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub join: JoinConfig,
+    pub node_ip: String,
+    pub labels: Vec<(String, String)>,
+    pub taints: Vec<Taint>,
+    pub containerd_socket: PathBuf,
+    /// Keep runc state here instead of containerd's default (tests).
+    pub runc_root: Option<PathBuf>,
+    pub listen_port: u16,
+    pub oci_archive_dir: Option<PathBuf>,
+    pub cni_bin_dir: PathBuf,
+    pub bridge: String,
+    pub cgroup_parent: String,
+}
+
+/// Why the kubelet stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot join the cluster")]
+    Join(#[from] join::JoinError),
+    #[error("cannot reach containerd")]
+    Containerd(#[source] KubeletError),
+    #[error("cannot import image archive {path}")]
+    Import {
+        path: PathBuf,
+        #[source]
+        source: KubeletError,
+    },
+    #[error("cannot read image directory {path}")]
+    ReadImages {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot register node {node}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("node {node} has an invalid podCIDR {cidr}")]
+    PodCidr { node: String, cidr: String },
+    #[error("cannot serve the kubelet API")]
+    Serve(#[from] server::ServeError),
+}
+
+async fn import_archives(client: &Containerd, dir: &std::path::Path) -> Result<usize, AgentError> {
+    let err = |source| AgentError::ReadImages {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    paths.sort();
+    for p in &paths {
+        let bytes = std::fs::read(p).map_err(err)?;
+        let info = client
+            .import(&bytes, None)
+            .await
+            .map_err(|source| AgentError::Import {
+                path: p.clone(),
+                source,
+            })?;
+        tracing::info!(image = %info.name, archive = %p.display(), "imported image");
+    }
+    Ok(paths.len())
+}
+
+/// Removes what a previous run of the kubelet left: every container and task in
+/// containerd's `k8s.io` namespace (the kubelet owns it), pod network namespaces (CNI DEL
+/// first), pod directories, logs, IPAM leases and pod cgroups. The sync loop then starts
+/// the API's pods afresh — what a node reboot does too.
+async fn clear_previous_run(
+    client: &Containerd,
+    cni: &CniNetwork,
+    netns_dir: &std::path::Path,
+    root: &std::path::Path,
+    cgroup_parent: &str,
+) {
+    for id in client.container_ids().await.unwrap_or_default() {
+        let _ = client.kill(&id, 9, true).await;
+        for _ in 0..50 {
+            if client.delete_task(&id).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match client.delete_container(&id).await {
+            Ok(()) => tracing::info!(container = %id, "removed a container of a previous run"),
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "cannot remove a container of a previous run")
+            }
+        }
+    }
+    let uids: Vec<String> = std::fs::read_dir(netns_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for uid in &uids {
+        let ns = super::netns::PodNamespaces::new(netns_dir, &root.join("pods").join(uid), uid);
+        let _ = cni.del(uid, &ns.net).await;
+        if let Err(e) = super::netns::remove(&ns) {
+            tracing::warn!(pod = %uid, error = %e, "cannot remove a network namespace of a previous run");
+        }
+        super::remove_pod_cgroups(cgroup_parent, uid);
+    }
+    for dir in [root.join("pods"), root.join("logs"), cni.ipam_dir.clone()] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Polls the Node until NodeIPAM has given it a pod CIDR.
+async fn wait_for_pod_cidr(cell: &ClientCell, name: &str) -> Result<ipnet::Ipv4Net, AgentError> {
+    let mut logged = false;
+    loop {
+        let api: Api<Node> = Api::all(cell.get());
+        if let Ok(n) = api.get(name).await {
+            if let Some(cidr) = n.spec.and_then(|s| s.pod_cidr) {
+                return cidr.parse().map_err(|_| AgentError::PodCidr {
+                    node: name.into(),
+                    cidr,
+                });
+            }
+        }
+        if !logged {
+            tracing::info!(node = name, "waiting for a podCIDR from NodeIPAM");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs the node agent until the process stops.
+pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
+    let name = cfg.join.node_name.clone();
+    let (creds, requested) = join::ensure_credentials(&cfg.join).await?;
+    tracing::info!(node = %name, requested_certificate = requested, not_after = %creds.not_after, "joined");
+    let cell =
+        ClientCell::new(join::client_for_cert(&cfg.join.server, &cfg.join.ca_pem, &creds).await?);
+
+    let mut containerd = Containerd::connect(&cfg.containerd_socket, "k8s.io")
+        .await
+        .map_err(AgentError::Containerd)?;
+    if let Some(root) = &cfg.runc_root {
+        containerd = containerd.with_runc_root(root);
+    }
+    if let Some(dir) = &cfg.oci_archive_dir {
+        import_archives(&containerd, dir).await?;
+    }
+
+    let (cpu, memory) = node::host_capacity();
+    let info = NodeInfo {
+        name: name.clone(),
+        internal_ip: cfg.node_ip.clone(),
+        labels: cfg.labels.clone(),
+        taints: cfg.taints.clone(),
+        cpu,
+        memory,
+        pods: 110,
+        kubelet_version: format!("v1.32.0-kimg-{}", env!("CARGO_PKG_VERSION")),
+        runtime_version: "containerd://1.6".into(),
+        kubelet_port: cfg.listen_port,
+    };
+    node::register(&cell.get(), &node::node_object(&info))
+        .await
+        .map_err(|source| AgentError::Register {
+            node: name.clone(),
+            source,
+        })?;
+    spawn_heartbeats(cell.clone(), cfg.join.clone(), creds);
+
+    let pod_cidr = wait_for_pod_cidr(&cell, &name).await?;
+    tracing::info!(node = %name, %pod_cidr, "pod network");
+    let state = &cfg.join.state_dir;
+    let cni = CniNetwork {
+        bin_dir: cfg.cni_bin_dir.clone(),
+        bridge: cfg.bridge.clone(),
+        pod_cidr,
+        ipam_dir: state.join("ipam"),
+    };
+    let root = state.join("pods-root");
+    clear_previous_run(
+        &containerd,
+        &cni,
+        &state.join("netns"),
+        &root,
+        &cfg.cgroup_parent,
+    )
+    .await;
+    let rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
+    let mut kcfg = KubeletConfig::new(root, &name, &cfg.node_ip);
+    kcfg.cgroup_parent = cfg.cgroup_parent.clone();
+    let kubelet = Arc::new(Kubelet::new(Arc::new(rt), kcfg));
+    let sync = PodSync::new(kubelet, cell.clone(), &name);
+
+    let tls = server::tls_config(&cfg.join.ca_pem, &name, &cfg.node_ip)?;
+    let addr = std::net::SocketAddr::new(
+        cfg.node_ip
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        cfg.listen_port,
+    );
+    let listener = server::bind(addr).await?;
+    tracing::info!(%addr, "kubelet API listening");
+    tokio::spawn(server::serve(listener, tls, sync.clone()));
+    sync.run().await;
+    Ok(())
+}
+
+fn spawn_heartbeats(cell: ClientCell, join_cfg: JoinConfig, creds: join::Credentials) {
+    let name = join_cfg.node_name.clone();
+    let c = cell.clone();
+    let n = name.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            if let Err(e) = node::renew_lease(&c.get(), &n).await {
+                tracing::warn!(node = %n, error = %e, "cannot renew the node lease");
+            }
+        }
+    });
+    let c = cell.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            if let Err(e) = node::report_conditions(&c.get(), &name).await {
+                tracing::warn!(node = %name, error = %e, "cannot report node status");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut creds = creds;
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match join::rotate_if_due(&join_cfg, creds.clone(), &cell).await {
+                Ok(c) => creds = c,
+                Err(e) => tracing::warn!(error = %e, "certificate rotation failed; retrying"),
+            }
+        }
+    });
+}

@@ -1,0 +1,366 @@
+//! The pod sync loop: the API's pods bound to this node ↔ the pods [`Kubelet`] runs.
+//!
+//! How: a kube-rs watcher on pods with `fieldSelector=spec.nodeName=<node>` (it re-lists on
+//! 410 Gone). A new pod gets the ConfigMaps and Secrets it references (volumes, `env`,
+//! `envFrom`) resolved into [`ResolvedData`] and goes to [`Kubelet::run_pod`]. A pod with a
+//! `deletionTimestamp` is stopped with its `deletionGracePeriodSeconds` and removed from
+//! the node ([`Kubelet::delete_pod`]), then its API object is deleted with
+//! `gracePeriodSeconds=0` and a uid precondition — how a kubelet finishes a graceful
+//! delete. Pods that disappear from the API (a delete event, or missing from a re-list)
+//! are removed from the node as well. Every 250 ms the status of each running pod is
+//! compared with what was last written and, when it changed, merge-patched through
+//! `pods/status`.
+//!
+//! Limits: pods running before a kubelet restart are not adopted but started afresh (the
+//! agent clears the previous run first); referenced objects are read once, at pod start;
+//! a pod the kubelet cannot start is reported `Failed` with the reason.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::watcher;
+use serde_json::{json, Value};
+
+use super::join::ClientCell;
+use super::{Kubelet, ResolvedData};
+
+/// A pod's API identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Keeps the node's pods in step with the API.
+pub struct PodSync {
+    kubelet: Arc<Kubelet>,
+    client: ClientCell,
+    node: String,
+    /// uid → API identity, for every pod handed to the kubelet.
+    known: Mutex<HashMap<String, PodRef>>,
+    /// uid → the status last written.
+    pushed: Mutex<HashMap<String, Value>>,
+    /// uids being deleted.
+    deleting: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Names of the ConfigMaps and Secrets a pod references.
+pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut cms, mut secrets) = (BTreeSet::new(), BTreeSet::new());
+    let Some(spec) = &pod.spec else {
+        return (cms, secrets);
+    };
+    for v in spec.volumes.iter().flatten() {
+        if let Some(cm) = &v.config_map {
+            cms.insert(cm.name.clone());
+        }
+        if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            secrets.insert(s);
+        }
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        for e in c.env_from.iter().flatten() {
+            if let Some(r) = &e.config_map_ref {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = &e.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+        for e in c.env.iter().flatten() {
+            let Some(from) = &e.value_from else { continue };
+            if let Some(r) = &from.config_map_key_ref {
+                cms.insert(r.name.clone());
+            }
+            if let Some(r) = &from.secret_key_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    (cms, secrets)
+}
+
+fn pod_ref(pod: &Pod) -> PodRef {
+    PodRef {
+        namespace: pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+impl PodSync {
+    pub fn new(kubelet: Arc<Kubelet>, client: ClientCell, node: &str) -> Arc<PodSync> {
+        Arc::new(PodSync {
+            kubelet,
+            client,
+            node: node.into(),
+            known: Mutex::default(),
+            pushed: Mutex::default(),
+            deleting: Mutex::default(),
+        })
+    }
+
+    /// The kubelet's key (uid) of pod `namespace/name`, when it runs here.
+    pub fn lookup(&self, namespace: &str, name: &str) -> Option<String> {
+        lock(&self.known)
+            .iter()
+            .find(|(_, r)| r.namespace == namespace && r.name == name)
+            .map(|(uid, _)| uid.clone())
+    }
+
+    /// The kubelet this loop drives.
+    pub fn kubelet(&self) -> &Arc<Kubelet> {
+        &self.kubelet
+    }
+
+    async fn resolve(&self, pod: &Pod) -> ResolvedData {
+        let ns = pod_ref(pod).namespace;
+        let (cms, secrets) = referenced(pod);
+        let mut data = ResolvedData::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.get(), &ns);
+        for name in cms {
+            match cm_api.get(&name).await {
+                Ok(cm) => {
+                    data.config_maps
+                        .insert(name, cm.data.unwrap_or_default().into_iter().collect());
+                }
+                Err(e) => tracing::debug!(configmap = %name, error = %e, "not available"),
+            }
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.client.get(), &ns);
+        for name in secrets {
+            match secret_api.get(&name).await {
+                Ok(s) => {
+                    let mut m: std::collections::BTreeMap<String, Vec<u8>> = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect();
+                    for (k, v) in s.string_data.unwrap_or_default() {
+                        m.insert(k, v.into_bytes());
+                    }
+                    data.secrets.insert(name, m);
+                }
+                Err(e) => tracing::debug!(secret = %name, error = %e, "not available"),
+            }
+        }
+        data
+    }
+
+    #[tracing::instrument(skip(self, pod), fields(pod = %format!("{}/{}", pod_ref(&pod).namespace, pod_ref(&pod).name)))]
+    async fn pod_changed(self: Arc<Self>, pod: Pod) {
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
+        let r = pod_ref(&pod);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let grace = pod
+                .metadata
+                .deletion_grace_period_seconds
+                .map(|s| Duration::from_secs(s.max(0) as u64));
+            self.finish_delete(uid, r, grace, true).await;
+            return;
+        }
+        let phase = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        if lock(&self.known).contains_key(&uid) || matches!(phase.as_str(), "Succeeded" | "Failed")
+        {
+            return;
+        }
+        lock(&self.known).insert(uid.clone(), r.clone());
+        let data = self.resolve(&pod).await;
+        if let Err(e) = self.kubelet.run_pod(pod, data) {
+            tracing::warn!(error = %e, "cannot run pod");
+            lock(&self.known).remove(&uid);
+            let status = json!({"status": {"phase": "Failed", "reason": "InvalidSpec", "message": e.to_string()}});
+            let api: Api<Pod> = Api::namespaced(self.client.get(), &r.namespace);
+            let _ = api
+                .patch_status(&r.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await;
+        }
+    }
+
+    /// Removes the pod from the node, then (when `in_api`) deletes its API object.
+    async fn finish_delete(
+        self: Arc<Self>,
+        uid: String,
+        r: PodRef,
+        grace: Option<Duration>,
+        in_api: bool,
+    ) {
+        if !lock(&self.deleting).insert(uid.clone()) {
+            return;
+        }
+        let ran = lock(&self.known).contains_key(&uid);
+        if ran {
+            if let Err(e) = self.kubelet.delete_pod(&uid, grace).await {
+                tracing::warn!(pod = %r.name, error = %e, "cleanup was incomplete");
+            }
+        }
+        lock(&self.known).remove(&uid);
+        lock(&self.pushed).remove(&uid);
+        if in_api {
+            let api: Api<Pod> = Api::namespaced(self.client.get(), &r.namespace);
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&r.name, &dp).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => tracing::warn!(pod = %r.name, error = %e, "cannot finish the deletion"),
+            }
+        }
+        lock(&self.deleting).remove(&uid);
+    }
+
+    /// Writes the status of every pod whose status changed since the last write.
+    async fn push_statuses(&self) {
+        let pods: Vec<(String, PodRef)> = lock(&self.known)
+            .iter()
+            .filter(|(uid, _)| !lock(&self.deleting).contains(*uid))
+            .map(|(u, r)| (u.clone(), r.clone()))
+            .collect();
+        for (uid, r) in pods {
+            let Some(status) = self.kubelet.status(&uid) else {
+                continue;
+            };
+            let v = serde_json::to_value(&status).unwrap_or_default();
+            if lock(&self.pushed).get(&uid) == Some(&v) {
+                continue;
+            }
+            let api: Api<Pod> = Api::namespaced(self.client.get(), &r.namespace);
+            let patch = json!({"status": v});
+            match api
+                .patch_status(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    lock(&self.pushed).insert(uid, v);
+                }
+                Err(e) => tracing::debug!(pod = %r.name, error = %e, "cannot write pod status"),
+            }
+        }
+    }
+
+    /// Runs the watch and the status writer until the process stops.
+    pub async fn run(self: Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                me.push_statuses().await;
+            }
+        });
+        let api: Api<Pod> = Api::all(self.client.get());
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
+        let mut stream = watcher(api, cfg).boxed();
+        let mut listed: HashSet<String> = HashSet::new();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init) => listed.clear(),
+                Ok(watcher::Event::InitApply(p)) => {
+                    listed.extend(p.metadata.uid.clone());
+                    tokio::spawn(self.clone().pod_changed(p));
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let gone: Vec<(String, PodRef)> = lock(&self.known)
+                        .iter()
+                        .filter(|(u, _)| !listed.contains(*u))
+                        .map(|(u, r)| (u.clone(), r.clone()))
+                        .collect();
+                    for (uid, r) in gone {
+                        tokio::spawn(self.clone().finish_delete(
+                            uid,
+                            r,
+                            Some(Duration::from_secs(2)),
+                            false,
+                        ));
+                    }
+                }
+                Ok(watcher::Event::Apply(p)) => {
+                    tokio::spawn(self.clone().pod_changed(p));
+                }
+                Ok(watcher::Event::Delete(p)) => {
+                    if let Some(uid) = p.metadata.uid.clone() {
+                        let r = pod_ref(&p);
+                        tokio::spawn(self.clone().finish_delete(
+                            uid,
+                            r,
+                            Some(Duration::from_secs(2)),
+                            false,
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "pod watch failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_maps_and_secrets_are_collected_from_volumes_env_and_env_from() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {
+                "volumes": [{"name": "a", "configMap": {"name": "cm-vol"}},
+                            {"name": "b", "secret": {"secretName": "s-vol"}},
+                            {"name": "c", "emptyDir": {}}],
+                "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "s-init"}}]}],
+                "containers": [{"name": "c",
+                    "envFrom": [{"configMapRef": {"name": "cm-from"}}],
+                    "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cm-key", "key": "k"}}},
+                            {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s-key", "key": "k"}}},
+                            {"name": "Z", "value": "plain"}]}]
+            }
+        }))
+        .expect("pod");
+        let (cms, secrets) = referenced(&pod);
+        assert_eq!(
+            cms.into_iter().collect::<Vec<_>>(),
+            ["cm-from", "cm-key", "cm-vol"]
+        );
+        assert_eq!(
+            secrets.into_iter().collect::<Vec<_>>(),
+            ["s-init", "s-key", "s-vol"]
+        );
+        assert_eq!(
+            pod_ref(&pod),
+            PodRef {
+                namespace: "ns".into(),
+                name: "p".into()
+            }
+        );
+    }
+}
