@@ -45,6 +45,8 @@ pub struct BuildOptions {
     pub quiet: bool,
     pub cache_dir: Option<PathBuf>,
     pub epoch: u64,
+    /// OCI image archives to bake in, besides the profile's `oci-images`.
+    pub oci_archives: Vec<PathBuf>,
 }
 
 /// One output file in `manifest.json`.
@@ -142,6 +144,9 @@ fn file_data(tree: &Tree, path: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Where OCI image archives are baked (the kubelet imports every `*.tar` there).
+const OCI_DIR: &str = "usr/share/kimg/oci";
+
 /// The running kimg binary, which becomes the image's `/init`; it must be static.
 fn own_binary() -> Result<Vec<u8>, BuildError> {
     let path = std::env::current_exe().map_err(|source| BuildError::Io {
@@ -162,7 +167,8 @@ fn own_binary() -> Result<Vec<u8>, BuildError> {
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let started = Instant::now();
     let steps = Steps::new(opts.quiet);
-    let profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+    let mut profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+    profile.oci_images.extend(opts.oci_archives.iter().cloned());
     let cluster = load_cluster(opts.cluster_dir.as_deref(), &steps)?;
     for w in &cluster.warnings {
         steps.note(&format!("warning: {w}"));
@@ -272,8 +278,30 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         for applet in [
             "sh", "ls", "cat", "ps", "ip", "ping", "mount", "dmesg", "vi", "wget",
         ] {
-            rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+            // A real tool of the image (iproute2's `ip`) wins over the applet.
+            if !rootfs.contains(&format!("bin/{applet}")) {
+                rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+            }
         }
+    }
+    if !profile.oci_images.is_empty() {
+        rootfs.insert_dir(OCI_DIR, 0o755);
+    }
+    for archive in &profile.oci_images {
+        let data = std::fs::read(archive).map_err(|source| BuildError::OciArchive {
+            path: archive.clone(),
+            source,
+        })?;
+        let name = archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image.tar".into());
+        let name = if name.ends_with(".tar") {
+            name
+        } else {
+            format!("{name}.tar")
+        };
+        rootfs.insert_file(&format!("{OCI_DIR}/{name}"), 0o644, data);
     }
     let config = config_tree(&cluster, &profile, &modules)?;
     rootfs.merge(&prefixed(&config, "etc/kimg"));
