@@ -191,11 +191,9 @@ pub fn write_kubeconfig(cfg: &JoinConfig, c: &Credentials) -> Result<PathBuf, Jo
         &c.cert_pem,
         &c.key_pem,
     );
-    crate::pki::write_atomic(&path, yaml.as_bytes(), 0o600).map_err(|source| {
-        JoinError::Store {
-            path: path.clone(),
-            source,
-        }
+    crate::pki::write_atomic(&path, yaml.as_bytes(), 0o600).map_err(|source| JoinError::Store {
+        path: path.clone(),
+        source,
     })?;
     Ok(path)
 }
