@@ -46,6 +46,11 @@ impl Up {
             tmp.path(),
             &["cluster", "new", dir.to_str().expect("utf-8")],
         );
+        Up::start_in(tmp, dir, store)
+    }
+
+    /// `kimg up` for the cluster `dir` (already made) over `store`.
+    fn start_in(tmp: tempfile::TempDir, dir: PathBuf, store: &str) -> Up {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_kimg"))
@@ -680,15 +685,79 @@ fn kubectl_drives_kimg_up_on_the_memory_store() {
     assert!(status.success(), "{status}");
 }
 
+/// Debian's etcd serving mutual TLS on loopback with the cluster's own etcd certificates
+/// (the member `node-1` of the default cluster), killed on drop.
+struct ClusterEtcd(Child);
+
+impl Drop for ClusterEtcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl ClusterEtcd {
+    fn start(dir: &std::path::Path, data: &std::path::Path) -> (ClusterEtcd, String) {
+        let pki = dir.join("secrets/pki/etcd");
+        let p = |rel: &str| pki.join(rel).to_str().expect("utf-8").to_string();
+        let client = format!("https://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let child = Command::new("etcd")
+            .args([
+                "--name=node-1",
+                &format!("--data-dir={}", data.display()),
+                &format!("--listen-client-urls={client}"),
+                &format!("--advertise-client-urls={client}"),
+                &format!("--listen-peer-urls={peer}"),
+                &format!("--initial-advertise-peer-urls={peer}"),
+                &format!("--initial-cluster=node-1={peer}"),
+                &format!("--cert-file={}", p("node-1/server.crt")),
+                &format!("--key-file={}", p("node-1/server.key")),
+                &format!("--trusted-ca-file={}", p("ca.crt")),
+                "--client-cert-auth=true",
+                "--log-level=error",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (etcd-server package)");
+        // Ready once it accepts TLS connections.
+        let addr = client.trim_start_matches("https://").to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (ClusterEtcd(child), client)
+    }
+}
+
 #[test]
-fn kubectl_drives_kimg_up_on_a_local_etcd_binary() {
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let etcd = rt
-        .block_on(kimg::store::LocalEtcd::start())
-        .expect("start etcd (etcd-server package)");
-    let url = etcd.config().endpoints[0].clone();
-    let up = Up::start(&format!("etcd={url}"));
+fn kubectl_drives_kimg_up_on_etcd_over_mutual_tls_with_a_kimg_kubeconfig() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("dev");
+    let dir_s = dir.to_str().expect("utf-8").to_string();
+    kimg_ok(tmp.path(), &["cluster", "new", &dir_s]);
+    let (etcd, url) = ClusterEtcd::start(&dir, &tmp.path().join("etcd-data"));
+    let data_dir = tmp.path().join("etcd-data");
+    let mut up = Up::start_in(tmp, dir, &format!("etcd={url}"));
+    // The kubeconfig a user gets from `kimg kubeconfig`, not the one `kimg up` wrote.
+    let kc = up.dir.join("user.conf");
+    kimg_ok(
+        &up.dir,
+        &[
+            "kubeconfig",
+            &dir_s,
+            "--server",
+            &up.url,
+            "-o",
+            kc.to_str().expect("utf-8"),
+        ],
+    );
+    up.kubeconfig = kc;
     kubectl_session(&up);
+    // The objects really are in that etcd: its data directory holds a member.
+    assert!(data_dir.join("member").is_dir());
     drop(up);
     drop(etcd);
 }

@@ -133,6 +133,14 @@ pub fn modules(profile: &Profile) -> Vec<String> {
             "nft_ct",
             "nft_nat",
             "nft_masq",
+            // What the proxy's ruleset uses: fib (local NodePorts), numgen (load
+            // balancing), reject (Services without endpoints).
+            "nft_fib",
+            "nft_fib_ipv4",
+            "nft_numgen",
+            "nft_reject",
+            "nft_reject_ipv4",
+            "nf_reject_ipv4",
         ]);
     }
     let mut out: Vec<String> = m.into_iter().map(String::from).collect();

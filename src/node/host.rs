@@ -450,7 +450,8 @@ fn health_get(probe: &HealthProbe) -> Result<(), ProbeError> {
         .map_err(|e| ProbeError::Request(Box::new(e)))?
         .into_string()?;
     let compact: String = body.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.contains("\"health\":\"true\"") {
+    // etcd's /health answers {"health":"true"}; the apiserver's /readyz answers `ok`.
+    if compact.contains("\"health\":\"true\"") || compact == "ok" {
         Ok(())
     } else {
         Err(ProbeError::Unhealthy(compact))
