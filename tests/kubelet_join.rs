@@ -164,7 +164,9 @@ impl Env {
             "--cgroup-parent".into(),
             self.cgroup.clone(),
             "--node-labels".into(),
-            "kimg.dev/test=kubelet".into(),
+            "kimg.dev/test=kubelet,kimg.dev/role=".into(),
+            "--register-with-taints".into(),
+            "kimg.dev/test=soft:PreferNoSchedule".into(),
         ];
         if let Some(t) = token {
             args.push("--token".into());
@@ -352,6 +354,12 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
         node["metadata"]["labels"]["kubernetes.io/hostname"],
         "kt-node"
     );
+    assert_eq!(node["metadata"]["labels"]["kimg.dev/role"], "");
+    assert_eq!(
+        node["spec"]["taints"][0]["effect"], "PreferNoSchedule",
+        "{node}"
+    );
+    assert_eq!(node["spec"]["taints"][0]["value"], "soft");
     assert_eq!(node["status"]["capacity"]["pods"], "110");
     assert!(node["status"]["addresses"]
         .to_string()
