@@ -592,6 +592,13 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     .to_string();
     eprintln!("FIGURES create->Running for 10 pods: p50 {} ms, p99 {} ms; kimg kubelet with 11 pods: {rss}", ms[4], ms[9]);
 
+    // A pod that vanishes from the API at once (forced delete) is removed from the node.
+    assert_eq!(env.ctr(&["containers", "ls", "-q"]).lines().count(), 11);
+    env.ok(&["delete", "pod", "bulk-0", "--grace-period=0", "--force"]);
+    wait_for(30, "bulk-0's container to be removed", || {
+        (env.ctr(&["containers", "ls", "-q"]).lines().count() == 10).then_some(())
+    });
+
     // Deletion completes and leaves nothing behind.
     env.ok(&[
         "delete",
