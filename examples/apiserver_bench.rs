@@ -2,16 +2,19 @@
 //! figures of issue 5: create/s of small ConfigMaps through the apiserver ÷ raw etcd
 //! puts/s of the same bytes (same run, same concurrency), p50/p99 create latency, LIST
 //! latency for 10,000 pods, 1,000 watchers during 1,000 updates (delivered %, p99 lag),
-//! and the process RSS with 10,000 pods (apiserver and this client share the process).
+//! and the RSS of the apiserver process with 10,000 pods stored.
 //!
-//! Run: `cargo run --example apiserver_bench [-- --quick]`.
+//! The apiserver runs as its own process, `kimg up DIR --store etcd=URL --no-scheduler
+//! --no-controller-manager` (the binary from `$KIMG`, else the release build next to this
+//! example), so its RSS is its own.
+//!
+//! Run: `cargo build --release && cargo run --release --example apiserver_bench [-- --quick]`.
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kimg::apiserver::ApiServer;
 use kimg::store::{EtcdStore, LocalEtcd, Store};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -52,13 +55,23 @@ fn configmap(name: &str, i: usize) -> String {
     )
 }
 
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Ends the `kimg up` this bench started (by its PID) when the bench ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn main() {
@@ -71,8 +84,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("bench");
-    let cluster =
-        kimg::cluster::create(&dir, &kimg::cluster::NewOptions::default(), false).expect("cluster");
+    kimg::cluster::create(&dir, &kimg::cluster::NewOptions::default(), false).expect("cluster");
     let pki = kimg::pki::pki_dir(&dir);
     let etcd = rt
         .block_on(LocalEtcd::start())
@@ -105,14 +117,39 @@ fn main() {
     });
     let raw_rate = creates as f64 / t.elapsed().as_secs_f64();
 
-    let server = rt
-        .block_on(ApiServer::start(store.clone(), cluster.service_cidr, &pki))
-        .expect("apiserver");
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("listen");
-    let url = format!("https://{}", listener.local_addr().expect("addr"));
-    rt.spawn(server.serve(listener, std::future::pending()));
+    let kimg = std::env::var("KIMG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let exe = std::env::current_exe().expect("exe");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .join("kimg")
+        });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = std::process::Command::new(&kimg)
+        .arg("up")
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--store",
+            &format!("etcd={}", etcd.config().endpoints.join(",")),
+        ])
+        .args(["--no-scheduler", "--no-controller-manager"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (build it: cargo build --release)", kimg.display()));
+    let pid = child.id();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("kimg up prints the kubeconfig path when it serves");
+    let url = format!("https://127.0.0.1:{port}");
+    let _guard = KillOnDrop(child);
     let agent = agent(&pki);
 
     // Creates through the apiserver.
@@ -184,8 +221,8 @@ fn main() {
     }
     println!("list: {pods} pods, median of 5  {:?}", pct(&mut lists, 0.5));
     println!(
-        "rss with {pods} pods: {:.0} MB (apiserver + bench client)",
-        rss_mb()
+        "apiserver rss with {pods} pods: {:.0} MB (kimg up process, after the lists)",
+        rss_mb(pid)
     );
 
     // Watchers during updates.

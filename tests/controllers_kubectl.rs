@@ -472,17 +472,33 @@ fn kubectl_workloads_on_simulated_nodes_with_kimg_up_on_a_local_etcd_binary() {
     drop(etcd);
 }
 
+/// Node lifecycle timers shortened so a silent node is noticed in seconds.
+const FAST_NODE_MONITOR: [&str; 4] = [
+    "--node-monitor-grace-period",
+    "4s",
+    "--node-monitor-period",
+    "1s",
+];
+
 #[test]
-fn a_silent_node_goes_not_ready_and_its_pods_move_with_kimg_up() {
-    let mut env = Env::start(
-        "memory",
-        &[
-            "--node-monitor-grace-period",
-            "4s",
-            "--node-monitor-period",
-            "1s",
-        ],
-    );
+fn a_silent_node_goes_not_ready_and_its_pods_move_with_kimg_up_on_the_memory_store() {
+    let mut env = Env::start("memory", &FAST_NODE_MONITOR);
+    silent_node(&mut env);
+}
+
+#[test]
+fn a_silent_node_goes_not_ready_and_its_pods_move_with_kimg_up_on_a_local_etcd_binary() {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let etcd = rt
+        .block_on(kimg::store::LocalEtcd::start())
+        .expect("start etcd (etcd-server package)");
+    let url = format!("etcd={}", etcd.config().endpoints[0]);
+    let mut env = Env::start(&url, &FAST_NODE_MONITOR);
+    silent_node(&mut env);
+    drop(env);
+}
+
+fn silent_node(env: &mut Env) {
     env.sim(3, "n-", &[]);
     env.ok(&[
         "create",

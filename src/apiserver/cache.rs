@@ -95,6 +95,12 @@ impl WatchCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the cache currently holds `key`. A miss may only mean the cache has not
+    /// caught up yet; callers that need certainty then ask the store.
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().objects.contains_key(key)
+    }
+
     /// The revision the cache reflects.
     pub fn revision(&self) -> i64 {
         self.lock().revision

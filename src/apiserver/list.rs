@@ -39,7 +39,6 @@ pub struct Page {
     pub items: Vec<Value>,
     pub revision: i64,
     pub continue_token: Option<String>,
-    pub remaining: i64,
 }
 
 fn bad(reason: String) -> ApiError {
@@ -96,6 +95,13 @@ impl ListQuery {
     }
 }
 
+/// A page's list metadata, without its items.
+pub struct PageMeta {
+    pub revision: i64,
+    pub continue_token: Option<String>,
+    pub remaining: i64,
+}
+
 /// Reads one page of `res` in `namespace` (or all namespaces).
 pub async fn list_objects(
     st: &State,
@@ -103,23 +109,36 @@ pub async fn list_objects(
     namespace: Option<&str>,
     q: &ListQuery,
 ) -> Result<Page, ApiError> {
+    let mut items = Vec::new();
+    let meta = visit_objects(st, res, namespace, q, |obj| items.push(obj)).await?;
+    Ok(Page {
+        items,
+        revision: meta.revision,
+        continue_token: meta.continue_token,
+    })
+}
+
+/// Reads one page like [`list_objects`], handing each matching object to `f` as soon as it
+/// is decoded instead of collecting them: a LIST of 10,000 pods then holds one decoded
+/// object at a time, not 10,000.
+pub async fn visit_objects(
+    st: &State,
+    res: &Resource,
+    namespace: Option<&str>,
+    q: &ListQuery,
+    mut f: impl FnMut(Value),
+) -> Result<PageMeta, ApiError> {
     if let (Some(name), None) = (q.fields.pinned_name(), &q.after) {
         if namespace.is_some() || !res.namespaced {
             let kv = st.store.get(&res.key(namespace, name)).await?;
             let revision = st.store.current_revision().await?;
-            let items = match kv {
-                Some(kv) => {
-                    let obj = object::from_kv(&kv)?;
-                    if q.matches(&obj) {
-                        vec![obj]
-                    } else {
-                        Vec::new()
-                    }
+            if let Some(kv) = kv {
+                let obj = object::from_kv(&kv)?;
+                if q.matches(&obj) {
+                    f(obj);
                 }
-                None => Vec::new(),
-            };
-            return Ok(Page {
-                items,
+            }
+            return Ok(PageMeta {
                 revision,
                 continue_token: None,
                 remaining: 0,
@@ -131,9 +150,9 @@ pub async fn list_objects(
         Some((rv, key)) => (Some(*rv), Some(key.clone())),
         None => (q.revision, None),
     };
-    let mut items = Vec::new();
+    let mut count = 0usize;
     loop {
-        let want = q.limit.map(|l| l.saturating_sub(items.len()).max(1));
+        let want = q.limit.map(|l| l.saturating_sub(count).max(1));
         let page = st
             .list(
                 &prefix,
@@ -150,13 +169,13 @@ pub async fn list_objects(
         for kv in &page.items {
             let obj = object::from_kv(kv)?;
             if q.matches(&obj) {
-                items.push(obj);
+                count += 1;
+                f(obj);
             }
         }
-        let full = q.limit.is_some_and(|l| items.len() >= l);
+        let full = q.limit.is_some_and(|l| count >= l);
         if !page.more || last_key.is_none() {
-            return Ok(Page {
-                items,
+            return Ok(PageMeta {
                 revision: page.revision,
                 continue_token: None,
                 remaining: 0,
@@ -166,8 +185,7 @@ pub async fn list_objects(
             let token = last_key
                 .as_deref()
                 .map(|k| encode_continue(page.revision, k));
-            return Ok(Page {
-                items,
+            return Ok(PageMeta {
                 revision: page.revision,
                 continue_token: token,
                 remaining: page.remaining,

@@ -249,6 +249,9 @@ pub fn cluster_roles() -> Vec<Value> {
                 ),
                 rule(&[""], &["serviceaccounts"], &["get"]),
                 rule(&[""], &["serviceaccounts/token"], &["create"]),
+                // `kimg proxy` runs with the node's credentials (kube-proxy's
+                // system:node-proxier rights).
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 rule(
                     &["", "events.k8s.io"],
                     &["events"],

@@ -15,13 +15,13 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::list::{list_objects, ListQuery};
+use super::list::{list_objects, visit_objects, ListQuery};
 use super::object::{
     self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
 };
 use super::patch::{self, PatchKind};
 use super::resources::{self, Resource};
-use super::server::{json_response, Req, Response, Target};
+use super::server::{full_response, json_response, Req, Response, Target};
 use super::{defaults, table, State};
 use crate::store::StoreError;
 
@@ -129,11 +129,11 @@ pub async fn get(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError
     Ok(respond(t, req, StatusCode::OK, obj))
 }
 
-/// LIST of a collection.
+/// LIST of a collection. The JSON form is written item by item as the objects are read.
 pub async fn list(st: &State, t: &Target, req: &Req) -> Result<Response, ApiError> {
     let q = ListQuery::from_req(req)?;
-    let page = list_objects(st, t.res, t.namespace.as_deref(), &q).await?;
     if req.wants_table() {
+        let page = list_objects(st, t.res, t.namespace.as_deref(), &q).await?;
         return Ok(json_response(
             StatusCode::OK,
             &table::table(
@@ -145,25 +145,45 @@ pub async fn list(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErro
             ),
         ));
     }
+    let mut items: Vec<u8> = Vec::new();
+    let page = visit_objects(st, t.res, t.namespace.as_deref(), &q, |obj| {
+        if !items.is_empty() {
+            items.push(b',');
+        }
+        // Serializing a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut items, &obj);
+    })
+    .await?;
     let mut metadata = json!({"resourceVersion": page.revision.to_string()});
     if let Some(c) = &page.continue_token {
         metadata["continue"] = json!(c);
         metadata["remainingItemCount"] = json!(page.remaining);
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "kind": format!("{}List", t.res.kind),
-            "apiVersion": t.res.api_version(),
-            "metadata": metadata,
-            "items": page.items,
-        }),
-    ))
+    let head = json!({
+        "kind": format!("{}List", t.res.kind),
+        "apiVersion": t.res.api_version(),
+        "metadata": metadata,
+    })
+    .to_string();
+    // `{"kind":…,"metadata":{…}` + `,"items":[…]}`: the head is a JSON object whose closing
+    // brace is replaced by the items member.
+    let mut body = Vec::with_capacity(head.len() + items.len() + 12);
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    body.extend_from_slice(&items);
+    body.extend_from_slice(b"]}");
+    Ok(full_response(StatusCode::OK, "application/json", body))
 }
 
 async fn ensure_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
     let ns_res = resources::by_plural("namespaces").ok_or(ApiError::RouteNotFound)?;
-    match st.store.get(&ns_res.key(None, ns)).await? {
+    let key = ns_res.key(None, ns);
+    // Namespaces are few and long-lived: the cache answers nearly every check without a
+    // store round trip; a miss (perhaps just created) is confirmed by the store.
+    if st.cache.as_ref().is_some_and(|c| c.contains(&key)) {
+        return Ok(());
+    }
+    match st.store.get(&key).await? {
         Some(_) => Ok(()),
         None => Err(not_found(ns_res, ns)),
     }

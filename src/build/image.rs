@@ -45,6 +45,8 @@ pub struct BuildOptions {
     pub quiet: bool,
     pub cache_dir: Option<PathBuf>,
     pub epoch: u64,
+    /// OCI image archives to bake in, besides the profile's `oci-images`.
+    pub oci_archives: Vec<PathBuf>,
 }
 
 /// One output file in `manifest.json`.
@@ -142,6 +144,9 @@ fn file_data(tree: &Tree, path: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Where OCI image archives are baked (the kubelet imports every `*.tar` there).
+const OCI_DIR: &str = "usr/share/kimg/oci";
+
 /// The running kimg binary, which becomes the image's `/init`; it must be static.
 fn own_binary() -> Result<Vec<u8>, BuildError> {
     let path = std::env::current_exe().map_err(|source| BuildError::Io {
@@ -162,7 +167,8 @@ fn own_binary() -> Result<Vec<u8>, BuildError> {
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let started = Instant::now();
     let steps = Steps::new(opts.quiet);
-    let profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+    let mut profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+    profile.oci_images.extend(opts.oci_archives.iter().cloned());
     let cluster = load_cluster(opts.cluster_dir.as_deref(), &steps)?;
     for w in &cluster.warnings {
         steps.note(&format!("warning: {w}"));
@@ -201,7 +207,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         binaries.extend(part.binaries);
     }
     let mut libs = Tree::new();
-    for pkg in pkgs.iter().filter(|p| p.name.starts_with("lib")) {
+    for pkg in pkgs.iter().filter(|p| debian::resolve::is_library(&p.name)) {
         libs.merge(&extract(&source, pkg, role::LIBRARY_PATTERNS)?);
     }
     let kernel_pkg = pkgs
@@ -272,8 +278,30 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         for applet in [
             "sh", "ls", "cat", "ps", "ip", "ping", "mount", "dmesg", "vi", "wget",
         ] {
-            rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+            // A real tool of the image (iproute2's `ip`) wins over the applet.
+            if !rootfs.contains(&format!("bin/{applet}")) {
+                rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+            }
         }
+    }
+    if !profile.oci_images.is_empty() {
+        rootfs.insert_dir(OCI_DIR, 0o755);
+    }
+    for archive in &profile.oci_images {
+        let data = std::fs::read(archive).map_err(|source| BuildError::OciArchive {
+            path: archive.clone(),
+            source,
+        })?;
+        let name = archive
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image.tar".into());
+        let name = if name.ends_with(".tar") {
+            name
+        } else {
+            format!("{name}.tar")
+        };
+        rootfs.insert_file(&format!("{OCI_DIR}/{name}"), 0o644, data);
     }
     let config = config_tree(&cluster, &profile, &modules)?;
     rootfs.merge(&prefixed(&config, "etc/kimg"));
@@ -461,8 +489,8 @@ fn prefixed(tree: &Tree, prefix: &str) -> Tree {
     out
 }
 
-/// The first-boot config of an image: `cluster.toml`, `image.toml`, the role's PKI files
-/// and (workers) the bootstrap token. Paths are relative to `/etc/kimg`.
+/// The first-boot config of an image: `cluster.toml`, `image.toml`, the role's PKI files,
+/// (masters) `tokens.toml` and (workers) the bootstrap token. Paths are relative to `/etc/kimg`.
 fn config_tree(
     cluster: &Cluster,
     profile: &Profile,
@@ -499,6 +527,15 @@ fn config_tree(
         t.insert_file(&format!("pki/{rel}"), mode, data);
     }
     t.insert_dir("pki", 0o700);
+    if profile.has(Role::Master) {
+        // The first master creates the bootstrap-token Secrets from these (with expiry).
+        let path = pki::token::tokens_path(&cluster.dir);
+        let data = std::fs::read(&path).map_err(|source| BuildError::Secret {
+            path: path.clone(),
+            source,
+        })?;
+        t.insert_file("tokens.toml", 0o600, data);
+    }
     if profile.has(Role::Worker) {
         let tokens = pki::token::load(&cluster.dir)?;
         let now = time::OffsetDateTime::now_utc();

@@ -51,6 +51,12 @@ pub enum BuildError {
     NotLocked { package: String },
     #[error("{path} is dynamically linked, but /init must be static; build kimg with the repository's .cargo/config.toml (cargo build --release)")]
     NotStatic { path: PathBuf },
+    #[error("cannot read the OCI image archive {path} (make one with `kimg oci build`)")]
+    OciArchive {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the cluster secret {path} (run `kimg cluster certs <dir> --issue`)")]
     Secret {
         path: PathBuf,

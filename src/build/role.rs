@@ -73,6 +73,12 @@ const NFT: Part = Part {
     patterns: &["usr/sbin/nft"],
     binaries: &["usr/sbin/nft"],
 };
+/// `ip` and `bridge`: the VXLAN overlay of `kimg proxy` is programmed through them.
+const IPROUTE2: Part = Part {
+    package: "iproute2",
+    patterns: &["bin/ip", "sbin/bridge"],
+    binaries: &["bin/ip", "sbin/bridge"],
+};
 const BUSYBOX: Part = Part {
     package: "busybox-static",
     patterns: &["bin/busybox"],
@@ -86,7 +92,7 @@ pub fn parts(profile: &Profile) -> Vec<Part> {
         parts.push(ETCD);
     }
     if profile.has(Role::Worker) {
-        parts.extend([CONTAINERD, RUNC, CNI, NFT]);
+        parts.extend([CONTAINERD, RUNC, CNI, NFT, IPROUTE2]);
     }
     if profile.debug_shell {
         parts.push(BUSYBOX);

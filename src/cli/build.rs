@@ -47,6 +47,10 @@ pub struct BuildArgs {
     /// No progress output (for CI).
     #[arg(long, short)]
     quiet: bool,
+    /// Bake this OCI image archive (from `kimg oci build`) into the image for the kubelet
+    /// to import at start (repeatable; adds to the profile's `oci-images`).
+    #[arg(long = "oci-archive", value_name = "FILE")]
+    oci_archive: Vec<PathBuf>,
     /// Timestamp of every file in the image.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = build::DEFAULT_EPOCH)]
     source_date_epoch: u64,
@@ -65,6 +69,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         quiet: args.quiet,
         cache_dir: args.cache_dir,
         epoch: args.source_date_epoch,
+        oci_archives: args.oci_archive,
     };
     let manifest = build::build(&opts)?;
     if !opts.quiet {

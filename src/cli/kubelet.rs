@@ -68,6 +68,13 @@ pub struct KubeletArgs {
     #[arg(long)]
     pub oci_archive_dir: Option<PathBuf>,
     /// Directory of the CNI plugin binaries.
+    /// Cluster DNS server for pods with dnsPolicy ClusterFirst (their resolv.conf gets it
+    /// and the cluster search domains); default: the node's own resolv.conf.
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster DNS domain (search domains of pods' resolv.conf).
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_bin_dir: PathBuf,
     /// Name of the pods' Linux bridge (at most 15 bytes).
@@ -171,6 +178,9 @@ pub fn run(a: KubeletArgs) -> anyhow::Result<()> {
         runc_root: a.runc_root,
         listen_port: a.listen_port,
         oci_archive_dir: a.oci_archive_dir,
+        cluster_dns: a
+            .cluster_dns
+            .map(|ip| (ip.to_string(), a.cluster_domain.clone())),
         cni_bin_dir: a.cni_bin_dir,
         bridge: a.bridge,
         cgroup_parent: a.cgroup_parent,

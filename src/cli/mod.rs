@@ -1,11 +1,13 @@
 //! The command-line surface of `kimg` (clap derive). `main.rs` parses, then calls [`run`].
 //! One file per command group; each turns arguments into calls on the library modules.
 
+mod apiserver;
 mod build;
 mod cluster;
 mod controller_manager;
 mod kubelet;
 mod oci;
+mod proxy;
 mod scheduler;
 mod sim;
 mod token;
@@ -84,11 +86,17 @@ pub enum Command {
         #[command(flatten)]
         lease: scheduler::LeaseArgs,
     },
+    /// Serve the Kubernetes API of a master machine from its image config (/etc/kimg)
+    /// over the cluster's etcd (kube-apiserver).
+    Apiserver(apiserver::ApiserverArgs),
     /// Place pending pods on nodes (kube-scheduler), with leader election.
     Scheduler(scheduler::SchedulerArgs),
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
     /// election.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Program this node's nftables for Services (ClusterIP, NodePort) and serve cluster
+    /// DNS (kube-proxy + CoreDNS).
+    Proxy(proxy::ProxyArgs),
     /// Run this machine as a node: join with a bootstrap token, register the Node, run
     /// its pods on containerd and serve logs/exec on :10250.
     Kubelet(kubelet::KubeletArgs),
@@ -149,10 +157,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 lease,
             },
         ),
+        Command::Apiserver(args) => apiserver::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Kubelet(args) => kubelet::run(args),
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Proxy(args) => proxy::run(args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

@@ -23,7 +23,8 @@ use crate::cluster::Cluster;
 use crate::pki;
 use crate::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
 
-async fn open_store(spec: &str, cluster_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens `memory` or `etcd=URL,…`; https URLs use `pki_dir`'s etcd client certificate.
+pub(super) async fn open_store(spec: &str, pki_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     if spec == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
     }
@@ -31,7 +32,6 @@ async fn open_store(spec: &str, cluster_dir: &Path) -> anyhow::Result<Arc<dyn St
         bail!("--store must be `memory` or `etcd=URL[,URL…]`, not {spec:?}");
     };
     let endpoints: Vec<String> = urls.split(',').map(str::to_string).collect();
-    let pki_dir = pki::pki_dir(cluster_dir);
     let tls = endpoints
         .iter()
         .any(|u| u.starts_with("https://"))
@@ -59,6 +59,27 @@ pub struct Components {
     pub lease: super::scheduler::LeaseArgs,
 }
 
+impl Components {
+    /// The apiserver alone.
+    pub fn none() -> Components {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            controllers: super::controller_manager::ControllerArgs,
+            #[command(flatten)]
+            lease: super::scheduler::LeaseArgs,
+        }
+        let d = Defaults::parse_from(["kimg"]);
+        Components {
+            scheduler: false,
+            controller_manager: false,
+            controllers: d.controllers,
+            lease: d.lease,
+        }
+    }
+}
+
 /// A client for a component: its own certificate, or — while the apiserver forbids it
 /// (no RBAC for the component yet) — the admin kubeconfig, with a warning.
 async fn component_client(own: &Path, admin: &Path) -> anyhow::Result<kube::Client> {
@@ -73,40 +94,90 @@ async fn component_client(own: &Path, admin: &Path) -> anyhow::Result<kube::Clie
     }
 }
 
+/// Where a control plane finds its cluster, certificates and tokens, and where it writes
+/// kubeconfigs: a cluster directory (`kimg up`) or an image's `/etc/kimg` (`kimg
+/// apiserver` on a master).
+pub(super) struct Layout {
+    pub cluster: Cluster,
+    pub pki_dir: std::path::PathBuf,
+    pub tokens: Vec<pki::token::Token>,
+    /// Where `admin.conf`, `scheduler.conf` and `controller-manager.conf` go.
+    pub conf_dir: std::path::PathBuf,
+}
+
+impl Layout {
+    /// The layout of a `kimg cluster new` directory.
+    pub fn cluster_dir(dir: &Path) -> anyhow::Result<Layout> {
+        Ok(Layout {
+            cluster: Cluster::load(dir)?,
+            pki_dir: pki::pki_dir(dir),
+            tokens: pki::token::load(dir).context("cannot read the bootstrap tokens")?,
+            conf_dir: dir.to_path_buf(),
+        })
+    }
+}
+
+/// Writes `conf_dir/<file>`: a kubeconfig for `server` with the client certificate
+/// `<cert>`/`<key>` of the PKI.
+fn write_conf(
+    l: &Layout,
+    server: &str,
+    file: &str,
+    user: &str,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let read = |name: &str| {
+        let p = l.pki_dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let text = pki::kubeconfig::render(
+        &l.cluster.name,
+        server,
+        &read("ca.crt")?,
+        user,
+        &read(cert)?,
+        &read(key)?,
+    );
+    let path = l.conf_dir.join(file);
+    let path = std::path::absolute(&path).unwrap_or(path);
+    pki::write_atomic(&path, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+/// Writes the scheduler's and controller-manager's kubeconfigs into `conf_dir`.
+pub(super) fn write_component_confs(l: &Layout, server: &str) -> anyhow::Result<()> {
+    write_conf(
+        l,
+        server,
+        "scheduler.conf",
+        "system:kube-scheduler",
+        "scheduler.crt",
+        "scheduler.key",
+    )?;
+    write_conf(
+        l,
+        server,
+        "controller-manager.conf",
+        "system:kube-controller-manager",
+        "controller-manager.crt",
+        "controller-manager.key",
+    )?;
+    Ok(())
+}
+
 async fn start_components(
-    cluster: &Cluster,
-    dir: &Path,
+    l: &Layout,
     server: &str,
     admin: &Path,
     c: Components,
 ) -> anyhow::Result<()> {
-    let pki_dir = pki::pki_dir(dir);
-    let read = |name: &str| {
-        let p = pki_dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
-    };
-    let write_conf =
-        |file: &str, user: &str, cert: &str, key: &str| -> anyhow::Result<std::path::PathBuf> {
-            let text = pki::kubeconfig::render(
-                &cluster.name,
-                server,
-                &read("ca.crt")?,
-                user,
-                &read(cert)?,
-                &read(key)?,
-            );
-            let path = dir.join(file);
-            pki::write_atomic(&path, text.as_bytes(), 0o600)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(path)
-        };
+    let cluster = &l.cluster;
+    let pki_dir = &l.pki_dir;
+    write_component_confs(l, server)?;
     if c.scheduler {
-        let conf = write_conf(
-            "scheduler.conf",
-            "system:kube-scheduler",
-            "scheduler.crt",
-            "scheduler.key",
-        )?;
+        let conf = l.conf_dir.join("scheduler.conf");
         let client = component_client(&conf, admin).await?;
         let lease = c.lease.config("kube-scheduler");
         tokio::spawn(async move {
@@ -117,12 +188,7 @@ async fn start_components(
         });
     }
     if c.controller_manager {
-        let conf = write_conf(
-            "controller-manager.conf",
-            "system:kube-controller-manager",
-            "controller-manager.crt",
-            "controller-manager.key",
-        )?;
+        let conf = l.conf_dir.join("controller-manager.conf");
         let client = component_client(&conf, admin).await?;
         let lease = c.lease.config("kube-controller-manager");
         let mut opts = c.controllers.options();
@@ -136,42 +202,38 @@ async fn start_components(
     Ok(())
 }
 
-async fn up(
-    dir: &Path,
+/// Serves the apiserver of `l` on `listen` over `store`, writes `conf_dir/admin.conf`
+/// (and the components' kubeconfigs) for `server` (default: the listen address), prints
+/// the admin kubeconfig's path, starts `components` in-process, and runs until SIGINT or
+/// SIGTERM.
+pub(super) async fn serve(
+    l: Layout,
     listen: SocketAddr,
+    server: Option<String>,
     store: &str,
     components: Components,
 ) -> anyhow::Result<()> {
-    let cluster = Cluster::load(dir)?;
-    let store = open_store(store, dir).await?;
-    let pki_dir = pki::pki_dir(dir);
-    let tokens = pki::token::load(dir).context("cannot read the bootstrap tokens")?;
-    let server = ApiServer::start_with_tokens(store, cluster.service_cidr, &pki_dir, tokens)
-        .await
-        .context("cannot start the apiserver")?;
+    let store = open_store(store, &l.pki_dir).await?;
+    let api =
+        ApiServer::start_with_tokens(store, l.cluster.service_cidr, &l.pki_dir, l.tokens.clone())
+            .await
+            .context("cannot start the apiserver")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let read = |name: &str| {
-        let p = pki_dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
-    };
-    let kubeconfig = pki::kubeconfig::render(
-        &cluster.name,
-        &format!("https://{addr}"),
-        &read("ca.crt")?,
+    let server = server.unwrap_or_else(|| format!("https://{addr}"));
+    let path = write_conf(
+        &l,
+        &server,
+        "admin.conf",
         "kubernetes-admin",
-        &read("admin.crt")?,
-        &read("admin.key")?,
-    );
-    let path = dir.join("admin.conf");
-    let path = std::path::absolute(&path).unwrap_or(path);
-    pki::write_atomic(&path, kubeconfig.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        "admin.crt",
+        "admin.key",
+    )?;
     tracing::info!(%addr, kubeconfig = %path.display(), "apiserver listening");
-    let serving = tokio::spawn(server.serve(listener, shutdown_signal()?));
-    start_components(&cluster, dir, &format!("https://{addr}"), &path, components).await?;
+    let serving = tokio::spawn(api.serve(listener, shutdown_signal()?));
+    start_components(&l, &server, &path, components).await?;
     println!("{}", path.display());
     serving.await.context("the apiserver task failed")??;
     Ok(())
@@ -200,5 +262,8 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(up(dir, listen, store, components))
+    rt.block_on(async {
+        let layout = Layout::cluster_dir(dir)?;
+        serve(layout, listen, None, store, components).await
+    })
 }

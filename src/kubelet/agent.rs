@@ -41,6 +41,8 @@ pub struct AgentConfig {
     pub cni_bin_dir: PathBuf,
     pub bridge: String,
     pub cgroup_parent: String,
+    /// Cluster DNS for pods with `dnsPolicy: ClusterFirst`: (server IP, cluster domain).
+    pub cluster_dns: Option<(String, String)>,
 }
 
 /// Why the kubelet stopped.
@@ -79,8 +81,12 @@ async fn import_archives(client: &Containerd, dir: &std::path::Path) -> Result<u
         path: dir.to_path_buf(),
         source,
     };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(err)?
+    let entries = match std::fs::read_dir(dir) {
+        // An image without baked archives: nothing to import.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        r => r.map_err(err)?,
+    };
+    let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "tar"))
         .collect();
@@ -172,6 +178,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tracing::info!(node = %name, requested_certificate = requested, not_after = %creds.not_after, "joined");
     let cell =
         ClientCell::new(join::client_for_cert(&cfg.join.server, &cfg.join.ca_pem, &creds).await?);
+    join::write_kubeconfig(&cfg.join, &creds)?;
 
     let mut containerd = Containerd::connect(&cfg.containerd_socket, "k8s.io")
         .await
@@ -225,6 +232,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
     let mut kcfg = KubeletConfig::new(root, &name, &cfg.node_ip);
     kcfg.cgroup_parent = cfg.cgroup_parent.clone();
+    kcfg.cluster_dns = cfg.cluster_dns.clone();
     let kubelet = Arc::new(Kubelet::new(Arc::new(rt), kcfg));
     let sync = PodSync::new(kubelet, cell.clone(), &name);
 
@@ -271,7 +279,14 @@ fn spawn_heartbeats(cell: ClientCell, join_cfg: JoinConfig, creds: join::Credent
         loop {
             tick.tick().await;
             match join::rotate_if_due(&join_cfg, creds.clone(), &cell).await {
-                Ok(c) => creds = c,
+                Ok(c) => {
+                    if c.cert_pem != creds.cert_pem {
+                        if let Err(e) = join::write_kubeconfig(&join_cfg, &c) {
+                            tracing::warn!(error = %e, "cannot write kubelet.conf");
+                        }
+                    }
+                    creds = c;
+                }
                 Err(e) => tracing::warn!(error = %e, "certificate rotation failed; retrying"),
             }
         }

@@ -179,6 +179,25 @@ async fn client_from_yaml(yaml: &str) -> Result<Client, JoinError> {
     Client::try_from(cfg).map_err(JoinError::Client)
 }
 
+/// Writes `STATE/kubelet.conf`: a kubeconfig with the node's current certificate, for
+/// the node's other agents (`kimg proxy`) and for operators on the machine.
+pub fn write_kubeconfig(cfg: &JoinConfig, c: &Credentials) -> Result<PathBuf, JoinError> {
+    let path = cfg.state_dir.join("kubelet.conf");
+    let yaml = crate::pki::kubeconfig::render(
+        "kimg",
+        &cfg.server,
+        &cfg.ca_pem,
+        &format!("system:node:{}", cfg.node_name),
+        &c.cert_pem,
+        &c.key_pem,
+    );
+    crate::pki::write_atomic(&path, yaml.as_bytes(), 0o600).map_err(|source| JoinError::Store {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// An API client authenticated with a client certificate.
 pub async fn client_for_cert(
     server: &str,

@@ -73,6 +73,9 @@ pub struct KubeletConfig {
     /// cgroup parent of every pod, e.g. `/kimg`.
     pub cgroup_parent: String,
     pub backoff: Backoff,
+    /// Cluster DNS (server IP, domain): pods with `dnsPolicy: ClusterFirst` get a
+    /// resolv.conf naming it with the cluster search domains instead of `resolv_conf`.
+    pub cluster_dns: Option<(String, String)>,
 }
 
 impl KubeletConfig {
@@ -86,6 +89,7 @@ impl KubeletConfig {
             resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             cgroup_parent: "/kimg".into(),
             backoff: Backoff::default(),
+            cluster_dns: None,
         }
     }
 }
@@ -140,6 +144,30 @@ impl Kubelet {
         }
     }
 
+    /// The resolv.conf of `pod`: cluster DNS with the Kubernetes search path for
+    /// `ClusterFirst` (the default) when a cluster DNS is set, else the node's.
+    pub fn resolv_conf_for(&self, pod: &Pod) -> String {
+        let policy = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.dns_policy.as_deref())
+            .unwrap_or("ClusterFirst");
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        match &self.cfg.cluster_dns {
+            Some((server, domain)) if policy == "ClusterFirst" && !host_network => {
+                let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+                format!(
+                    "nameserver {server}\nsearch {ns}.svc.{domain} svc.{domain} {domain}\noptions ndots:5\n"
+                )
+            }
+            _ => self.cfg.resolv_conf.clone(),
+        }
+    }
+
     fn pod_dir(&self, uid: &str) -> PathBuf {
         self.cfg.root_dir.join("pods").join(uid)
     }
@@ -178,7 +206,7 @@ impl Kubelet {
             cfg: pod::WorkerConfig {
                 node_name: self.cfg.node_name.clone(),
                 host_ip: self.cfg.host_ip.clone(),
-                resolv_conf: self.cfg.resolv_conf.clone(),
+                resolv_conf: self.resolv_conf_for(&pod),
                 cgroup_parent: self.cfg.cgroup_parent.clone(),
                 backoff: self.cfg.backoff,
             },

@@ -433,3 +433,22 @@ async fn deleting_a_pod_sends_sigterm_then_removes_containers_and_the_sandbox() 
     assert!(k.record(&uid).is_none());
     assert!(!dir.path().join("pods/u1").exists());
 }
+
+#[test]
+fn cluster_first_pods_get_the_cluster_dns_and_search_path_others_the_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = KubeletConfig::new(dir.path().to_path_buf(), "node-1", "192.0.2.1");
+    cfg.resolv_conf = "nameserver 198.51.100.1\n".into();
+    cfg.cluster_dns = Some(("192.0.2.1".into(), "cluster.local".into()));
+    let k = Kubelet::new(Arc::new(Fake::default()), cfg);
+    let mut p = pod("Always", vec![], vec![]);
+    p.metadata.namespace = Some("shop".into());
+    let text = k.resolv_conf_for(&p);
+    assert!(text.starts_with("nameserver 192.0.2.1\n"), "{text}");
+    assert!(
+        text.contains("search shop.svc.cluster.local svc.cluster.local cluster.local"),
+        "{text}"
+    );
+    p.spec.as_mut().unwrap().dns_policy = Some("Default".into());
+    assert_eq!(k.resolv_conf_for(&p), "nameserver 198.51.100.1\n");
+}

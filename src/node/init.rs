@@ -25,10 +25,12 @@ use super::etcd;
 use super::events::Event;
 use super::identity::{self, join_roles, Identity};
 use super::image_config::{ImageConfig, ImageConfigError, IMAGE_CONFIG_PATH};
+use super::master;
 use super::mounts::{self, STATE_DIR, STATE_PARTNAME};
 use super::network;
 use super::supervisor::{Backoff, Supervisor};
 use super::system::{HealthProbe, PowerAction, ServiceSpec, ShutdownReason, System};
+use super::worker;
 
 /// Where the builder puts the cluster definition inside the image.
 pub const ETC_DIR: &str = "/etc/kimg";
@@ -221,6 +223,22 @@ impl<S: System> Init<S> {
             };
             services.push(etcd::service(&cluster, &node, state));
             health = Some(etcd::health_probe());
+        }
+        if node.has(Role::Master) {
+            let _ = self.sys.mkdir_all(Path::new(master::CONF_DIR));
+            services.extend(master::services(&cluster));
+            // A stacked machine is ready once its apiserver is (which needs etcd quorum).
+            health = Some(master::health_probe());
+        }
+        if node.has(Role::Worker) {
+            match self.sys.read_file(Path::new(worker::TOKEN_FILE)) {
+                Ok(token) => services.extend(worker::services(&cluster, &node, &token)),
+                Err(e) => self.emit(
+                    Event::new("worker-disabled")
+                        .field("reason", "no bootstrap token")
+                        .field("error", e),
+                ),
+            }
         }
         if image.debug_shell && self.sys.exists(Path::new("/bin/sh")) {
             services.push(ServiceSpec {

@@ -272,17 +272,22 @@ fn a_failing_module_is_reported_and_the_boot_goes_on() {
 }
 
 #[test]
-fn a_master_boots_to_ready_with_no_services() {
+fn a_master_runs_the_control_plane_and_is_ready_once_its_apiserver_is() {
     let image = IMAGE.replace("[\"etcd\"]", "[\"master\"]");
     let sys =
         machine("kimg.node=master-1", "52:54:00:00:00:21").with_file("/etc/kimg/image.toml", image);
-    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    sys.healthy_from(Duration::from_secs(2));
+    sys.shutdown_at(Duration::from_secs(4), ShutdownReason::PowerFail);
     let mut init = Init::new(sys, timings());
     init.run();
     let lines = init.system().console_lines();
+    let ready =
+        "kimg: ready role=master node=master-1 services=apiserver,scheduler,controller-manager";
+    assert!(lines.contains(&ready.to_string()), "{lines:#?}");
+    let at = |needle: &str| lines.iter().position(|l| l.starts_with(needle));
     assert!(
-        lines.contains(&"kimg: ready role=master node=master-1 services=".to_string()),
-        "{lines:#?}"
+        at("kimg: service-started name=apiserver").is_some_and(|i| Some(i) < at("kimg: ready")),
+        "services start before ready: {lines:#?}"
     );
 }
 

@@ -5,7 +5,9 @@
 //!   scripted test double.
 //! - [`supervisor`]: services with capped exponential backoff, zombie reaping.
 //! - [`identity`], [`cmdline`]: who this machine is; [`network`], [`netlink`], [`mounts`],
-//!   [`modules`]: what it sets up; [`etcd`]: the etcd role's command line and health probe.
+//!   [`modules`]: what it sets up; [`etcd`]: the etcd role's command line and health probe;
+//!   [`master`]: the control-plane services of the master role; [`worker`]: containerd,
+//!   kubelet and proxy of the worker role.
 //! - [`image_config`]: `/etc/kimg/image.toml`, written by the builder.
 //! - [`events`]: the `kimg: <event> key=value` console lines the tests read.
 
@@ -16,6 +18,7 @@ pub mod host;
 pub mod identity;
 pub mod image_config;
 pub mod init;
+pub mod master;
 pub mod modules;
 pub mod mounts;
 pub mod netlink;
@@ -23,6 +26,7 @@ pub mod network;
 pub mod recording;
 pub mod supervisor;
 pub mod system;
+pub mod worker;
 
 pub use image_config::{ImageConfig, IMAGE_CONFIG_PATH};
 pub use init::{Booted, Init, InitError, Timings};

@@ -130,7 +130,12 @@ pub fn tokens_path(cluster_dir: &Path) -> PathBuf {
 
 /// All tokens of a cluster, in file order (oldest first). A missing file means none.
 pub fn load(cluster_dir: &Path) -> Result<Vec<Token>, PkiError> {
-    let path = tokens_path(cluster_dir);
+    load_file(&tokens_path(cluster_dir))
+}
+
+/// The tokens of one `tokens.toml` (a master image carries a copy); missing means none.
+pub fn load_file(path: &Path) -> Result<Vec<Token>, PkiError> {
+    let path = path.to_path_buf();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

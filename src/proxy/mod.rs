@@ -5,11 +5,13 @@
 //! - [`dns`]: cluster DNS for `<svc>.<ns>.svc.<domain>`, forwarding the rest upstream.
 //! - [`vxlan`]: the flannel-style overlay: Node objects → device, routes, ARP, FDB.
 //! - [`netns`]: scratch network namespaces for the root-only tests and benchmarks.
-//!
-//! The controller loop that watches the apiserver and feeds these is not here yet.
+//! - [`controller`]: the `kimg proxy` loop: apiserver watches → rules and DNS.
+//! - [`overlay`]: the `kimg proxy --node-name` loop: Node objects → VXLAN overlay.
 
+pub mod controller;
 pub mod dns;
 pub mod model;
 pub mod netns;
+pub mod overlay;
 pub mod rules;
 pub mod vxlan;

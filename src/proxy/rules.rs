@@ -165,6 +165,12 @@ impl<N: Nft> RulesSyncer<N> {
         Ok(true)
     }
 
+    /// Forgets the last ruleset, so the next [`RulesSyncer::sync`] applies even if nothing
+    /// changed (a periodic resync repairs a table someone else flushed).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
     /// The underlying [`Nft`] (tests read a recording one back).
     pub fn nft(&self) -> &N {
         &self.nft

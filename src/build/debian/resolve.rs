@@ -2,7 +2,7 @@
 //!
 //! Each named package resolves to its highest version across all configured suites (dpkg
 //! order; on a tie the earlier suite wins). From there, Pre-Depends and Depends are followed
-//! transitively, but only into library packages (names starting with `lib`): in each group of
+//! transitively, but only into library packages ([`is_library`]: `lib*`, `zlib*`): in each group of
 //! alternatives the first one that can be satisfied is taken — an already chosen package if
 //! its version fits, else the highest fitting real package, else a package that `Provides`
 //! the name (for a versioned dependency, with a fitting provided version). A named package's
@@ -17,6 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use super::error::SourceError;
 use super::packages::{BinaryPackage, Dependency};
 use super::version;
+
+/// Whether a package name is a shared-library package: `lib*`, plus the few library
+/// packages Debian names otherwise (`zlib1g`).
+pub fn is_library(name: &str) -> bool {
+    name.starts_with("lib") || name.starts_with("zlib")
+}
 
 /// All packages of the configured suites for one architecture, by name and by provided name.
 #[derive(Debug, Default)]
@@ -137,7 +143,7 @@ pub fn resolve(index: &PackageIndex, wanted: &[String]) -> Result<Vec<Resolved>,
                     continue;
                 };
                 let follow =
-                    dep.name.starts_with("lib") || (named && dep.name.starts_with("linux-image-"));
+                    is_library(&dep.name) || (named && dep.name.starts_with("linux-image-"));
                 if follow {
                     queue.push_back((dep, false));
                 }

@@ -1,0 +1,126 @@
+//! The master role (ARCHITECTURE §6): `kimg apiserver`, `kimg scheduler` and `kimg
+//! controller-manager` as supervised services, and the apiserver's readiness probe.
+//!
+//! How: the apiserver reads the image's `/etc/kimg` (cluster, PKI, bootstrap tokens),
+//! stores in every etcd member of the cluster over TLS, serves on :6443 and writes the
+//! components' kubeconfigs (pointing at 127.0.0.1:6443) into [`CONF_DIR`]. The scheduler
+//! and controller-manager start with it; until those files exist or the apiserver answers
+//! they exit and the supervisor restarts them with back-off. Both run under Lease-based
+//! leader election, so every master runs all three. The controller-manager signs kubelet
+//! CSRs with the cluster CA of the image and hands out node pod CIDRs from `pod-cidr`.
+//!
+//! Limits: no `kimg vip` yet (the VIP is not held by anyone; workers reach a master
+//! directly only when the VIP is one of its addresses).
+
+use crate::cluster::Cluster;
+
+use super::system::{HealthProbe, ServiceSpec};
+
+/// Where the apiserver writes the local components' kubeconfigs.
+pub const CONF_DIR: &str = "/run/kimg";
+/// The apiserver's port.
+pub const API_PORT: u16 = 6443;
+const KIMG: &str = "/usr/bin/kimg";
+const PKI: &str = "/etc/kimg/pki";
+
+fn service(name: &str, argv: Vec<String>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        argv,
+        env: vec![
+            ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+            ("KIMG_LOG".into(), "info".into()),
+        ],
+        console: false,
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The three control-plane services of a master.
+pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
+    let listen = format!("0.0.0.0:{API_PORT}");
+    let scheduler_conf = format!("{CONF_DIR}/scheduler.conf");
+    let cm_conf = format!("{CONF_DIR}/controller-manager.conf");
+    let pod_cidr = cluster.pod_cidr.to_string();
+    vec![
+        service(
+            "apiserver",
+            args(&[
+                KIMG,
+                "apiserver",
+                "--config-dir",
+                "/etc/kimg",
+                "--listen",
+                &listen,
+                "--kubeconfig-dir",
+                CONF_DIR,
+            ]),
+        ),
+        service(
+            "scheduler",
+            args(&[KIMG, "scheduler", "--kubeconfig", &scheduler_conf]),
+        ),
+        service(
+            "controller-manager",
+            args(&[
+                KIMG,
+                "controller-manager",
+                "--kubeconfig",
+                &cm_conf,
+                "--cluster-cidr",
+                &pod_cidr,
+                "--cluster-signing-cert-file",
+                &format!("{PKI}/ca.crt"),
+                "--cluster-signing-key-file",
+                &format!("{PKI}/ca.key"),
+            ]),
+        ),
+    ]
+}
+
+/// GET https://127.0.0.1:6443/readyz as the admin.
+pub fn health_probe() -> HealthProbe {
+    HealthProbe {
+        url: format!("https://127.0.0.1:{API_PORT}/readyz"),
+        ca: format!("{PKI}/ca.crt").into(),
+        cert: format!("{PKI}/admin.crt").into(),
+        key: format!("{PKI}/admin.key").into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{file_from_options, validate, NewOptions};
+
+    #[test]
+    fn a_master_runs_apiserver_scheduler_and_controller_manager_from_the_image_config() {
+        let opts = NewOptions {
+            vip: Some("10.0.0.100".into()),
+            etcd: vec!["10.0.0.11".into()],
+            masters: vec!["10.0.0.21".into()],
+            pod_cidr: Some("10.244.0.0/16".into()),
+            ..NewOptions::default()
+        };
+        let c = validate(file_from_options(&opts).unwrap(), "/c".as_ref(), None).unwrap();
+        let s = services(&c);
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["apiserver", "scheduler", "controller-manager"]);
+        let cm = s[2].argv.join(" ");
+        assert!(cm.contains("--cluster-cidr 10.244.0.0/16"), "{cm}");
+        assert!(
+            cm.contains("--cluster-signing-key-file /etc/kimg/pki/ca.key"),
+            "{cm}"
+        );
+        assert!(s[1]
+            .argv
+            .join(" ")
+            .ends_with("--kubeconfig /run/kimg/scheduler.conf"));
+        // The kubeconfigs the components read are the ones the apiserver writes.
+        assert!(s[0].argv.join(" ").contains("--kubeconfig-dir /run/kimg"));
+        assert!(health_probe().url.ends_with(":6443/readyz"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The worker role (ARCHITECTURE §8): containerd, `kimg kubelet` and `kimg proxy` as
+//! supervised services.
+//!
+//! How: containerd keeps its images and snapshots under `STATE` (`/var/lib/kimg/containerd`;
+//! a tmpfs on diskless machines). The kubelet joins with the image's bootstrap token (given
+//! in its environment, never on the command line) and CA, stores its credentials under
+//! `/var/lib/kimg/kubelet` and writes `kubelet.conf` there, which the proxy then uses: the
+//! proxy waits (exits and is restarted with back-off) until it exists. The proxy programs
+//! Services, serves cluster DNS on port 53 of every node address (pods use their node's
+//! address as resolver) and programs the VXLAN overlay. OCI archives baked into the image
+//! under [`OCI_DIR`] are imported at kubelet start (air-gapped clusters).
+//!
+//! Which apiserver: the VIP, except in a cluster with a single master, whose own address
+//! is used (nothing else would hold the VIP there).
+
+use std::net::Ipv4Addr;
+
+use crate::cluster::{Cluster, Node, Role};
+
+use super::system::ServiceSpec;
+
+const KIMG: &str = "/usr/bin/kimg";
+/// The kubelet's state: client certificate, key and `kubelet.conf`.
+pub const KUBELET_DIR: &str = "/var/lib/kimg/kubelet";
+/// Where images carry OCI archives for the kubelet to import.
+pub const OCI_DIR: &str = "/usr/share/kimg/oci";
+/// Where the bootstrap token is baked.
+pub const TOKEN_FILE: &str = "/etc/kimg/token";
+
+fn env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+        ("KIMG_LOG".into(), "info".into()),
+    ]
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The address workers reach the apiserver on.
+pub fn api_address(cluster: &Cluster) -> Ipv4Addr {
+    let masters: Vec<&Node> = cluster.nodes_with(Role::Master).collect();
+    match masters.as_slice() {
+        [only] => only.ip,
+        _ => cluster.api_vip,
+    }
+}
+
+/// The worker services of `node`; `token` is the bootstrap token baked into the image.
+pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec> {
+    let server = format!("https://{}:{}", api_address(cluster), cluster.api_port);
+    let ip = node.ip.to_string();
+    let kubeconfig = format!("{KUBELET_DIR}/kubelet.conf");
+    let pod_cidr = cluster.pod_cidr.to_string();
+    let mut kubelet_env = env();
+    kubelet_env.push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
+    vec![
+        ServiceSpec {
+            name: "containerd".into(),
+            argv: args(&[
+                "/usr/bin/containerd",
+                "--root",
+                "/var/lib/kimg/containerd",
+                "--state",
+                "/run/containerd",
+                "--address",
+                "/run/containerd/containerd.sock",
+            ]),
+            env: env(),
+            console: false,
+        },
+        ServiceSpec {
+            name: "kubelet".into(),
+            argv: args(&[
+                KIMG,
+                "kubelet",
+                "--server",
+                &server,
+                "--ca-file",
+                "/etc/kimg/pki/ca.crt",
+                "--state-dir",
+                KUBELET_DIR,
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &ip,
+                "--cluster-dns",
+                &ip,
+                "--cluster-domain",
+                &cluster.dns_domain,
+                "--oci-archive-dir",
+                OCI_DIR,
+            ]),
+            env: kubelet_env,
+            console: false,
+        },
+        ServiceSpec {
+            name: "proxy".into(),
+            argv: args(&[
+                KIMG,
+                "proxy",
+                "--kubeconfig",
+                &kubeconfig,
+                "--cluster-cidr",
+                &pod_cidr,
+                "--dns-listen",
+                "0.0.0.0:53",
+                "--dns-domain",
+                &cluster.dns_domain,
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &ip,
+            ]),
+            env: env(),
+            console: false,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{file_from_options, validate, NewOptions};
+
+    fn cluster(masters: &[&str]) -> Cluster {
+        let opts = NewOptions {
+            vip: Some("10.0.0.100".into()),
+            etcd: vec!["10.0.0.11".into()],
+            masters: masters.iter().map(|m| m.to_string()).collect(),
+            workers: vec!["10.0.0.31".into()],
+            ..NewOptions::default()
+        };
+        validate(file_from_options(&opts).unwrap(), "/c".as_ref(), None).unwrap()
+    }
+
+    #[test]
+    fn a_worker_runs_containerd_kubelet_and_proxy_with_the_token_only_in_the_environment() {
+        let c = cluster(&["10.0.0.21"]);
+        let node = c.nodes_with(Role::Worker).next().unwrap();
+        let s = services(&c, node, "abcdef.0123456789abcdef\n");
+        let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["containerd", "kubelet", "proxy"]);
+        let kubelet = s[1].argv.join(" ");
+        assert!(!kubelet.contains("0123456789abcdef"), "{kubelet}");
+        assert!(s[1].env.contains(&(
+            "KIMG_BOOTSTRAP_TOKEN".into(),
+            "abcdef.0123456789abcdef".into()
+        )));
+        // One master: its own address, since nothing holds the VIP.
+        assert!(
+            kubelet.contains("--server https://10.0.0.21:6443"),
+            "{kubelet}"
+        );
+        let proxy = s[2].argv.join(" ");
+        assert!(proxy.contains(&format!("--kubeconfig {KUBELET_DIR}/kubelet.conf")));
+        assert!(proxy.contains("--node-ip 10.0.0.31"), "{proxy}");
+    }
+
+    #[test]
+    fn with_several_masters_workers_use_the_vip() {
+        let c = cluster(&["10.0.0.21", "10.0.0.22", "10.0.0.23"]);
+        assert_eq!(api_address(&c), "10.0.0.100".parse::<Ipv4Addr>().unwrap());
+    }
+}
