@@ -188,7 +188,16 @@ impl PodSync {
         }
         lock(&self.known).insert(uid.clone(), r.clone());
         let data = self.resolve(&pod).await;
-        if let Err(e) = self.kubelet.run_pod(pod, data) {
+        // A deletion that came while resolving wins; holding `known` makes the check and
+        // the start one step for `finish_delete`, which reads `known` under the same lock.
+        let started = {
+            let known = lock(&self.known);
+            if !known.contains_key(&uid) || lock(&self.deleting).contains(&uid) {
+                return;
+            }
+            self.kubelet.run_pod(pod, data)
+        };
+        if let Err(e) = started {
             tracing::warn!(error = %e, "cannot run pod");
             lock(&self.known).remove(&uid);
             let status = json!({"status": {"phase": "Failed", "reason": "InvalidSpec", "message": e.to_string()}});
