@@ -4,7 +4,8 @@
 //! token. Checked with the real `kubectl`: TLS bootstrap, node Ready, lease renewal, pods
 //! Running with IPs, `logs` / `logs -f` / `exec` through the apiserver, deletion cleanup,
 //! and a restart that reuses the stored certificate. Prints create→Running latency for
-//! 10 pods and the kubelet's RSS.
+//! 10 pods and the kubelet's RSS. A second test renews a certificate past 70 % of its life
+//! against the same `kimg up` (needs only `kubectl`).
 //!
 //! Needs root, the `containerd`, `runc`, `containernetworking-plugins`, `kubectl` packages,
 //! and the host's Debian mirror (or a warm kimg cache) for `busybox-static`.
@@ -163,7 +164,9 @@ impl Env {
             "--cgroup-parent".into(),
             self.cgroup.clone(),
             "--node-labels".into(),
-            "kimg.dev/test=kubelet".into(),
+            "kimg.dev/test=kubelet,kimg.dev/role=".into(),
+            "--register-with-taints".into(),
+            "kimg.dev/test=soft:PreferNoSchedule".into(),
         ];
         if let Some(t) = token {
             args.push("--token".into());
@@ -212,16 +215,10 @@ impl Env {
     }
 }
 
-fn start() -> Env {
-    let tmp = tempfile::Builder::new()
-        .prefix("kj")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    let dir = tmp.path().join("dev");
-    common::kimg_ok(
-        tmp.path(),
-        &["cluster", "new", dir.to_str().expect("utf-8")],
-    );
+/// `kimg cluster new TMP/dev` and `kimg up` on the memory store: (process, kubeconfig).
+fn up(tmp: &Path) -> (Child, PathBuf) {
+    let dir = tmp.join("dev");
+    common::kimg_ok(tmp, &["cluster", "new", dir.to_str().expect("utf-8")]);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut up = Command::new(env!("CARGO_BIN_EXE_kimg"))
         .args([
@@ -248,6 +245,15 @@ fn start() -> Env {
             .expect("kimg up prints the kubeconfig")
             .trim(),
     );
+    (up, kubeconfig)
+}
+
+fn start() -> Env {
+    let tmp = tempfile::Builder::new()
+        .prefix("kj")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let (up, kubeconfig) = up(tmp.path());
     // A containerd of our own.
     let containerd = PrivateContainerd::start(tmp.path()).expect("containerd is installed");
     let pid = std::process::id() % 100_000;
@@ -348,6 +354,12 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
         node["metadata"]["labels"]["kubernetes.io/hostname"],
         "kt-node"
     );
+    assert_eq!(node["metadata"]["labels"]["kimg.dev/role"], "");
+    assert_eq!(
+        node["spec"]["taints"][0]["effect"], "PreferNoSchedule",
+        "{node}"
+    );
+    assert_eq!(node["spec"]["taints"][0]["value"], "soft");
     assert_eq!(node["status"]["capacity"]["pods"], "110");
     assert!(node["status"]["addresses"]
         .to_string()
@@ -580,6 +592,13 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     .to_string();
     eprintln!("FIGURES create->Running for 10 pods: p50 {} ms, p99 {} ms; kimg kubelet with 11 pods: {rss}", ms[4], ms[9]);
 
+    // A pod that vanishes from the API at once (forced delete) is removed from the node.
+    assert_eq!(env.ctr(&["containers", "ls", "-q"]).lines().count(), 11);
+    env.ok(&["delete", "pod", "bulk-0", "--grace-period=0", "--force"]);
+    wait_for(30, "bulk-0's container to be removed", || {
+        (env.ctr(&["containers", "ls", "-q"]).lines().count() == 10).then_some(())
+    });
+
     // Deletion completes and leaves nothing behind.
     env.ok(&[
         "delete",
@@ -637,4 +656,130 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
         .flatten()
         .collect();
     assert!(netns.is_empty(), "netns pins left: {netns:?}");
+}
+
+/// A certificate signed by the cluster CA for `system:node:<node>`, valid from `before` ago
+/// to `after` from now: (cert PEM, key PEM).
+fn node_cert(
+    dir: &Path,
+    node: &str,
+    before: time::Duration,
+    after: time::Duration,
+) -> (String, String) {
+    let pki = dir.join("secrets/pki");
+    let ca = kimg::pki::issue::Authority::from_pem(
+        &std::fs::read_to_string(pki.join("ca.crt")).expect("ca.crt"),
+        &std::fs::read_to_string(pki.join("ca.key")).expect("ca.key"),
+    )
+    .expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - before;
+    params.not_after = now + after;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Rotation against a real `kimg up` (no containerd needed): a stored certificate past 70 %
+/// of its lifetime is renewed with a CSR authenticated by that certificate (no token), the
+/// CSR controller approves the node renewing itself, and the new pair replaces the old.
+#[test]
+fn a_certificate_past_seventy_percent_of_its_life_is_renewed_with_itself() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut up_child, kubeconfig) = up(tmp.path());
+    let dir = tmp.path().join("dev");
+    let state = tmp.path().join("state");
+    let (cert, key) = node_cert(
+        &dir,
+        "rot",
+        time::Duration::days(9),
+        time::Duration::days(1),
+    );
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::write(state.join("kubelet-client.crt"), &cert).expect("crt");
+    std::fs::write(state.join("kubelet-client.key"), &key).expect("key");
+    let kc: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&kubeconfig).expect("kubeconfig"))
+            .expect("yaml");
+    let cfg = kimg::kubelet::join::JoinConfig {
+        server: kc["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .expect("server")
+            .into(),
+        ca_pem: std::fs::read_to_string(dir.join("secrets/pki/ca.crt")).expect("ca"),
+        token: None,
+        state_dir: state.clone(),
+        node_name: "rot".into(),
+        wait: Duration::from_secs(60),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (fresh, requested) = rt
+        .block_on(kimg::kubelet::join::ensure_credentials(&cfg))
+        .expect("renewal");
+    assert!(requested, "a due certificate is renewed");
+    assert_ne!(fresh.cert_pem, cert);
+    assert_eq!(fresh.common_name, "system:node:rot");
+    assert!(!kimg::kubelet::join::rotation_due(
+        fresh.not_before,
+        fresh.not_after,
+        time::OffsetDateTime::now_utc()
+    ));
+    assert_eq!(
+        std::fs::read_to_string(state.join("kubelet-client.crt")).expect("crt"),
+        fresh.cert_pem
+    );
+    let csrs: Value = serde_json::from_slice(
+        &Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "csr", "-o", "json"])
+            .output()
+            .expect("kubectl")
+            .stdout,
+    )
+    .expect("json");
+    let items = csrs["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{csrs}");
+    assert_eq!(
+        items[0]["spec"]["username"], "system:node:rot",
+        "renewed by the node itself"
+    );
+    // The running-kubelet path: rotate_if_due swaps the shared client.
+    let (old_cert, old_key) = node_cert(
+        &dir,
+        "rot",
+        time::Duration::days(8),
+        time::Duration::days(2),
+    );
+    let old = kimg::kubelet::join::Credentials::parse(&old_cert, &old_key).expect("parse");
+    let cell = rt.block_on(async {
+        let client = kimg::kubelet::join::client_for_cert(&cfg.server, &cfg.ca_pem, &old)
+            .await
+            .expect("client");
+        kimg::kubelet::join::ClientCell::new(client)
+    });
+    let now_used = rt
+        .block_on(kimg::kubelet::join::rotate_if_due(&cfg, old.clone(), &cell))
+        .expect("rotate");
+    assert_ne!(now_used, old);
+    assert_eq!(cell.generation(), 1);
+    let not_due = rt
+        .block_on(kimg::kubelet::join::rotate_if_due(
+            &cfg,
+            now_used.clone(),
+            &cell,
+        ))
+        .expect("no rotation");
+    assert_eq!(not_due, now_used);
+    assert_eq!(cell.generation(), 1, "a fresh certificate is kept");
+    let _ = up_child.kill();
+    let _ = up_child.wait();
 }

@@ -67,7 +67,6 @@ pub struct KubeletArgs {
     /// containerd at start: images for air-gapped nodes.
     #[arg(long)]
     pub oci_archive_dir: Option<PathBuf>,
-    /// Directory of the CNI plugin binaries.
     /// Cluster DNS server for pods with dnsPolicy ClusterFirst (their resolv.conf gets it
     /// and the cluster search domains); default: the node's own resolv.conf.
     #[arg(long)]
@@ -75,6 +74,7 @@ pub struct KubeletArgs {
     /// The cluster DNS domain (search domains of pods' resolv.conf).
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// Directory of the CNI plugin binaries.
     #[arg(long, default_value = "/usr/lib/cni")]
     pub cni_bin_dir: PathBuf,
     /// Name of the pods' Linux bridge (at most 15 bytes).

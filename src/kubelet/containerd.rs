@@ -56,6 +56,14 @@ pub struct Containerd {
     runc_root: Option<String>,
 }
 
+/// The FIFOs (or files) of an exec process.
+#[derive(Clone, Copy, Debug)]
+pub struct ExecPaths<'a> {
+    pub stdin: Option<&'a Path>,
+    pub out: &'a Path,
+    pub err: &'a Path,
+}
+
 /// Chain ids of a layer stack from its diff ids (image-spec `ChainID`).
 pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
@@ -699,11 +707,10 @@ impl Containerd {
         id: &str,
         exec_id: &str,
         process_json: Vec<u8>,
-        stdin: Option<&Path>,
-        out: &Path,
-        err: &Path,
+        io: ExecPaths<'_>,
         timeout: Duration,
     ) -> Result<u32, KubeletError> {
+        let ExecPaths { stdin, out, err } = io;
         self.tasks()
             .exec(self.req(
                 api::ExecProcessRequest {

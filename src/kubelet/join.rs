@@ -328,22 +328,30 @@ pub async fn ensure_credentials(cfg: &JoinConfig) -> Result<(Credentials, bool),
     Ok((c, true))
 }
 
-/// The current API client, swapped when the certificate is rotated.
+/// The current API client, swapped when the certificate is rotated. Long-lived users
+/// (watches) compare [`ClientCell::generation`] to know when to reconnect.
 #[derive(Clone)]
-pub struct ClientCell(Arc<RwLock<Client>>);
+pub struct ClientCell(Arc<RwLock<(Client, u64)>>);
 
 impl ClientCell {
     pub fn new(c: Client) -> ClientCell {
-        ClientCell(Arc::new(RwLock::new(c)))
+        ClientCell(Arc::new(RwLock::new((c, 0))))
     }
 
     /// The client to use for the next request.
     pub fn get(&self) -> Client {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// How many times the client was replaced.
+    pub fn generation(&self) -> u64 {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).1
     }
 
     fn set(&self, c: Client) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = c;
+        let mut g = self.0.write().unwrap_or_else(|e| e.into_inner());
+        g.1 += 1;
+        g.0 = c;
     }
 }
 

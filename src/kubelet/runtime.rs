@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::cni::CniNetwork;
-use super::containerd::{Containerd, Exit, ImageInfo};
+use super::containerd::{Containerd, ExecPaths, Exit, ImageInfo};
 use super::error::KubeletError;
 use super::netns::{self, PodNamespaces};
 
@@ -250,9 +250,11 @@ impl Runtime for ContainerdRuntime {
                 id,
                 &exec_id,
                 serde_json::to_vec(process).unwrap_or_default(),
-                None,
-                &out,
-                &err,
+                ExecPaths {
+                    stdin: None,
+                    out: &out,
+                    err: &err,
+                },
                 timeout,
             )
             .await;
@@ -347,9 +349,11 @@ impl Runtime for ContainerdRuntime {
                 id,
                 &exec_id,
                 serde_json::to_vec(process).unwrap_or_default(),
-                feeder.as_ref().map(|_| input.as_path()),
-                &out,
-                &err,
+                ExecPaths {
+                    stdin: feeder.as_ref().map(|_| input.as_path()),
+                    out: &out,
+                    err: &err,
+                },
                 timeout,
             )
             .await;

@@ -18,7 +18,8 @@
 //!   is forwarded as the command writes it; with `stdin=true`, channel-0 messages feed the
 //!   command's stdin and v5's close signal for channel 0 (255 0) is its EOF.
 //!
-//! Limits: no tty (and so no resize, channel 4); v4 clients cannot end stdin before the
+//! Limits: logs honour only `follow` and `tailLines` (`previous`, `sinceSeconds`,
+//! `timestamps`, `limitBytes` are ignored); no tty (and so no resize, channel 4); v4 clients cannot end stdin before the
 //! command ends; no attach, port-forward, stats or metrics endpoints.
 
 use std::collections::HashMap;

@@ -9,7 +9,7 @@
 //! delete. Pods that disappear from the API (a delete event, or missing from a re-list)
 //! are removed from the node as well. Every 250 ms the status of each running pod is
 //! compared with what was last written and, when it changed, merge-patched through
-//! `pods/status`.
+//! `pods/status`. After a certificate rotation the watch is restarted with the new client.
 //!
 //! Limits: pods running before a kubelet restart are not adopted but started afresh (the
 //! agent clears the previous run first); referenced objects are read once, at pod start;
@@ -188,7 +188,16 @@ impl PodSync {
         }
         lock(&self.known).insert(uid.clone(), r.clone());
         let data = self.resolve(&pod).await;
-        if let Err(e) = self.kubelet.run_pod(pod, data) {
+        // A deletion that came while resolving wins; holding `known` makes the check and
+        // the start one step for `finish_delete`, which reads `known` under the same lock.
+        let started = {
+            let known = lock(&self.known);
+            if !known.contains_key(&uid) || lock(&self.deleting).contains(&uid) {
+                return;
+            }
+            self.kubelet.run_pod(pod, data)
+        };
+        if let Err(e) = started {
             tracing::warn!(error = %e, "cannot run pod");
             lock(&self.known).remove(&uid);
             let status = json!({"status": {"phase": "Failed", "reason": "InvalidSpec", "message": e.to_string()}});
@@ -276,50 +285,73 @@ impl PodSync {
                 me.push_statuses().await;
             }
         });
-        let api: Api<Pod> = Api::all(self.client.get());
         let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
-        let mut stream = watcher(api, cfg).boxed();
         let mut listed: HashSet<String> = HashSet::new();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Init) => listed.clear(),
-                Ok(watcher::Event::InitApply(p)) => {
-                    listed.extend(p.metadata.uid.clone());
-                    tokio::spawn(self.clone().pod_changed(p));
-                }
-                Ok(watcher::Event::InitDone) => {
-                    let gone: Vec<(String, PodRef)> = lock(&self.known)
-                        .iter()
-                        .filter(|(u, _)| !listed.contains(*u))
-                        .map(|(u, r)| (u.clone(), r.clone()))
-                        .collect();
-                    for (uid, r) in gone {
-                        tokio::spawn(self.clone().finish_delete(
-                            uid,
-                            r,
-                            Some(Duration::from_secs(2)),
-                            false,
-                        ));
+        loop {
+            // A rotated certificate means a new client: re-watch (and re-list) with it.
+            let generation = self.client.generation();
+            let api: Api<Pod> = Api::all(self.client.get());
+            let mut stream = watcher(api, cfg.clone()).boxed();
+            let mut check = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    _ = check.tick() => {
+                        if self.client.generation() != generation {
+                            break;
+                        }
+                        continue;
                     }
+                };
+                let Some(ev) = ev else { break };
+                self.clone().handle(ev, &mut listed).await;
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        ev: Result<watcher::Event<Pod>, watcher::Error>,
+        listed: &mut HashSet<String>,
+    ) {
+        match ev {
+            Ok(watcher::Event::Init) => listed.clear(),
+            Ok(watcher::Event::InitApply(p)) => {
+                listed.extend(p.metadata.uid.clone());
+                tokio::spawn(self.clone().pod_changed(p));
+            }
+            Ok(watcher::Event::InitDone) => {
+                let gone: Vec<(String, PodRef)> = lock(&self.known)
+                    .iter()
+                    .filter(|(u, _)| !listed.contains(*u))
+                    .map(|(u, r)| (u.clone(), r.clone()))
+                    .collect();
+                for (uid, r) in gone {
+                    tokio::spawn(self.clone().finish_delete(
+                        uid,
+                        r,
+                        Some(Duration::from_secs(2)),
+                        false,
+                    ));
                 }
-                Ok(watcher::Event::Apply(p)) => {
-                    tokio::spawn(self.clone().pod_changed(p));
+            }
+            Ok(watcher::Event::Apply(p)) => {
+                tokio::spawn(self.clone().pod_changed(p));
+            }
+            Ok(watcher::Event::Delete(p)) => {
+                if let Some(uid) = p.metadata.uid.clone() {
+                    let r = pod_ref(&p);
+                    tokio::spawn(self.clone().finish_delete(
+                        uid,
+                        r,
+                        Some(Duration::from_secs(2)),
+                        false,
+                    ));
                 }
-                Ok(watcher::Event::Delete(p)) => {
-                    if let Some(uid) = p.metadata.uid.clone() {
-                        let r = pod_ref(&p);
-                        tokio::spawn(self.clone().finish_delete(
-                            uid,
-                            r,
-                            Some(Duration::from_secs(2)),
-                            false,
-                        ));
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "pod watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
