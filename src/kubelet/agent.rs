@@ -150,6 +150,16 @@ async fn clear_previous_run(
     }
 }
 
+/// Whether `/` is the kernel's initramfs (`rootfs`), going by a mountinfo text: there
+/// `pivot_root(2)` fails with EINVAL, so runc must not use it.
+fn root_is_initramfs(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let (left, right) = l.split_once(" - ").unwrap_or((l, ""));
+        left.split_whitespace().nth(4) == Some("/")
+            && right.split_whitespace().next() == Some("rootfs")
+    })
+}
+
 /// Polls the Node until NodeIPAM has given it a pod CIDR.
 async fn wait_for_pod_cidr(cell: &ClientCell, name: &str) -> Result<ipnet::Ipv4Net, AgentError> {
     let mut logged = false;
@@ -185,6 +195,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         .map_err(AgentError::Containerd)?;
     if let Some(root) = &cfg.runc_root {
         containerd = containerd.with_runc_root(root);
+    }
+    if root_is_initramfs(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()) {
+        tracing::info!("the root filesystem is the initramfs: containers start without pivot_root");
+        containerd = containerd.with_no_pivot_root();
     }
     if let Some(dir) = &cfg.oci_archive_dir {
         import_archives(&containerd, dir).await?;
@@ -291,4 +305,18 @@ fn spawn_heartbeats(cell: ClientCell, join_cfg: JoinConfig, creds: join::Credent
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_initramfs_root_is_told_from_a_disk_root_by_mountinfo() {
+        let initramfs =
+            "1 1 0:2 / / rw - rootfs rootfs rw,size=1000k\n22 1 0:21 / /proc rw - proc proc rw\n";
+        let disk = "29 1 254:1 / / rw,relatime - ext4 /dev/vda1 rw\n22 29 0:21 / /proc rw - proc proc rw\n";
+        assert!(root_is_initramfs(initramfs));
+        assert!(!root_is_initramfs(disk));
+    }
 }

@@ -54,6 +54,7 @@ pub struct Containerd {
     namespace: String,
     snapshotter: String,
     runc_root: Option<String>,
+    no_pivot_root: bool,
 }
 
 /// The FIFOs (or files) of an exec process.
@@ -92,6 +93,7 @@ impl Containerd {
             namespace: namespace.to_string(),
             snapshotter: "overlayfs".into(),
             runc_root: None,
+            no_pivot_root: false,
         })
     }
 
@@ -102,17 +104,33 @@ impl Containerd {
         self
     }
 
-    /// The runc shim's `Options` (containerd.runc.v1) with only `root` (field 7) set.
+    /// Containers start without `pivot_root(2)` (runc's `--no-pivot`): needed when the
+    /// machine's root is the initramfs, where pivot_root is refused.
+    pub fn with_no_pivot_root(mut self) -> Containerd {
+        self.no_pivot_root = true;
+        self
+    }
+
+    /// The runc shim's `Options` (containerd.runc.v1): `no_pivot_root` (field 1) and
+    /// `root` (field 7) when set.
     fn task_options(&self) -> Option<Any> {
-        let root = self.runc_root.as_ref()?;
-        let mut value = vec![(7 << 3) | 2];
-        let mut len = root.len();
-        while len >= 0x80 {
-            value.push((len as u8 & 0x7f) | 0x80);
-            len >>= 7;
+        if self.runc_root.is_none() && !self.no_pivot_root {
+            return None;
         }
-        value.push(len as u8);
-        value.extend_from_slice(root.as_bytes());
+        let mut value = Vec::new();
+        if self.no_pivot_root {
+            value.extend_from_slice(&[1 << 3, 1]);
+        }
+        if let Some(root) = &self.runc_root {
+            value.push((7 << 3) | 2);
+            let mut len = root.len();
+            while len >= 0x80 {
+                value.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            value.push(len as u8);
+            value.extend_from_slice(root.as_bytes());
+        }
         Some(Any {
             type_url: "containerd.runc.v1.Options".into(),
             value,
