@@ -6,8 +6,8 @@
 //! in its environment, never on the command line) and CA, stores its credentials under
 //! `/var/lib/kimg/kubelet` and writes `kubelet.conf` there, which the proxy then uses: the
 //! proxy waits (exits and is restarted with back-off) until it exists. The proxy programs
-//! Services, serves cluster DNS on port 53 of every node address (pods use their node's
-//! address as resolver) and programs the VXLAN overlay. OCI archives baked into the image
+//! Services, serves cluster DNS on port 53 of the node's address (pods use it as their
+//! resolver) and programs the VXLAN overlay. OCI archives baked into the image
 //! under [`OCI_DIR`] are imported at kubelet start (air-gapped clusters).
 //!
 //! Which apiserver: the VIP, except in a cluster with a single master, whose own address
@@ -53,6 +53,9 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
     let ip = node.ip.to_string();
     let kubeconfig = format!("{KUBELET_DIR}/kubelet.conf");
     let pod_cidr = cluster.pod_cidr.to_string();
+    // The node address, not 0.0.0.0: a UDP answer must come from the address the pod
+    // asked, which a wildcard socket does not guarantee on a machine with a pod bridge.
+    let dns_listen = format!("{ip}:53");
     let mut kubelet_env = env();
     kubelet_env.push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
     vec![
@@ -105,7 +108,7 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
                 "--cluster-cidr",
                 &pod_cidr,
                 "--dns-listen",
-                "0.0.0.0:53",
+                &dns_listen,
                 "--dns-domain",
                 &cluster.dns_domain,
                 "--node-name",
@@ -156,6 +159,7 @@ mod tests {
         let proxy = s[2].argv.join(" ");
         assert!(proxy.contains(&format!("--kubeconfig {KUBELET_DIR}/kubelet.conf")));
         assert!(proxy.contains("--node-ip 10.0.0.31"), "{proxy}");
+        assert!(proxy.contains("--dns-listen 10.0.0.31:53"), "{proxy}");
     }
 
     #[test]
