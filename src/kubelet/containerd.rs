@@ -532,6 +532,11 @@ impl Containerd {
     }
 
     /// Creates the container record and its writable snapshot on top of the image.
+    ///
+    /// The record comes first: it names the snapshot, which makes the snapshot a root for
+    /// containerd's garbage collector from the moment it exists. Prepared first, a fresh
+    /// snapshot is unreferenced until the record is written, and a collection triggered by
+    /// any deletion in between removes it ("snapshot … does not exist" at task start).
     pub async fn create_container(
         &self,
         id: &str,
@@ -539,23 +544,6 @@ impl Containerd {
         spec_json: Vec<u8>,
         labels: HashMap<String, String>,
     ) -> Result<(), KubeletError> {
-        let prepared = self
-            .snapshots()
-            .prepare(self.req(
-                snap::PrepareSnapshotRequest {
-                    snapshotter: self.snapshotter.clone(),
-                    key: id.into(),
-                    parent: image.chain_id.clone(),
-                    labels: HashMap::new(),
-                },
-                None,
-            ))
-            .await;
-        match prepared {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-            Err(s) => return Err(KubeletError::containerd("snapshot prepare")(s)),
-        }
         let container = api::Container {
             id: id.into(),
             labels,
@@ -584,7 +572,27 @@ impl Containerd {
             ))
             .await
             .map_err(KubeletError::containerd("container create"))?;
-        Ok(())
+        let prepared = self
+            .snapshots()
+            .prepare(self.req(
+                snap::PrepareSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: id.into(),
+                    parent: image.chain_id.clone(),
+                    labels: HashMap::new(),
+                },
+                None,
+            ))
+            .await;
+        match prepared {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(s) => {
+                // No half-made container: the record goes again.
+                let _ = self.delete_container(id).await;
+                Err(KubeletError::containerd("snapshot prepare")(s))
+            }
+        }
     }
 
     /// Creates and starts the container's task, its stdout and stderr appended to `log`.

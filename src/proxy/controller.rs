@@ -166,6 +166,8 @@ mod tests {
     use crate::proxy::model::fixtures::{service, slice, PortSpec};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+    /// Service port `http` → the pods' port named `web`; slices publish it under the
+    /// Service port's name.
     fn web_port() -> PortSpec<'static> {
         ("http", "TCP", 80, IntOrString::String("web".into()), None)
     }
@@ -188,7 +190,7 @@ mod tests {
                 "web",
                 "a",
                 &[("10.244.1.5", Some(true), None)],
-                &[("web", "TCP", 8080)],
+                &[("http", "TCP", 8080)],
             )],
             endpoints: Vec::new(),
         };
@@ -221,7 +223,7 @@ mod tests {
                     ("10.244.1.5", Some(true), None),
                     ("10.244.2.7", Some(true), None),
                 ],
-                &[("web", "TCP", 8080)],
+                &[("http", "TCP", 8080)],
             )],
             endpoints: Vec::new(),
         };
@@ -234,7 +236,7 @@ mod tests {
                 ("10.244.1.5", Some(true), None),
                 ("10.244.2.7", Some(false), None),
             ],
-            &[("web", "TCP", 8080)],
+            &[("http", "TCP", 8080)],
         )];
         let (_, report) = sync_once(&objects, &mut rules, &directory).expect("sync");
         assert!(report.applied);
