@@ -12,6 +12,10 @@
 //!
 //! Which apiserver: the VIP, except in a cluster with a single master, whose own address
 //! is used (nothing else would hold the VIP there).
+//!
+//! A master that also runs a kubelet (all-in-one, or a profile with both roles) registers
+//! with the `node-role.kubernetes.io/control-plane` label, and with its NoSchedule taint
+//! when dedicated workers exist ([`taint_masters`]).
 
 use std::net::Ipv4Addr;
 
@@ -58,7 +62,17 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
     let dns_listen = format!("{ip}:53");
     let mut kubelet_env = env();
     kubelet_env.push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
-    vec![
+    let mut registration: Vec<String> = Vec::new();
+    if node.has(Role::Master) {
+        registration.extend(["--node-labels".into(), format!("{CONTROL_PLANE}=")]);
+        if taint_masters(cluster) {
+            registration.extend([
+                "--register-with-taints".into(),
+                format!("{CONTROL_PLANE}=:NoSchedule"),
+            ]);
+        }
+    }
+    let mut services = vec![
         ServiceSpec {
             name: "containerd".into(),
             argv: args(&[
@@ -119,7 +133,21 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
             env: env(),
             console: false,
         },
-    ]
+    ];
+    services[1].argv.extend(registration);
+    services
+}
+
+/// The label (and taint key) of control-plane nodes.
+pub const CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+
+/// Masters that run a kubelet are tainted NoSchedule only when the cluster has machines
+/// that are workers and not masters: otherwise (all-in-one, stacked masters doubling as
+/// workers) the taint would leave no node for workloads.
+pub fn taint_masters(cluster: &Cluster) -> bool {
+    cluster
+        .nodes_with(Role::Worker)
+        .any(|n| !n.has(Role::Master))
 }
 
 #[cfg(test)]
@@ -160,6 +188,45 @@ mod tests {
         assert!(proxy.contains(&format!("--kubeconfig {KUBELET_DIR}/kubelet.conf")));
         assert!(proxy.contains("--node-ip 10.0.0.31"), "{proxy}");
         assert!(proxy.contains("--dns-listen 10.0.0.31:53"), "{proxy}");
+    }
+
+    #[test]
+    fn a_master_running_a_kubelet_is_labelled_and_tainted_only_when_workers_exist() {
+        let c = cluster(&["10.0.0.21"]);
+        let mut master = c.nodes_with(Role::Master).next().unwrap().clone();
+        master.roles.push(Role::Worker);
+        let argv = services(&c, &master, "abcdef.0123456789abcdef")[1]
+            .argv
+            .join(" ");
+        assert!(
+            argv.contains("--node-labels node-role.kubernetes.io/control-plane="),
+            "{argv}"
+        );
+        assert!(
+            argv.contains(
+                "--register-with-taints node-role.kubernetes.io/control-plane=:NoSchedule"
+            ),
+            "{argv}"
+        );
+        // All-in-one: the only node must stay schedulable.
+        let solo = validate(
+            file_from_options(&NewOptions::default()).unwrap(),
+            "/c".as_ref(),
+            None,
+        )
+        .unwrap();
+        let node = solo.nodes.first().unwrap();
+        let argv = services(&solo, node, "abcdef.0123456789abcdef")[1]
+            .argv
+            .join(" ");
+        assert!(argv.contains("--node-labels"), "{argv}");
+        assert!(!argv.contains("--register-with-taints"), "{argv}");
+        // A plain worker carries neither.
+        let w = c.nodes_with(Role::Worker).next().unwrap();
+        assert!(!services(&c, w, "t")[1]
+            .argv
+            .join(" ")
+            .contains("control-plane"));
     }
 
     #[test]
