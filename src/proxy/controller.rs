@@ -83,7 +83,10 @@ fn snapshot(services: &Store<Service>, slices: &Store<EndpointSlice>) -> Cluster
 
 /// Follows one resource with a reflector, waking `changed` on every event. Runs until the
 /// process ends; watch errors are retried with back-off by the watcher.
-fn follow<K>(api: Api<K>, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+pub(super) fn follow<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone

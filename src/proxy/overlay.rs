@@ -15,11 +15,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -69,20 +66,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let changed = Arc::new(Notify::new());
-    let (store, writer): (Store<Node>, _) = reflector::store();
-    let wake = changed.clone();
-    let follow = tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(nodes, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects();
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::warn!(error = %e, "node watch interrupted; re-listing");
-            }
-            wake.notify_one();
-        }
-    });
+    let (store, follow) = super::controller::follow(nodes, changed.clone());
     let _ = store.wait_until_ready().await;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
