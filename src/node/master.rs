@@ -14,30 +14,13 @@
 
 use crate::cluster::Cluster;
 
-use super::system::{HealthProbe, ServiceSpec};
+use super::etcd::PKI_DIR as PKI;
+use super::system::{HealthProbe, ServiceSpec, KIMG_BIN as KIMG};
 
 /// Where the apiserver writes the local components' kubeconfigs.
 pub const CONF_DIR: &str = "/run/kimg";
 /// The apiserver's port.
 pub const API_PORT: u16 = 6443;
-const KIMG: &str = "/usr/bin/kimg";
-const PKI: &str = "/etc/kimg/pki";
-
-fn service(name: &str, argv: Vec<String>) -> ServiceSpec {
-    ServiceSpec {
-        name: name.into(),
-        argv,
-        env: vec![
-            ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
-            ("KIMG_LOG".into(), "info".into()),
-        ],
-        console: false,
-    }
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// The three control-plane services of a master.
 pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
@@ -46,9 +29,9 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
     let cm_conf = format!("{CONF_DIR}/controller-manager.conf");
     let pod_cidr = cluster.pod_cidr.to_string();
     vec![
-        service(
+        ServiceSpec::new(
             "apiserver",
-            args(&[
+            &[
                 KIMG,
                 "apiserver",
                 "--config-dir",
@@ -57,15 +40,15 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
                 &listen,
                 "--kubeconfig-dir",
                 CONF_DIR,
-            ]),
+            ],
         ),
-        service(
+        ServiceSpec::new(
             "scheduler",
-            args(&[KIMG, "scheduler", "--kubeconfig", &scheduler_conf]),
+            &[KIMG, "scheduler", "--kubeconfig", &scheduler_conf],
         ),
-        service(
+        ServiceSpec::new(
             "controller-manager",
-            args(&[
+            &[
                 KIMG,
                 "controller-manager",
                 "--kubeconfig",
@@ -76,7 +59,7 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
                 &format!("{PKI}/ca.crt"),
                 "--cluster-signing-key-file",
                 &format!("{PKI}/ca.key"),
-            ]),
+            ],
         ),
     ]
 }

@@ -36,6 +36,25 @@ pub struct ServiceSpec {
     pub console: bool,
 }
 
+/// Where images carry kimg (a link to `/init`); role services run it under this name.
+pub const KIMG_BIN: &str = "/usr/bin/kimg";
+
+impl ServiceSpec {
+    /// A role service running `argv` with the image's PATH and `KIMG_LOG=info`, its output
+    /// line-prefixed on the console.
+    pub fn new(name: &str, argv: &[&str]) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            env: vec![
+                ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
+                ("KIMG_LOG".into(), "info".into()),
+            ],
+            console: false,
+        }
+    }
+}
+
 /// How a child process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {

@@ -21,26 +21,14 @@ use std::net::Ipv4Addr;
 
 use crate::cluster::{Cluster, Node, Role};
 
-use super::system::ServiceSpec;
+use super::system::{ServiceSpec, KIMG_BIN as KIMG};
 
-const KIMG: &str = "/usr/bin/kimg";
 /// The kubelet's state: client certificate, key and `kubelet.conf`.
 pub const KUBELET_DIR: &str = "/var/lib/kimg/kubelet";
 /// Where images carry OCI archives for the kubelet to import.
 pub const OCI_DIR: &str = "/usr/share/kimg/oci";
 /// Where the bootstrap token is baked.
 pub const TOKEN_FILE: &str = "/etc/kimg/token";
-
-fn env() -> Vec<(String, String)> {
-    vec![
-        ("PATH".into(), "/usr/bin:/bin:/usr/sbin:/sbin".into()),
-        ("KIMG_LOG".into(), "info".into()),
-    ]
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// The address workers reach the apiserver on.
 pub fn api_address(cluster: &Cluster) -> Ipv4Addr {
@@ -60,22 +48,47 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
     // The node address, not 0.0.0.0: a UDP answer must come from the address the pod
     // asked, which a wildcard socket does not guarantee on a machine with a pod bridge.
     let dns_listen = format!("{ip}:53");
-    let mut kubelet_env = env();
-    kubelet_env.push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
-    let mut registration: Vec<String> = Vec::new();
+    let mut kubelet = ServiceSpec::new(
+        "kubelet",
+        &[
+            KIMG,
+            "kubelet",
+            "--server",
+            &server,
+            "--ca-file",
+            "/etc/kimg/pki/ca.crt",
+            "--state-dir",
+            KUBELET_DIR,
+            "--node-name",
+            &node.name,
+            "--node-ip",
+            &ip,
+            "--cluster-dns",
+            &ip,
+            "--cluster-domain",
+            &cluster.dns_domain,
+            "--oci-archive-dir",
+            OCI_DIR,
+        ],
+    );
+    kubelet
+        .env
+        .push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
     if node.has(Role::Master) {
-        registration.extend(["--node-labels".into(), format!("{CONTROL_PLANE}=")]);
+        kubelet
+            .argv
+            .extend(["--node-labels".into(), format!("{CONTROL_PLANE}=")]);
         if taint_masters(cluster) {
-            registration.extend([
+            kubelet.argv.extend([
                 "--register-with-taints".into(),
                 format!("{CONTROL_PLANE}=:NoSchedule"),
             ]);
         }
     }
-    let mut services = vec![
-        ServiceSpec {
-            name: "containerd".into(),
-            argv: args(&[
+    vec![
+        ServiceSpec::new(
+            "containerd",
+            &[
                 "/usr/bin/containerd",
                 "--root",
                 "/var/lib/kimg/containerd",
@@ -83,38 +96,12 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
                 "/run/containerd",
                 "--address",
                 "/run/containerd/containerd.sock",
-            ]),
-            env: env(),
-            console: false,
-        },
-        ServiceSpec {
-            name: "kubelet".into(),
-            argv: args(&[
-                KIMG,
-                "kubelet",
-                "--server",
-                &server,
-                "--ca-file",
-                "/etc/kimg/pki/ca.crt",
-                "--state-dir",
-                KUBELET_DIR,
-                "--node-name",
-                &node.name,
-                "--node-ip",
-                &ip,
-                "--cluster-dns",
-                &ip,
-                "--cluster-domain",
-                &cluster.dns_domain,
-                "--oci-archive-dir",
-                OCI_DIR,
-            ]),
-            env: kubelet_env,
-            console: false,
-        },
-        ServiceSpec {
-            name: "proxy".into(),
-            argv: args(&[
+            ],
+        ),
+        kubelet,
+        ServiceSpec::new(
+            "proxy",
+            &[
                 KIMG,
                 "proxy",
                 "--kubeconfig",
@@ -129,13 +116,9 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
                 &node.name,
                 "--node-ip",
                 &ip,
-            ]),
-            env: env(),
-            console: false,
-        },
-    ];
-    services[1].argv.extend(registration);
-    services
+            ],
+        ),
+    ]
 }
 
 /// The label (and taint key) of control-plane nodes.
