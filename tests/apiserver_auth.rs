@@ -7,12 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::{Child, Command, Output};
 
 use common::kimg_ok;
 
@@ -59,31 +55,14 @@ groups = ["system:bootstrappers:kubeadm:default-node-token"]
 "#,
         )
         .expect("write tokens");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kimg"))
-            .args(["up", dir.to_str().expect("utf-8"), "--listen", &listen])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kimg up");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kimg up prints the kubeconfig path");
+        let listen = format!("127.0.0.1:{}", common::free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+        cmd.args(["up", dir.to_str().expect("utf-8"), "--listen", &listen]);
+        let (child, kubeconfig) = common::start_up(cmd);
         Up {
             child,
             tmp,
-            kubeconfig: PathBuf::from(line.trim()),
+            kubeconfig,
             dir,
             url: format!("https://{listen}"),
         }

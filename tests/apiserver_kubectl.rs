@@ -6,13 +6,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::kimg_ok;
+use common::{free_port, kimg_ok};
 use serde_json::Value;
 
 /// A running `kimg up` on a free loopback port.
@@ -31,13 +30,6 @@ impl Drop for Up {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Up {
     fn start(store: &str) -> Up {
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -51,32 +43,17 @@ impl Up {
 
     /// `kimg up` for the cluster `dir` (already made) over `store`.
     fn start_in(tmp: tempfile::TempDir, dir: PathBuf, store: &str) -> Up {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kimg"))
-            .args([
-                "up",
-                dir.to_str().expect("utf-8"),
-                "--listen",
-                &listen,
-                "--store",
-                store,
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kimg up");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kimg up prints the kubeconfig path");
-        let kubeconfig = PathBuf::from(line.trim());
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+        cmd.args([
+            "up",
+            dir.to_str().expect("utf-8"),
+            "--listen",
+            &listen,
+            "--store",
+            store,
+        ]);
+        let (child, kubeconfig) = common::start_up(cmd);
         assert_eq!(kubeconfig, dir.join("admin.conf"));
         Up {
             child,

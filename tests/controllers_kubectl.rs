@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::kimg_ok;
+use base64::Engine;
+use common::{free_port, kimg_ok, wait_for};
 use serde_json::Value;
 
 /// `kimg up` plus the `kimg sim nodes` fleets and extra processes started for a test.
@@ -34,13 +32,6 @@ impl Drop for Env {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn kimg(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kimg"))
         .args(args)
@@ -48,21 +39,6 @@ fn kimg(args: &[&str]) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn kimg")
-}
-
-/// Polls `f` every 250 ms until it returns `Some`, or panics after `secs` with `what`.
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
 }
 
 impl Env {
@@ -83,28 +59,15 @@ impl Env {
             store,
         ];
         args.extend_from_slice(extra);
-        let mut up = Command::new(env!("CARGO_BIN_EXE_kimg"))
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kimg up");
-        let stdout = up.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("kimg up prints the kubeconfig path");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+        cmd.args(&args);
+        let (up, kubeconfig) = common::start_up(cmd);
         Env {
             up,
             others: Vec::new(),
             _tmp: tmp,
             dir,
-            kubeconfig: PathBuf::from(line.trim()),
+            kubeconfig,
         }
     }
 
@@ -610,26 +573,7 @@ fn a_bootstrap_token_csr_is_approved_and_signed_by_the_cluster_ca_checked_with_o
         field("secret").expect("token secret")
     );
     let (key, req) = (env.dir.join("w1.key"), env.dir.join("w1.csr"));
-    common::tool_ok(
-        "openssl",
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            key.to_str().expect("utf-8"),
-            "-out",
-            req.to_str().expect("utf-8"),
-            "-subj",
-            "/O=system:nodes/CN=system:node:w1",
-        ],
-    );
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&req).expect("csr"));
+    let b64 = new_csr(&key, &req, "/O=system:nodes/CN=system:node:w1");
     let manifest = env.dir.join("csr.yaml");
     std::fs::write(
         &manifest,
@@ -724,25 +668,7 @@ fn a_bootstrap_token_csr_is_approved_and_signed_by_the_cluster_ca_checked_with_o
     // nothing approves it on its own, `kubectl certificate approve` does, the signer signs,
     // and the certificate authenticates jane (who may do nothing yet: 403, not 401).
     let (jkey, jreq) = (env.dir.join("jane.key"), env.dir.join("jane.csr"));
-    common::tool_ok(
-        "openssl",
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            jkey.to_str().expect("utf-8"),
-            "-out",
-            jreq.to_str().expect("utf-8"),
-            "-subj",
-            "/O=dev/CN=jane",
-        ],
-    );
-    let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&jreq).expect("csr"));
+    let b64 = new_csr(&jkey, &jreq, "/O=dev/CN=jane");
     env.apply(&format!(
         "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\n\
          metadata: {{name: jane}}\nspec:\n  request: {b64}\n  \
@@ -796,6 +722,29 @@ fn a_bootstrap_token_csr_is_approved_and_signed_by_the_cluster_ca_checked_with_o
         !out.status.success() && err.contains("User \"jane\" cannot list resource \"pods\""),
         "{err}"
     );
+}
+
+/// An EC P-256 key at `key` and a CSR for `subject` at `req` (openssl); the CSR base64.
+fn new_csr(key: &std::path::Path, req: &std::path::Path, subject: &str) -> String {
+    common::tool_ok(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key.to_str().expect("utf-8"),
+            "-out",
+            req.to_str().expect("utf-8"),
+            "-subj",
+            subject,
+        ],
+    );
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(req).expect("csr"))
 }
 
 fn v_csr(env: &Env, name: &str) -> Value {

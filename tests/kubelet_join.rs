@@ -13,35 +13,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{free_port, wait_for};
 use kimg::kubelet::private_containerd::PrivateContainerd;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Everything the test started; stopped and cleaned on drop.
 struct Env {
@@ -220,31 +199,16 @@ fn up(tmp: &Path) -> (Child, PathBuf) {
     let dir = tmp.join("dev");
     common::kimg_ok(tmp, &["cluster", "new", dir.to_str().expect("utf-8")]);
     let listen = format!("127.0.0.1:{}", free_port());
-    let mut up = Command::new(env!("CARGO_BIN_EXE_kimg"))
-        .args([
-            "up",
-            dir.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
-            "--store",
-            "memory",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn kimg up");
-    let stdout = up.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let kubeconfig = PathBuf::from(
-        rx.recv_timeout(Duration::from_secs(60))
-            .expect("kimg up prints the kubeconfig")
-            .trim(),
-    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+    cmd.args([
+        "up",
+        dir.to_str().expect("utf-8"),
+        "--listen",
+        &listen,
+        "--store",
+        "memory",
+    ]);
+    let (up, kubeconfig) = common::start_up(cmd);
     (up, kubeconfig)
 }
 

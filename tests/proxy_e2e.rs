@@ -8,8 +8,9 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{free_port, wait_for};
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use kimg::proxy::netns::Netns;
@@ -90,17 +91,6 @@ fn fetch(addr: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
-fn until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The A records DNS at `server` gives for `name`.
 fn resolve_a(server: SocketAddr, name: &str) -> Vec<String> {
     let mut msg = Message::new();
@@ -131,13 +121,6 @@ fn resolve_a(server: SocketAddr, name: &str) -> Vec<String> {
     ips
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
 #[test]
 fn services_and_dns_follow_the_api_inside_a_netns_needs_root_nft_and_kubectl() {
     let ns = Netns::create("proxye2e").expect("netns (needs root)");
@@ -155,20 +138,12 @@ fn services_and_dns_follow_the_api_inside_a_netns_needs_root_nft_and_kubectl() {
     common::kimg_ok(tmp.path(), &["cluster", "new", &dir_s]);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut children = Children(Vec::new());
-    let mut up = in_ns(&ns, env!("CARGO_BIN_EXE_kimg"))
-        .args(["up", &dir_s, "--listen", &listen])
-        .args(["--no-scheduler", "--no-controller-manager"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kimg up");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(up.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("kimg up prints the kubeconfig path");
+    let mut cmd = in_ns(&ns, env!("CARGO_BIN_EXE_kimg"));
+    cmd.args(["up", &dir_s, "--listen", &listen])
+        .args(["--no-scheduler", "--no-controller-manager"]);
+    let (up, kubeconfig) = common::start_up(cmd);
     children.0.push(up);
-    let kc = line.trim().to_string();
+    let kc = kubeconfig.to_str().expect("utf-8").to_string();
 
     let dns_port = free_port();
     let dns: SocketAddr = format!("127.0.0.1:{dns_port}").parse().expect("addr");
@@ -213,7 +188,7 @@ fn services_and_dns_follow_the_api_inside_a_netns_needs_root_nft_and_kubectl() {
                 serve_name("10.244.2.7:8080", "two");
 
                 // The ClusterIP load-balances over both ready endpoints.
-                until(30, "the ClusterIP to answer", || fetch("10.96.0.50:80").ok());
+                wait_for(30, "the ClusterIP to answer", || fetch("10.96.0.50:80").ok());
                 let answers: Vec<String> = (0..30)
                     .map(|_| fetch("10.96.0.50:80").unwrap_or_else(|e| format!("error: {e}")))
                     .collect();
@@ -242,7 +217,7 @@ fn services_and_dns_follow_the_api_inside_a_netns_needs_root_nft_and_kubectl() {
                         r#"[{"op":"replace","path":"/endpoints/1/conditions/ready","value":false}]"#,
                     ],
                 );
-                until(30, "the unready endpoint to leave", || {
+                wait_for(30, "the unready endpoint to leave", || {
                     let a: Vec<String> = (0..10)
                         .map(|_| fetch("10.96.0.50:80").unwrap_or_default())
                         .collect();
@@ -261,20 +236,20 @@ fn services_and_dns_follow_the_api_inside_a_netns_needs_root_nft_and_kubectl() {
                      - addresses: [10.244.2.7]\n  conditions: {ready: true}\n",
                 );
                 assert_eq!(
-                    until(30, "the new Service to answer", || fetch("10.96.0.60:81").ok()),
+                    wait_for(30, "the new Service to answer", || fetch("10.96.0.60:81").ok()),
                     "two"
                 );
-                until(10, "the new Service in DNS", || {
+                wait_for(10, "the new Service in DNS", || {
                     (resolve_a(dns, "late.default.svc.cluster.local.") == vec!["10.96.0.60"])
                         .then_some(())
                 });
 
                 // Deleting the Service removes its rules: nothing answers on the ClusterIP.
                 kubectl(&ns, &kc, &["delete", "service", "web"]);
-                until(30, "the deleted Service to stop answering", || {
+                wait_for(30, "the deleted Service to stop answering", || {
                     fetch("10.96.0.50:80").is_err().then_some(())
                 });
-                until(10, "the deleted Service to leave DNS", || {
+                wait_for(10, "the deleted Service to leave DNS", || {
                     resolve_a(dns, "web.default.svc.cluster.local.")
                         .is_empty()
                         .then_some(())

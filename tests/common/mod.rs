@@ -52,3 +52,50 @@ pub const SEEDS_TOPOLOGY: &[&str] = &[
     "--workers",
     "192.168.202.165,192.168.202.166,192.168.202.167",
 ];
+
+/// A free TCP port on 127.0.0.1 (bound once and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `secs` naming `what`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Spawns `cmd` (a `kimg up …` command line, perhaps wrapped) with stdout piped and
+/// returns the process and the admin kubeconfig path it prints once it serves.
+pub fn start_up(mut cmd: Command) -> (std::process::Child, std::path::PathBuf) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kimg up");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("kimg up prints the kubeconfig path");
+    (child, std::path::PathBuf::from(line.trim()))
+}
