@@ -12,6 +12,7 @@ mod scheduler;
 mod sim;
 mod token;
 mod up;
+mod vip;
 
 use std::path::PathBuf;
 
@@ -94,6 +95,10 @@ pub enum Command {
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
     /// election.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Hold the API virtual IP on this master while its apiserver is healthy and it wins
+    /// the Lease kube-system/kimg-vip (gratuitous ARP; fenced so there is never a second
+    /// holder).
+    Vip(vip::VipArgs),
     /// Program this node's nftables for Services (ClusterIP, NodePort) and serve cluster
     /// DNS (kube-proxy + CoreDNS).
     Proxy(proxy::ProxyArgs),
@@ -163,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kubelet(args) => kubelet::run(args),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Proxy(args) => proxy::run(args),
+        Command::Vip(args) => vip::run(args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

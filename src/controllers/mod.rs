@@ -174,14 +174,20 @@ pub fn controller_of<K: Resource>(obj: &K) -> Option<(&str, &str, &str)> {
         .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
 }
 
+/// How long a connection may stay silent before a client gives up on it. Watches carry a
+/// bookmark every 10 s, so only a dead peer is that quiet — say an apiserver whose VIP
+/// moved to another master after a crash: the client reconnects and the watch resumes.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Builds a client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     use anyhow::Context;
     let kc = Kubeconfig::read_from(path)
         .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .context("invalid kubeconfig")?;
+    cfg.read_timeout = Some(READ_TIMEOUT);
     Client::try_from(cfg).context("cannot build an API client")
 }
 

@@ -226,7 +226,7 @@ impl<S: System> Init<S> {
         }
         if node.has(Role::Master) {
             let _ = self.sys.mkdir_all(Path::new(master::CONF_DIR));
-            services.extend(master::services(&cluster));
+            services.extend(master::services(&cluster, &node));
             // A stacked machine is ready once its apiserver is (which needs etcd quorum).
             health = Some(master::health_probe());
         }

@@ -8,11 +8,11 @@
 //! they exit and the supervisor restarts them with back-off. Both run under Lease-based
 //! leader election, so every master runs all three. The controller-manager signs kubelet
 //! CSRs with the cluster CA of the image and hands out node pod CIDRs from `pod-cidr`.
-//!
-//! Limits: no `kimg vip` yet (the VIP is not held by anyone; workers reach a master
-//! directly only when the VIP is one of its addresses).
+//! `kimg vip` runs on every master too: it holds the cluster's `api-vip` on the interface
+//! carrying the node address while this master's apiserver is healthy and it wins the
+//! Lease (see [`super::vip`]); workers of a multi-master cluster reach the API through it.
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Node};
 
 use super::etcd::PKI_DIR as PKI;
 use super::system::{HealthProbe, ServiceSpec, KIMG_BIN as KIMG};
@@ -22,8 +22,9 @@ pub const CONF_DIR: &str = "/run/kimg";
 /// The apiserver's port.
 pub const API_PORT: u16 = 6443;
 
-/// The three control-plane services of a master.
-pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
+/// The control-plane services of master `node`: apiserver, scheduler,
+/// controller-manager and the VIP manager.
+pub fn services(cluster: &Cluster, node: &Node) -> Vec<ServiceSpec> {
     let listen = format!("0.0.0.0:{API_PORT}");
     let scheduler_conf = format!("{CONF_DIR}/scheduler.conf");
     let cm_conf = format!("{CONF_DIR}/controller-manager.conf");
@@ -61,6 +62,21 @@ pub fn services(cluster: &Cluster) -> Vec<ServiceSpec> {
                 &format!("{PKI}/ca.key"),
             ],
         ),
+        ServiceSpec::new(
+            "vip",
+            &[
+                KIMG,
+                "vip",
+                "--vip",
+                &cluster.api_vip.to_string(),
+                "--node-ip",
+                &node.ip.to_string(),
+                "--identity",
+                &node.name,
+                "--kubeconfig",
+                &format!("{CONF_DIR}/admin.conf"),
+            ],
+        ),
     ]
 }
 
@@ -89,9 +105,18 @@ mod tests {
             ..NewOptions::default()
         };
         let c = validate(file_from_options(&opts).unwrap(), "/c".as_ref(), None).unwrap();
-        let s = services(&c);
+        let node = c.nodes_with(crate::cluster::Role::Master).next().unwrap();
+        let s = services(&c, node);
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["apiserver", "scheduler", "controller-manager"]);
+        assert_eq!(
+            names,
+            ["apiserver", "scheduler", "controller-manager", "vip"]
+        );
+        let vip = s[3].argv.join(" ");
+        assert!(
+            vip.contains("vip --vip 10.0.0.100 --node-ip 10.0.0.21 --identity "),
+            "{vip}"
+        );
         let cm = s[2].argv.join(" ");
         assert!(cm.contains("--cluster-cidr 10.244.0.0/16"), "{cm}");
         assert!(

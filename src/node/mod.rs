@@ -7,7 +7,7 @@
 //! - [`identity`], [`cmdline`]: who this machine is; [`network`], [`netlink`], [`mounts`],
 //!   [`modules`]: what it sets up; [`etcd`]: the etcd role's command line and health probe;
 //!   [`master`]: the control-plane services of the master role; [`worker`]: containerd,
-//!   kubelet and proxy of the worker role.
+//!   kubelet and proxy of the worker role; [`vip`]: `kimg vip`, the API virtual IP.
 //! - [`image_config`]: `/etc/kimg/image.toml`, written by the builder.
 //! - [`events`]: the `kimg: <event> key=value` console lines the tests read.
 
@@ -26,6 +26,7 @@ pub mod network;
 pub mod recording;
 pub mod supervisor;
 pub mod system;
+pub mod vip;
 pub mod worker;
 
 pub use image_config::{ImageConfig, IMAGE_CONFIG_PATH};

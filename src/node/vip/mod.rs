@@ -1,0 +1,273 @@
+//! `kimg vip`: the API virtual IP, held by exactly one master whose apiserver is healthy
+//! (ARCHITECTURE §6).
+//!
+//! How: every master runs `kimg vip` next to its apiserver. Each one talks only to the
+//! apiserver on its own machine (`/run/kimg/admin.conf`, 127.0.0.1:6443) and competes
+//! for the Lease `kube-system/kimg-vip`, whose writes go through that apiserver to etcd
+//! with optimistic concurrency. Every `retry_period` (250 ms) a candidate checks its local
+//! `/readyz`, reads the Lease and — per [`elector::Elector`] — creates it, renews it (the
+//! holder), claims it when released, or takes it over once it has seen the *same*
+//! `resourceVersion` for `lease_duration` (2 s). The winner adds the VIP as a /32 to the
+//! interface carrying its node address and broadcasts gratuitous ARP (an announcement and
+//! an unsolicited reply) so neighbours' caches move to its MAC at once. A holder whose
+//! apiserver turns unhealthy, and every holder on SIGTERM, first removes the address and
+//! only then releases the Lease (empty holder), so a successor claims it within one retry
+//! period without waiting for expiry.
+//!
+//! Fencing (why two holders never exist): let `s` be the moment the holder *started* its
+//! last successful renewal. That write is stored no earlier than `s`, so any candidate
+//! that reads it does so at some `o ≥ s` on its own clock, and may take over no earlier
+//! than `o + lease_duration ≥ s + lease_duration`. The holder drops the address at
+//! `s + renew_deadline` (1.5 s) at the latest — the loop never waits past that deadline,
+//! and every request is cut off by it — so it is gone at least `lease_duration −
+//! renew_deadline` (0.5 s) before any takeover write can even be sent. Only elapsed times
+//! on each machine's monotonic clock are compared, never two clocks; the margin absorbs
+//! clock-rate differences and scheduling delay of the holder's timer. A takeover write
+//! carries the version it saw, so if the holder renewed meanwhile it fails with a
+//! conflict. A holder cut off from the network (the partition case) cannot renew — its
+//! apiserver cannot reach an etcd quorum — and so drops the VIP by its deadline, before the
+//! others may take it. The address also carries a kernel lifetime (`valid_lft`, whole
+//! seconds, refreshed on each renewal) so that even a hung or SIGKILLed `kimg vip` does not
+//! leave the VIP behind for long; on start `kimg vip` removes a VIP left on its interface.
+//!
+//! Failover after a holder crash takes about `lease_duration + retry_period` plus the
+//! takeover write: ~2.3 s with the defaults.
+//!
+//! Limits: the kernel lifetime is a backstop, not the fence — the kernel rounds it up to
+//! the next whole second, so a frozen (not crashed) holder process is only fenced by its
+//! machine's kernel up to ~1 s after the Lease may have been taken over. IPv4 only.
+
+pub mod elector;
+pub mod link;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::Client;
+
+pub use elector::{Elector, LeaseView, Step, Timing};
+pub use link::Link;
+
+/// The Lease the masters compete for.
+pub const LEASE_NAME: &str = "kimg-vip";
+/// Its namespace.
+pub const LEASE_NAMESPACE: &str = "kube-system";
+
+/// What `kimg vip` needs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub vip: Ipv4Addr,
+    pub link: Link,
+    /// The holder name in the Lease (the node name).
+    pub identity: String,
+    pub timing: Timing,
+}
+
+/// The outcome of one round.
+#[derive(Debug)]
+enum Round {
+    /// A write naming us succeeded.
+    Won,
+    /// Someone else holds it (or won the race).
+    Lost,
+    /// The local apiserver is not ready.
+    Unhealthy(String),
+    /// A request failed.
+    Failed(String),
+}
+
+fn view(lease: &Lease) -> LeaseView {
+    let spec = lease.spec.clone().unwrap_or_default();
+    LeaseView {
+        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
+        holder: spec.holder_identity.unwrap_or_default(),
+        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
+    }
+}
+
+fn stamp(spec: &mut LeaseSpec, me: &str, timing: &Timing, takeover: bool) {
+    let now = MicroTime(Utc::now());
+    if takeover {
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.holder_identity = Some(me.into());
+    spec.lease_duration_seconds = Some(timing.lease_duration.as_secs_f64().ceil().max(1.0) as i32);
+    spec.renew_time = Some(now);
+}
+
+async fn ready(client: &Client) -> Result<(), String> {
+    let req = hyper::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    client
+        .request_text(req)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+async fn round(client: &Client, api: &Api<Lease>, e: &mut Elector, timing: &Timing) -> Round {
+    if let Err(why) = ready(client).await {
+        return Round::Unhealthy(why);
+    }
+    let started = Instant::now();
+    let current = match api.get_opt(LEASE_NAME).await {
+        Ok(l) => l,
+        Err(err) => return Round::Failed(format!("read the lease: {err}")),
+    };
+    let me = e.identity().to_string();
+    let step = e.decide(current.as_ref().map(view).as_ref(), Instant::now());
+    let written = match (step, current) {
+        (Step::Wait, _) => return Round::Lost,
+        (Step::Create, _) => {
+            let mut spec = LeaseSpec::default();
+            stamp(&mut spec, &me, timing, true);
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(LEASE_NAME.into()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    ..Default::default()
+                },
+                spec: Some(spec),
+            };
+            api.create(&PostParams::default(), &lease).await
+        }
+        (Step::Write, Some(mut lease)) => {
+            let mut spec = lease.spec.take().unwrap_or_default();
+            let takeover = spec.holder_identity.as_deref() != Some(me.as_str());
+            stamp(&mut spec, &me, timing, takeover);
+            lease.spec = Some(spec);
+            api.replace(LEASE_NAME, &PostParams::default(), &lease)
+                .await
+        }
+        (Step::Write, None) => return Round::Failed("the lease vanished".into()),
+    };
+    match written {
+        Ok(_) => {
+            e.won(started);
+            Round::Won
+        }
+        Err(kube::Error::Api(r)) if r.code == 409 => Round::Lost,
+        Err(err) => Round::Failed(format!("write the lease: {err}")),
+    }
+}
+
+/// Gives the Lease up if it still names us (best effort, bounded by `within`).
+async fn release_lease(api: &Api<Lease>, me: &str, within: Duration) {
+    let attempt = async {
+        let mut lease = api.get_opt(LEASE_NAME).await.ok()??;
+        let spec = lease.spec.as_mut()?;
+        if spec.holder_identity.as_deref() != Some(me) {
+            return None;
+        }
+        spec.holder_identity = Some(String::new());
+        api.replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+            .ok()
+    };
+    if tokio::time::timeout(within, attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        tracing::info!("released the lease");
+    }
+}
+
+/// Holds the VIP on `opts.link` whenever this machine wins the election, until `stop`
+/// resolves; then drops it and releases the Lease.
+pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<Output = ()>) {
+    let Options {
+        vip,
+        link,
+        identity,
+        timing,
+    } = opts;
+    let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let mut e = Elector::new(&identity, timing);
+    let lifetime = timing.lease_duration.as_secs_f64().ceil().max(1.0) as u32;
+    let mut holding = false;
+    let drop_vip = |why: &str, holding: &mut bool| {
+        if let Err(err) = link.release(vip) {
+            tracing::error!(%vip, error = %err, "cannot remove the VIP");
+        }
+        if std::mem::take(holding) {
+            tracing::info!(%vip, iface = %link.name, reason = why, "released the VIP");
+            println!("kimg: vip-released vip={vip} node={identity} reason={why}");
+        }
+    };
+    // A VIP left behind by an earlier run of this process is not ours until we win.
+    drop_vip("start", &mut holding);
+    tokio::pin!(stop);
+    loop {
+        let begun = Instant::now();
+        // A holder's round may never run past its drop deadline.
+        let budget = match e.drop_deadline() {
+            Some(d) if holding => d.saturating_duration_since(begun),
+            _ => timing.renew_deadline,
+        };
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(budget, round(&client, &api, &mut e, &timing)) => {
+                r.unwrap_or_else(|_| Round::Failed("timed out".into()))
+            }
+            () = &mut stop => break,
+        };
+        match outcome {
+            Round::Won => {
+                let fresh = !holding;
+                match link.hold(vip, lifetime) {
+                    Ok(()) => holding = true,
+                    Err(err) => tracing::error!(%vip, error = %err, "cannot add the VIP"),
+                }
+                if fresh && holding {
+                    if let Err(err) = link.announce(vip) {
+                        tracing::warn!(%vip, error = %err, "gratuitous ARP failed");
+                    }
+                    tracing::info!(%vip, iface = %link.name, "holding the VIP");
+                    println!("kimg: vip-acquired vip={vip} node={identity}");
+                }
+            }
+            Round::Lost if holding => {
+                e.stepped_down();
+                drop_vip("lost", &mut holding);
+            }
+            Round::Lost => {}
+            Round::Unhealthy(why) => {
+                if holding {
+                    tracing::warn!(error = %why, "the local apiserver is not ready");
+                    e.stepped_down();
+                    drop_vip("unhealthy", &mut holding);
+                    release_lease(&api, &identity, timing.retry_period).await;
+                }
+            }
+            Round::Failed(why) => tracing::debug!(error = %why, "round failed"),
+        }
+        if holding && !e.may_hold(Instant::now()) {
+            e.stepped_down();
+            drop_vip("renew-deadline", &mut holding);
+        }
+        let mut wake = begun + timing.retry_period;
+        if let (true, Some(d)) = (holding, e.drop_deadline()) {
+            wake = wake.min(d);
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(wake.into()) => {}
+            () = &mut stop => break,
+        }
+        if holding && !e.may_hold(Instant::now()) {
+            e.stepped_down();
+            drop_vip("renew-deadline", &mut holding);
+        }
+    }
+    let was = holding;
+    drop_vip("shutdown", &mut holding);
+    if was {
+        release_lease(&api, &identity, timing.renew_deadline).await;
+    }
+}
