@@ -16,7 +16,8 @@ use crate::build::{self, inspect, BuildOptions};
 /// inputs always give byte-identical outputs (timestamps: SOURCE_DATE_EPOCH).
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// etcd, master, worker, all-in-one, or a path to a profile .toml.
+    /// etcd, master, worker, stacked (etcd + master), all-in-one, or a path to a profile
+    /// .toml.
     #[arg(long, short)]
     profile: String,
     /// Cluster directory (from `kimg cluster new`). Default: ./cluster, created as a

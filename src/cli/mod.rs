@@ -41,7 +41,7 @@ pub enum Command {
     /// Create and inspect cluster definitions: cluster.toml, PKI, CA pin.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
-    /// Bake a bootable image for a profile (etcd, master, worker, all-in-one).
+    /// Bake a bootable image for a profile (etcd, master, worker, stacked, all-in-one).
     Build(build::BuildArgs),
     /// List or read the files inside an initrd.img or disk.raw, without root.
     Inspect(build::InspectArgs),

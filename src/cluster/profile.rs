@@ -36,6 +36,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("all-in-one", include_str!("../../profiles/all-in-one.toml")),
     ("etcd", include_str!("../../profiles/etcd.toml")),
     ("master", include_str!("../../profiles/master.toml")),
+    ("stacked", include_str!("../../profiles/stacked.toml")),
     ("worker", include_str!("../../profiles/worker.toml")),
 ];
 

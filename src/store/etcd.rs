@@ -56,7 +56,7 @@ impl EtcdStore {
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
         if let Some(tls) = &config.tls {
             let identity = Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
             let tls = TlsOptions::new()
