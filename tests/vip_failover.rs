@@ -202,6 +202,10 @@ fn one_master_holds_the_vip_hands_it_over_and_never_shares_it_needs_root() {
     b.start(&kc, tmp.path());
     let (h, _) = wait_for(30, "one holder of the VIP", || holder(&a, &b));
     let first = h.name;
+    // Held for longer than the address lifetime: renewals keep refreshing it.
+    std::thread::sleep(Duration::from_secs(5));
+    let (h, _) = holder(&a, &b).expect("the holder keeps the VIP past the address lifetime");
+    assert_eq!(h.name, first, "a healthy holder keeps the VIP");
     let first_mac = h.mac();
     let seen = wait_for(10, "the VIP answering", || vip_mac_seen_by(&hub));
     assert_eq!(seen, first_mac, "the neighbour reaches the holder");

@@ -30,6 +30,9 @@
 //! seconds, refreshed on each renewal) so that even a hung or SIGKILLed `kimg vip` does not
 //! leave the VIP behind for long; on start `kimg vip` removes a VIP left on its interface.
 //!
+//! `kimg vip` asks for real-time scheduling (SCHED_RR, as keepalived does) so that a
+//! machine busy booting or compiling cannot starve the renewals and the fencing timer.
+//!
 //! Failover after a holder crash takes about `lease_duration + retry_period` plus the
 //! takeover write: ~2.3 s with the defaults.
 //!
@@ -246,6 +249,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
                     release_lease(&api, &identity, timing.retry_period).await;
                 }
             }
+            Round::Failed(why) if holding => tracing::warn!(error = %why, "renewal failed"),
             Round::Failed(why) => tracing::debug!(error = %why, "round failed"),
         }
         if holding && !e.may_hold(Instant::now()) {
