@@ -114,7 +114,50 @@ async fn ready(client: &Client) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn round(client: &Client, api: &Api<Lease>, e: &mut Elector, timing: &Timing) -> Round {
+/// A holder's renewal: one write over the Lease it wrote last, with the readiness check
+/// alongside (a loaded machine's etcd round trip is the budget, so nothing runs in series).
+async fn renew(
+    client: &Client,
+    api: &Api<Lease>,
+    e: &mut Elector,
+    timing: &Timing,
+    last: &mut Option<Lease>,
+    mut lease: Lease,
+) -> Round {
+    let started = Instant::now();
+    let mut spec = lease.spec.take().unwrap_or_default();
+    stamp(&mut spec, e.identity(), timing, false);
+    lease.spec = Some(spec);
+    let pp = PostParams::default();
+    let (health, written) = tokio::join!(ready(client), api.replace(LEASE_NAME, &pp, &lease));
+    if let Err(why) = health {
+        return Round::Unhealthy(why);
+    }
+    match written {
+        Ok(l) => {
+            *last = Some(l);
+            e.won(started);
+            Round::Won
+        }
+        // Someone else wrote it: read it again next round.
+        Err(kube::Error::Api(r)) if r.code == 409 => Round::Failed("renewal conflict".into()),
+        Err(err) => {
+            *last = Some(lease);
+            Round::Failed(format!("renew the lease: {err}"))
+        }
+    }
+}
+
+async fn round(
+    client: &Client,
+    api: &Api<Lease>,
+    e: &mut Elector,
+    timing: &Timing,
+    last: &mut Option<Lease>,
+) -> Round {
+    if let Some(lease) = last.take() {
+        return renew(client, api, e, timing, last, lease).await;
+    }
     if let Err(why) = ready(client).await {
         return Round::Unhealthy(why);
     }
@@ -151,7 +194,8 @@ async fn round(client: &Client, api: &Api<Lease>, e: &mut Elector, timing: &Timi
         (Step::Write, None) => return Round::Failed("the lease vanished".into()),
     };
     match written {
-        Ok(_) => {
+        Ok(l) => {
+            *last = Some(l);
             e.won(started);
             Round::Won
         }
@@ -196,6 +240,8 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
     let mut e = Elector::new(&identity, timing);
     let lifetime = timing.lease_duration.as_secs_f64().ceil().max(1.0) as u32;
     let mut holding = false;
+    // What our last successful write returned; a holder renews over it without a read.
+    let mut last: Option<Lease> = None;
     let drop_vip = |why: &str, holding: &mut bool| {
         if let Err(err) = link.release(vip) {
             tracing::error!(%vip, error = %err, "cannot remove the VIP");
@@ -216,7 +262,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             _ => timing.renew_deadline,
         };
         let outcome = tokio::select! {
-            r = tokio::time::timeout(budget, round(&client, &api, &mut e, &timing)) => {
+            r = tokio::time::timeout(budget, round(&client, &api, &mut e, &timing, &mut last)) => {
                 r.unwrap_or_else(|_| Round::Failed("timed out".into()))
             }
             () = &mut stop => break,
@@ -237,11 +283,13 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
                 }
             }
             Round::Lost if holding => {
+                last = None;
                 e.stepped_down();
                 drop_vip("lost", &mut holding);
             }
             Round::Lost => {}
             Round::Unhealthy(why) => {
+                last = None;
                 if holding {
                     tracing::warn!(error = %why, "the local apiserver is not ready");
                     e.stepped_down();
@@ -253,6 +301,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             Round::Failed(why) => tracing::debug!(error = %why, "round failed"),
         }
         if holding && !e.may_hold(Instant::now()) {
+            last = None;
             e.stepped_down();
             drop_vip("renew-deadline", &mut holding);
         }
@@ -265,6 +314,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             () = &mut stop => break,
         }
         if holding && !e.may_hold(Instant::now()) {
+            last = None;
             e.stepped_down();
             drop_vip("renew-deadline", &mut holding);
         }
