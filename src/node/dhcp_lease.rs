@@ -282,3 +282,144 @@ impl Renewal {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::recording::{Call, FakeDhcpServer, Recording};
+
+    const MAC: Mac = Mac([0x52, 0x54, 0x00, 0x77, 0x00, 0x51]);
+
+    fn server(lease_secs: u32) -> FakeDhcpServer {
+        FakeDhcpServer {
+            addr: "10.77.0.150/24".parse().unwrap(),
+            server: "10.77.0.1".parse().unwrap(),
+            router: None,
+            dns: Vec::new(),
+            lease_secs,
+            from: Duration::ZERO,
+            nak_renewals: false,
+        }
+    }
+
+    fn sends(sys: &Recording) -> Vec<(MessageType, Ipv4Addr)> {
+        sys.calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::DhcpSend { kind, to, .. } => Some((kind, to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Polls every 200 ms (the supervisor's tick) until `until`, collecting events.
+    fn run(r: &mut Renewal, sys: &Recording, until: Duration) -> Vec<String> {
+        let mut events = Vec::new();
+        while sys.now() < until {
+            if let Some(e) = r.poll(sys) {
+                events.push(e.to_string());
+            }
+            sys.sleep(Duration::from_millis(200));
+        }
+        events
+    }
+
+    #[test]
+    fn acquiring_skips_garbage_and_other_transactions() {
+        let sys = Recording::new().with_dhcp_server(server(600));
+        sys.dhcp_deliver(vec![1, 2, 3]);
+        let mut stranger = Message::discover(1, Mac([2; 6]), 0);
+        stranger.op = super::super::dhcp::Op::Reply;
+        stranger.kind = MessageType::Offer;
+        sys.dhcp_deliver(stranger.encode());
+        let lease = acquire(&sys, "eth0", MAC).unwrap();
+        assert_eq!(lease.net().to_string(), "10.77.0.150/24");
+        assert_eq!(lease.router, None, "no router option: none");
+        assert_eq!(
+            sends(&sys),
+            [
+                (MessageType::Discover, Ipv4Addr::BROADCAST),
+                (MessageType::Request, Ipv4Addr::BROADCAST)
+            ]
+        );
+    }
+
+    #[test]
+    fn without_a_server_acquiring_gives_up_after_four_rounds() {
+        let sys = Recording::new();
+        let err = acquire(&sys, "eth0", MAC).unwrap_err();
+        assert!(
+            matches!(err, AcquireError::NoOffer { rounds: 4, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            sys.now(),
+            Duration::from_secs(22),
+            "2 + 4 + 8 + 8 s of waiting"
+        );
+    }
+
+    #[test]
+    fn renewal_unicasts_at_t1_then_broadcasts_at_t2_and_reports_expiry_once() {
+        // A server that stops answering after the first lease.
+        let sys = Recording::new();
+        let lease = Lease::from_ack(&Message {
+            op: super::super::dhcp::Op::Reply,
+            kind: MessageType::Ack,
+            yiaddr: "10.77.0.150".parse().unwrap(),
+            lease_secs: Some(100),
+            server_id: Some("10.77.0.1".parse().unwrap()),
+            ..Message::discover(0, MAC, 0)
+        })
+        .unwrap();
+        let mut r = Renewal::new("eth0", MAC, lease, Duration::ZERO);
+        let events = run(&mut r, &sys, Duration::from_secs(130));
+        let sent: Vec<Ipv4Addr> = sends(&sys)
+            .into_iter()
+            .map(|(kind, to)| {
+                assert_eq!(kind, MessageType::Request);
+                to
+            })
+            .collect();
+        let server: Ipv4Addr = "10.77.0.1".parse().unwrap();
+        // T1 = 50 s: unicasts at 50, 68.8 (half the time to T2) and 78.8 s (the 10 s
+        // floor); from T2 = 87.5 s broadcasts every 10 s: 88.8, 98.8, 108.8, 118.8, 128.8.
+        let mut expected = vec![server; 3];
+        expected.extend([Ipv4Addr::BROADCAST; 5]);
+        assert_eq!(sent, expected);
+        assert_eq!(
+            events,
+            ["kimg: dhcp-expired iface=eth0 ip=10.77.0.150/24 action=\"keeping the address, still asking\""]
+        );
+    }
+
+    #[test]
+    fn a_refused_renewal_is_reported_and_the_lease_kept() {
+        let fake = FakeDhcpServer {
+            nak_renewals: true,
+            ..server(100)
+        };
+        let sys = Recording::new().with_dhcp_server(fake);
+        let lease = acquire(&sys, "eth0", MAC).unwrap();
+        let mut r = Renewal::new("eth0", MAC, lease.clone(), sys.now());
+        let events = run(&mut r, &sys, Duration::from_secs(52));
+        assert_eq!(
+            events,
+            ["kimg: dhcp-renew-refused iface=eth0 ip=10.77.0.150/24 reason=nak server=10.77.0.1"]
+        );
+        assert_eq!(r.lease, lease);
+    }
+
+    #[test]
+    fn an_infinite_lease_sends_nothing() {
+        let sys = Recording::new().with_dhcp_server(server(u32::MAX));
+        let lease = acquire(&sys, "eth0", MAC).unwrap();
+        let mut r = Renewal::new("eth0", MAC, lease, sys.now());
+        assert!(run(&mut r, &sys, Duration::from_secs(3600)).is_empty());
+        assert_eq!(
+            sends(&sys).len(),
+            2,
+            "only the initial discover and request"
+        );
+    }
+}
