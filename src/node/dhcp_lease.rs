@@ -5,6 +5,7 @@
 //! broadcasts) → the first OFFER for our transaction and MAC → REQUEST naming that server →
 //! ACK, or NAK and start over. Up to four rounds, waiting 2, 4, 8 and 8 s for each answer;
 //! `secs` counts from the first DISCOVER. The caller (`kimg init`) retries the whole thing.
+//! A shutdown request ends the wait within [`SHUTDOWN_CHECK`].
 //!
 //! [`Renewal`]: called on every supervisor tick once bound. At T1 it unicasts a REQUEST
 //! (`ciaddr` set) to the granting server, at T2 it broadcasts it to any server; between
@@ -27,7 +28,7 @@ use crate::cluster::Mac;
 
 use super::dhcp::{Lease, LeaseError, Message, MessageType};
 use super::events::Event;
-use super::system::System;
+use super::system::{ShutdownReason, System};
 
 /// How long each round of [`acquire`] waits for an OFFER, then for the ACK.
 pub const ROUND_WAITS: [Duration; 4] = [
@@ -36,6 +37,10 @@ pub const ROUND_WAITS: [Duration; 4] = [
     Duration::from_secs(8),
     Duration::from_secs(8),
 ];
+
+/// How often a wait for answers looks for a shutdown request: PID 1 must power off
+/// promptly even while it asks for an address.
+pub const SHUTDOWN_CHECK: Duration = Duration::from_millis(500);
 
 /// Shortest pause between two renewal requests.
 pub const MIN_RETRANSMIT: Duration = Duration::from_secs(10);
@@ -55,6 +60,8 @@ pub enum AcquireError {
     Refused { addr: Ipv4Addr, server: Ipv4Addr },
     #[error("the DHCPACK is unusable: {0}")]
     BadAck(#[from] LeaseError),
+    #[error("shutdown requested")]
+    Interrupted(ShutdownReason),
 }
 
 /// A transaction id: unpredictable enough between machines (MAC) and boots (clock).
@@ -87,14 +94,17 @@ fn wait_for(
         if left.is_zero() {
             return Ok(None);
         }
+        if let Some(reason) = sys.shutdown_requested() {
+            return Err(AcquireError::Interrupted(reason));
+        }
         let bytes = sys
-            .dhcp_recv(iface, left)
+            .dhcp_recv(iface, left.min(SHUTDOWN_CHECK))
             .map_err(|error| AcquireError::ReceiveFailed {
                 iface: iface.into(),
                 error,
             })?;
         let Some(bytes) = bytes else {
-            return Ok(None);
+            continue;
         };
         if let Ok(m) = Message::parse(&bytes) {
             if m.answers(xid, mac) && kinds.contains(&m.kind) {
@@ -357,6 +367,18 @@ mod tests {
             Duration::from_secs(22),
             "2 + 4 + 8 + 8 s of waiting"
         );
+    }
+
+    #[test]
+    fn a_shutdown_request_ends_the_wait_for_answers_promptly() {
+        let sys = Recording::new();
+        sys.shutdown_at(Duration::from_secs(3), ShutdownReason::PowerButton);
+        let err = acquire(&sys, "eth0", MAC).unwrap_err();
+        assert!(
+            matches!(err, AcquireError::Interrupted(ShutdownReason::PowerButton)),
+            "{err}"
+        );
+        assert!(sys.now() <= Duration::from_millis(3500), "{:?}", sys.now());
     }
 
     #[test]

@@ -392,10 +392,13 @@ impl System for Host {
                 buf.truncate(n);
                 Ok(Some(buf))
             }
+            // A signal ends the wait early too (SO_RCVTIMEO waits are never restarted).
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(None)

@@ -18,8 +18,7 @@
 //!
 //! Limits: a machine that gets no lease, or whose lease does not identify it, reports
 //! `identify-failed reason=no-match|not-admitted … dhcp=no-lease|<address>` and keeps
-//! retrying (each try waits up to 22 s per NIC for DHCP answers, during which a shutdown
-//! request waits too). A lost or expired lease is reported, never dropped (see
+//! retrying (each try waits up to 22 s per NIC for DHCP answers). A lost or expired lease is reported, never dropped (see
 //! [`dhcp_lease`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -32,7 +31,7 @@ use crate::cluster::{self, Cluster, ClusterError, Node, Role};
 
 use super::cmdline;
 use super::dhcp::Lease;
-use super::dhcp_lease::{self, Renewal};
+use super::dhcp_lease::{self, AcquireError, Renewal};
 use super::etcd;
 use super::events::Event;
 use super::identity::{self, join_roles, Identity, Obtained, Source};
@@ -287,11 +286,12 @@ impl<S: System> Init<S> {
     }
 
     /// Asks for a lease on each NIC with a MAC in turn; the first lease wins.
-    fn dhcp(&self, nics: &[identity::Nic]) -> Option<(usize, Lease)> {
+    fn dhcp(&self, nics: &[identity::Nic]) -> Result<Option<(usize, Lease)>, InitError> {
         for (i, nic) in nics.iter().enumerate() {
             let Some(mac) = nic.mac else { continue };
             match dhcp_lease::acquire(&self.sys, &nic.name, mac) {
-                Ok(lease) => return Some((i, lease)),
+                Ok(lease) => return Ok(Some((i, lease))),
+                Err(AcquireError::Interrupted(r)) => return Err(InitError::Interrupted(r)),
                 Err(e) => self.emit(
                     Event::new("dhcp-failed")
                         .field("iface", &nic.name)
@@ -299,7 +299,7 @@ impl<S: System> Init<S> {
                 ),
             }
         }
-        None
+        Ok(None)
     }
 
     fn identify(
@@ -313,7 +313,7 @@ impl<S: System> Init<S> {
             let mut result = identity::identify(cluster, image_roles, cmdline_node, &nics, None);
             let mut lease = None;
             if result == Err(identity::IdentifyError::NoMatch) {
-                lease = self.dhcp(&nics);
+                lease = self.dhcp(&nics)?;
                 if let Some((i, l)) = &lease {
                     let got = Obtained {
                         nic: &nics[*i],

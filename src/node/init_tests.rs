@@ -249,7 +249,7 @@ fn an_unknown_name_is_retried_forever_and_never_guessed_from_the_mac() {
 #[test]
 fn an_unlisted_machine_without_a_dhcp_lease_says_so_and_retries() {
     let sys = machine("", "52:54:00:aa:bb:cc");
-    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    sys.shutdown_at(Duration::from_secs(23), ShutdownReason::PowerFail);
     let mut init = Init::new(sys, timings());
     init.run();
     let lines = init.system().console_lines();
@@ -271,6 +271,21 @@ fn an_unlisted_machine_without_a_dhcp_lease_says_so_and_retries() {
         })
         .count();
     assert_eq!(discovers, 4, "four broadcast rounds before giving up");
+}
+
+#[test]
+fn a_shutdown_while_asking_for_an_address_powers_off_at_once() {
+    let sys = machine("", "52:54:00:aa:bb:cc");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerButton);
+    let mut init = Init::new(sys, timings());
+    assert_eq!(init.run(), PowerAction::PowerOff);
+    assert!(init.system().now() < Duration::from_secs(2));
+    let lines = init.system().console_lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("kimg: identify-failed")),
+        "{lines:#?}"
+    );
+    assert!(lines.contains(&"kimg: shutdown reason=power-button action=poweroff".to_string()));
 }
 
 const WORKER_IMAGE: &str = r#"
