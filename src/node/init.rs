@@ -18,8 +18,8 @@
 //!
 //! Limits: a machine that gets no lease, or whose lease does not identify it, reports
 //! `identify-failed reason=no-match|not-admitted … dhcp=no-lease|<address>` and keeps
-//! retrying (each try waits up to 22 s per NIC for DHCP answers). A lost or expired lease is reported, never dropped (see
-//! [`dhcp_lease`]).
+//! retrying (each try waits up to 22 s per NIC for DHCP answers). A lost or expired lease
+//! is reported, never dropped (see [`dhcp_lease`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -324,16 +324,13 @@ impl<S: System> Init<S> {
             }
             match result {
                 Ok(id) => {
-                    let renewal = lease.and_then(|(i, l)| {
-                        let nic = &nics[i];
-                        let used = matches!(id.source, Source::Address | Source::Anonymous);
-                        (used && id.iface.as_deref() == Some(nic.name.as_str()))
-                            .then(|| {
-                                nic.mac
-                                    .map(|mac| Renewal::new(&nic.name, mac, l, self.sys.now()))
-                            })
-                            .flatten()
-                    });
+                    // The lease is the node's address whenever it identified the node.
+                    let renewal = match (lease, &id.source) {
+                        (Some((i, l)), Source::Address | Source::Anonymous) => nics[i]
+                            .mac
+                            .map(|mac| Renewal::new(&nics[i].name, mac, l, self.sys.now())),
+                        _ => None,
+                    };
                     if let Some(r) = &renewal {
                         self.emit(
                             Event::new("dhcp-bound")
