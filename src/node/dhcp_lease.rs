@@ -59,7 +59,7 @@ pub enum AcquireError {
     #[error("{server} refused {addr} (DHCPNAK)")]
     Refused { addr: Ipv4Addr, server: Ipv4Addr },
     #[error("the DHCPACK is unusable: {0}")]
-    BadAck(#[from] LeaseError),
+    BadAck(LeaseError),
     #[error("shutdown requested")]
     Interrupted(ShutdownReason),
 }
@@ -149,7 +149,9 @@ pub fn acquire(sys: &dyn System, iface: &str, mac: Mac) -> Result<Lease, Acquire
             &[MessageType::Ack, MessageType::Nak],
         )?;
         match answer {
-            Some(ack) if ack.kind == MessageType::Ack => return Ok(Lease::from_ack(&ack)?),
+            Some(ack) if ack.kind == MessageType::Ack => {
+                return Lease::from_ack(&ack).map_err(AcquireError::BadAck)
+            }
             Some(_) => {
                 last = AcquireError::Refused {
                     addr: offer.yiaddr,
