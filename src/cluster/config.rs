@@ -9,7 +9,8 @@
 //! pod-cidr = "10.244.0.0/16"         # split into one /24 per node
 //! service-cidr = "10.96.0.0/12"      # ClusterIPs; the first address is `kubernetes`
 //! dns-domain = "cluster.local"
-//! anonymous-workers = true           # admit DHCP workers not listed below (PXE fleets)
+//! anonymous-workers = true           # admit DHCP workers not listed below (PXE fleets),
+//!                                    # named worker-<MAC hex> (src/node/identity.rs)
 //!
 //! [network]                          # the machines' own network
 //! prefix = "192.168.202.0/24"

@@ -8,13 +8,18 @@
 //! thread per `/dev/input/event*`. That needs the `evdev` module (and the ACPI `button`
 //! driver) in the image; without them the power button does nothing and only signals work.
 //!
+//! DHCP: one UDP socket per interface on port 68, bound to the device (`SO_BINDTODEVICE`)
+//! and allowed to broadcast; the client asks servers to broadcast their answers, so no raw
+//! packet socket is needed before the interface has an address.
+//!
 //! Service output: each line of a service's stdout/stderr is copied to the console as
 //! `[name] line` and appended to `/var/log/<name>.log` by two small threads per child.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -25,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
+use super::dhcp;
 use super::modules;
 use super::netlink;
 use super::system::{
@@ -62,6 +68,8 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 /// The real machine.
 pub struct Host {
     start: Instant,
+    /// One DHCP client socket per interface, opened on first use.
+    dhcp_sockets: Mutex<BTreeMap<String, Arc<UdpSocket>>>,
 }
 
 impl Host {
@@ -85,7 +93,21 @@ impl Host {
         }
         Host {
             start: Instant::now(),
+            dhcp_sockets: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn dhcp_socket(&self, iface: &str) -> io::Result<Arc<UdpSocket>> {
+        let mut sockets = self
+            .dhcp_sockets
+            .lock()
+            .map_err(|_| io::Error::other("dhcp socket table poisoned"))?;
+        if let Some(s) = sockets.get(iface) {
+            return Ok(s.clone());
+        }
+        let socket = Arc::new(dhcp_client_socket(iface)?);
+        sockets.insert(iface.to_string(), socket.clone());
+        Ok(socket)
     }
 
     fn watch_power_button(&self) {
@@ -123,6 +145,49 @@ impl Default for Host {
     fn default() -> Host {
         Host::new()
     }
+}
+
+fn set_option(fd: libc::c_int, name: libc::c_int, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value points at value.len() readable bytes for the duration of the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    })
+}
+
+/// A UDP socket on port 68 of `iface` only (`SO_BINDTODEVICE`), allowed to broadcast: a
+/// DHCP client needs no raw socket when it asks servers to broadcast their answers.
+fn dhcp_client_socket(iface: &str) -> io::Result<UdpSocket> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one = 1i32.to_ne_bytes();
+    set_option(owned.as_raw_fd(), libc::SO_REUSEADDR, &one)?;
+    set_option(owned.as_raw_fd(), libc::SO_BROADCAST, &one)?;
+    set_option(owned.as_raw_fd(), libc::SO_BINDTODEVICE, iface.as_bytes())?;
+    // SAFETY: sockaddr_in is plain old data; all-zero is INADDR_ANY.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = dhcp::CLIENT_PORT.to_be();
+    // SAFETY: sa is a valid sockaddr_in and its size is passed.
+    check(unsafe {
+        libc::bind(
+            owned.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })?;
+    Ok(UdpSocket::from(owned))
 }
 
 fn fd_open(fd: libc::c_int) -> bool {
@@ -305,6 +370,41 @@ impl System for Host {
 
     fn add_default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
         netlink::request(&netlink::default_route_message(gateway, 3))
+    }
+
+    fn dhcp_send(&self, iface: &str, to: Ipv4Addr, message: &[u8]) -> io::Result<()> {
+        self.dhcp_socket(iface)?
+            .send_to(message, (to, dhcp::SERVER_PORT))
+            .map(|_| ())
+    }
+
+    fn dhcp_recv(&self, iface: &str, wait: Duration) -> io::Result<Option<Vec<u8>>> {
+        let socket = self.dhcp_socket(iface)?;
+        if wait.is_zero() {
+            socket.set_nonblocking(true)?;
+        } else {
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(wait))?;
+        }
+        let mut buf = vec![0u8; 1500];
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Some(buf))
+            }
+            // A signal ends the wait early too (SO_RCVTIMEO waits are never restarted).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn spawn(&self, spec: &ServiceSpec) -> io::Result<u32> {

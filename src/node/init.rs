@@ -8,10 +8,19 @@
 //! off or reboot. Every step is a call on the injected [`System`], and every state change one
 //! console [`Event`]. A panic inside a supervisor iteration is caught and the loop goes on.
 //!
-//! Limits: no DHCP client yet — a machine that is neither named on the command line nor
-//! listed by MAC reports `identify-failed … dhcp=unsupported` and keeps retrying.
+//! DHCP (PXE fleets): a machine that is neither named on the command line nor listed by MAC
+//! asks for an address on each NIC in turn ([`dhcp_lease::acquire`]) and says
+//! `kimg: dhcp-bound iface=… ip=… server=… lease=… name=…`. An address the node table lists
+//! identifies that node; otherwise, if the cluster admits anonymous workers and the image
+//! is a worker image, the machine joins as `worker-<mac hex>` (see [`identity`]). The
+//! lease's mask, router and DNS servers are used instead of the table's network settings,
+//! and the supervisor loop renews the lease at T1 ([`dhcp_lease::Renewal`]).
+//!
+//! Limits: a machine that gets no lease, or whose lease does not identify it, reports
+//! `identify-failed reason=no-match|not-admitted … dhcp=no-lease|<address>` and keeps
+//! retrying (each try waits up to 22 s per NIC for DHCP answers). A lost or expired lease
+//! is reported, never dropped (see [`dhcp_lease`]).
 
-use std::net::Ipv4Addr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,9 +30,11 @@ use ipnet::Ipv4Net;
 use crate::cluster::{self, Cluster, ClusterError, Node, Role};
 
 use super::cmdline;
+use super::dhcp::Lease;
+use super::dhcp_lease::{self, AcquireError, Renewal};
 use super::etcd;
 use super::events::Event;
-use super::identity::{self, join_roles, Identity};
+use super::identity::{self, join_roles, Identity, Obtained, Source};
 use super::image_config::{ImageConfig, ImageConfigError, IMAGE_CONFIG_PATH};
 use super::master;
 use super::mounts::{self, STATE_DIR, STATE_PARTNAME};
@@ -58,6 +69,8 @@ pub struct Booted {
     /// Must answer before the machine reports `ready`.
     pub health: Option<HealthProbe>,
     pub state_mounted: bool,
+    /// The DHCP lease the address came from, kept alive by the supervisor loop.
+    pub dhcp: Option<Renewal>,
 }
 
 /// Timings of PID 1.
@@ -202,14 +215,15 @@ impl<S: System> Init<S> {
             );
         }
 
-        let id = self.identify(&cluster, &image_roles, cmd.node.as_deref())?;
+        let (id, dhcp) = self.identify(&cluster, &image_roles, cmd.node.as_deref())?;
         let node = id.node.clone();
         self.emit(
             Event::new("booted")
                 .field("role", join_roles(&node.roles))
-                .field("node", &node.name),
+                .field("node", &node.name)
+                .field("source", &id.source),
         );
-        self.configure_network(&cluster, &id);
+        self.configure_network(&cluster, &id, dhcp.as_ref().map(|r| &r.lease));
         let state_mounted = self.mount_state();
         let _ = self.sys.mkdir_all(Path::new("/var/log"));
 
@@ -253,6 +267,7 @@ impl<S: System> Init<S> {
             services,
             health,
             state_mounted,
+            dhcp,
         })
     }
 
@@ -270,18 +285,64 @@ impl<S: System> Init<S> {
         nics
     }
 
+    /// Asks for a lease on each NIC with a MAC in turn; the first lease wins.
+    fn dhcp(&self, nics: &[identity::Nic]) -> Result<Option<(usize, Lease)>, InitError> {
+        for (i, nic) in nics.iter().enumerate() {
+            let Some(mac) = nic.mac else { continue };
+            match dhcp_lease::acquire(&self.sys, &nic.name, mac) {
+                Ok(lease) => return Ok(Some((i, lease))),
+                Err(AcquireError::Interrupted(r)) => return Err(InitError::Interrupted(r)),
+                Err(e) => self.emit(
+                    Event::new("dhcp-failed")
+                        .field("iface", &nic.name)
+                        .field("error", e),
+                ),
+            }
+        }
+        Ok(None)
+    }
+
     fn identify(
         &self,
         cluster: &Cluster,
         image_roles: &[Role],
         cmdline_node: Option<&str>,
-    ) -> Result<Identity, InitError> {
+    ) -> Result<(Identity, Option<Renewal>), InitError> {
         loop {
             let nics = self.bring_links_up();
-            // No DHCP client yet: there are no obtained addresses to match.
-            let addrs: [Ipv4Addr; 0] = [];
-            match identity::identify(cluster, image_roles, cmdline_node, &nics, &addrs) {
-                Ok(id) => return Ok(id),
+            let mut result = identity::identify(cluster, image_roles, cmdline_node, &nics, None);
+            let mut lease = None;
+            if result == Err(identity::IdentifyError::NoMatch) {
+                lease = self.dhcp(&nics)?;
+                if let Some((i, l)) = &lease {
+                    let got = Obtained {
+                        nic: &nics[*i],
+                        addr: l.addr,
+                    };
+                    result = identity::identify(cluster, image_roles, None, &nics, Some(got));
+                }
+            }
+            match result {
+                Ok(id) => {
+                    // The lease is the node's address whenever it identified the node.
+                    let renewal = match (lease, &id.source) {
+                        (Some((i, l)), Source::Address | Source::Anonymous) => nics[i]
+                            .mac
+                            .map(|mac| Renewal::new(&nics[i].name, mac, l, self.sys.now())),
+                        _ => None,
+                    };
+                    if let Some(r) = &renewal {
+                        self.emit(
+                            Event::new("dhcp-bound")
+                                .field("iface", &r.iface)
+                                .field("ip", r.lease.net())
+                                .field("server", r.lease.server)
+                                .field("lease", r.lease.duration_text())
+                                .field("name", &id.node.name),
+                        );
+                    }
+                    return Ok((id, renewal));
+                }
                 Err(e) => {
                     let macs: Vec<String> = nics
                         .iter()
@@ -290,8 +351,12 @@ impl<S: System> Init<S> {
                     let mut ev = Event::new("identify-failed")
                         .field("reason", e.reason())
                         .field("macs", macs.join(","));
-                    if e == identity::IdentifyError::NoMatch {
-                        ev = ev.field("dhcp", "unsupported");
+                    if cmdline_node.is_none() {
+                        let dhcp = match &lease {
+                            Some((_, l)) => l.net().to_string(),
+                            None => "no-lease".into(),
+                        };
+                        ev = ev.field("dhcp", dhcp);
                     }
                     self.emit(ev.field("detail", &e));
                 }
@@ -306,11 +371,16 @@ impl<S: System> Init<S> {
         }
     }
 
-    fn configure_network(&self, cluster: &Cluster, id: &Identity) {
+    /// Address, route, resolver, hostname, `/etc/hosts`, sysctls: from the node table, or
+    /// from the DHCP `lease` where there is one.
+    fn configure_network(&self, cluster: &Cluster, id: &Identity, lease: Option<&Lease>) {
         let node = &id.node;
         let prefix = cluster.network.prefix.prefix_len();
         if let Some(iface) = &id.iface {
-            let addr = Ipv4Net::new(node.ip, prefix).unwrap_or(cluster.network.prefix);
+            let addr = match lease {
+                Some(l) => l.net(),
+                None => Ipv4Net::new(node.ip, prefix).unwrap_or(cluster.network.prefix),
+            };
             match self.sys.add_address(iface, addr) {
                 Ok(()) => self.emit(
                     Event::new("network-up")
@@ -323,7 +393,7 @@ impl<S: System> Init<S> {
                         .field("error", e),
                 ),
             }
-            if let Some(gw) = cluster.network.gateway {
+            if let Some(gw) = lease.and_then(|l| l.router).or(cluster.network.gateway) {
                 if let Err(e) = self.sys.add_default_route(gw) {
                     self.emit(
                         Event::new("route-failed")
@@ -335,8 +405,12 @@ impl<S: System> Init<S> {
         } else {
             self.emit(Event::new("network-failed").field("error", "no network interface"));
         }
+        let dns = match lease {
+            Some(l) if !l.dns.is_empty() => &l.dns,
+            _ => &cluster.network.dns,
+        };
         let files = [
-            ("/etc/resolv.conf", network::resolv_conf(cluster)),
+            ("/etc/resolv.conf", network::resolv_conf(dns)),
             ("/etc/hosts", network::hosts(cluster, node)),
             ("/etc/hostname", format!("{}\n", node.name)),
         ];
@@ -421,6 +495,7 @@ impl<S: System> Init<S> {
             .filter(|s| !s.console)
             .map(|s| s.name.clone())
             .collect();
+        let mut dhcp = booted.dhcp.clone();
         loop {
             if let Some(reason) = self.sys.shutdown_requested() {
                 return reason;
@@ -428,6 +503,9 @@ impl<S: System> Init<S> {
             let sys = &self.sys;
             let timings = self.timings;
             let step = catch_unwind(AssertUnwindSafe(|| {
+                if let Some(event) = dhcp.as_mut().and_then(|r| r.poll(sys)) {
+                    sys.console(&event.to_string());
+                }
                 sup.reap(sys);
                 sup.start_due(sys);
                 if !ready && sup.all_started() && sys.now() >= next_probe {

@@ -2,7 +2,8 @@
 
 use super::*;
 use crate::cluster::{file_from_options, render, NewOptions};
-use crate::node::recording::{Call, Recording};
+use crate::node::dhcp::MessageType;
+use crate::node::recording::{Call, FakeDhcpServer, Recording};
 use crate::node::system::{ExitStatus, Signal};
 
 fn cluster_toml() -> String {
@@ -153,7 +154,7 @@ fn an_etcd_node_boots_through_the_exact_sequence_of_side_effects() {
             .position(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix:?} in {lines:#?}"))
     };
-    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-2".to_string()));
+    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-2 source=cmdline".to_string()));
     assert!(lines.contains(&"kimg: network-up iface=eth0 addr=10.0.0.12/24".to_string()));
     assert!(lines.contains(&"kimg: state kind=ext4 device=/dev/vda2".to_string()));
     assert!(lines.contains(&"kimg: ready role=etcd node=etcd-2 services=etcd".to_string()));
@@ -246,14 +247,229 @@ fn an_unknown_name_is_retried_forever_and_never_guessed_from_the_mac() {
 }
 
 #[test]
-fn an_unlisted_machine_says_dhcp_is_unsupported() {
+fn an_unlisted_machine_without_a_dhcp_lease_says_so_and_retries() {
     let sys = machine("", "52:54:00:aa:bb:cc");
+    sys.shutdown_at(Duration::from_secs(23), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "kimg: dhcp-failed iface=eth0 error=\"no DHCP offer on eth0 after 4 discovers\""
+        )),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with(
+        "kimg: identify-failed reason=no-match macs=52:54:00:aa:bb:cc dhcp=no-lease"
+    )));
+    let discovers = init
+        .system()
+        .calls()
+        .iter()
+        .filter(|c| {
+            matches!(c, Call::DhcpSend { kind: MessageType::Discover, to, .. } if to.is_broadcast())
+        })
+        .count();
+    assert_eq!(discovers, 4, "four broadcast rounds before giving up");
+}
+
+#[test]
+fn a_shutdown_while_asking_for_an_address_powers_off_at_once() {
+    let sys = machine("", "52:54:00:aa:bb:cc");
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerButton);
+    let mut init = Init::new(sys, timings());
+    assert_eq!(init.run(), PowerAction::PowerOff);
+    assert!(init.system().now() < Duration::from_secs(2));
+    let lines = init.system().console_lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("kimg: identify-failed")),
+        "{lines:#?}"
+    );
+    assert!(lines.contains(&"kimg: shutdown reason=power-button action=poweroff".to_string()));
+}
+
+const WORKER_IMAGE: &str = r#"
+profile = "worker"
+roles = ["worker"]
+kernel-version = "6.1.0-28-cloud-amd64"
+modules = []
+"#;
+
+fn dhcp_server(lease_secs: u32) -> FakeDhcpServer {
+    FakeDhcpServer {
+        addr: "10.0.0.150/24".parse().unwrap(),
+        server: "10.0.0.1".parse().unwrap(),
+        router: Some("10.0.0.254".parse().unwrap()),
+        dns: vec!["10.0.0.53".parse().unwrap()],
+        lease_secs,
+        from: Duration::ZERO,
+        nak_renewals: false,
+    }
+}
+
+fn pxe_worker(server: FakeDhcpServer) -> Recording {
+    machine("console=ttyS0", "52:54:00:77:00:51")
+        .with_file("/etc/kimg/image.toml", WORKER_IMAGE)
+        .with_file("/etc/kimg/token", "abcdef.0123456789abcdef\n")
+        .with_dhcp_server(server)
+}
+
+fn dhcp_sends(calls: &[Call]) -> Vec<(MessageType, String, String)> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::DhcpSend {
+                kind, to, ciaddr, ..
+            } => Some((*kind, to.to_string(), ciaddr.to_string())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_unlisted_pxe_worker_gets_its_address_by_dhcp_and_joins_under_its_mac_name() {
+    let sys = pxe_worker(dhcp_server(3600));
+    sys.shutdown_at(Duration::from_secs(2), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let calls = init.system().calls();
+    assert_eq!(
+        dhcp_sends(&calls),
+        vec![
+            (
+                MessageType::Discover,
+                "255.255.255.255".into(),
+                "0.0.0.0".into()
+            ),
+            (
+                MessageType::Request,
+                "255.255.255.255".into(),
+                "0.0.0.0".into()
+            ),
+        ]
+    );
+    let net: Ipv4Net = "10.0.0.150/24".parse().unwrap();
+    let at = |call: &Call| calls.iter().position(|c| c == call);
+    let address = at(&Call::AddAddress("eth0".into(), net)).expect("the leased address is set");
+    let route = at(&Call::DefaultRoute("10.0.0.254".parse().unwrap()))
+        .expect("the lease's router, not the table's gateway");
+    assert!(address < route);
+    assert!(calls.contains(&Call::WriteFile(
+        "/etc/resolv.conf".into(),
+        "nameserver 10.0.0.53\n".into()
+    )));
+    assert!(calls.contains(&Call::SetHostname("worker-525400770051".into())));
+    let kubelet = calls
+        .iter()
+        .find_map(|c| match c {
+            Call::Spawn { name, argv, .. } if name == "kubelet" => Some(argv.join(" ")),
+            _ => None,
+        })
+        .expect("the kubelet was started");
+    assert!(
+        kubelet.contains("--node-name worker-525400770051"),
+        "{kubelet}"
+    );
+    assert!(kubelet.contains("--node-ip 10.0.0.150"), "{kubelet}");
+
+    let lines = init.system().console_lines();
+    let pos = |line: &str| {
+        lines
+            .iter()
+            .position(|l| l == line)
+            .unwrap_or_else(|| panic!("no {line:?} in {lines:#?}"))
+    };
+    let bound = pos("kimg: dhcp-bound iface=eth0 ip=10.0.0.150/24 server=10.0.0.1 lease=3600s name=worker-525400770051");
+    let booted = pos("kimg: booted role=worker node=worker-525400770051 source=anonymous");
+    let up = pos("kimg: network-up iface=eth0 addr=10.0.0.150/24");
+    let ready =
+        pos("kimg: ready role=worker node=worker-525400770051 services=containerd,kubelet,proxy");
+    assert!(bound < booted && booted < up && up < ready);
+}
+
+#[test]
+fn a_dhcp_server_that_answers_late_is_found_by_a_later_discover() {
+    let server = FakeDhcpServer {
+        from: Duration::from_secs(1),
+        ..dhcp_server(u32::MAX)
+    };
+    let sys = pxe_worker(server);
+    sys.shutdown_at(Duration::from_secs(10), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let kinds: Vec<MessageType> = dhcp_sends(&init.system().calls())
+        .into_iter()
+        .map(|(k, ..)| k)
+        .collect();
+    assert_eq!(
+        kinds,
+        [MessageType::Discover, MessageType::Discover, MessageType::Request],
+        "discovers at 0 s (unanswered) and 2 s, then the request; an infinite lease is never renewed"
+    );
+    assert!(init
+        .system()
+        .console_lines()
+        .iter()
+        .any(|l| l.contains("lease=infinite name=worker-525400770051")));
+}
+
+#[test]
+fn the_supervisor_renews_the_lease_at_t1_with_the_granting_server() {
+    let sys = pxe_worker(dhcp_server(60));
+    sys.shutdown_at(Duration::from_secs(45), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let sends = dhcp_sends(&init.system().calls());
+    assert_eq!(
+        sends[2..],
+        [(MessageType::Request, "10.0.0.1".into(), "10.0.0.150".into())],
+        "one unicast renewal from the bound address: {sends:?}"
+    );
+    let lines = init.system().console_lines();
+    assert!(
+        lines.contains(&"kimg: dhcp-renewed iface=eth0 ip=10.0.0.150/24 lease=60s".to_string()),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn an_unlisted_worker_is_refused_when_the_cluster_does_not_admit_anonymous_workers() {
+    let closed = cluster_toml().replace("anonymous-workers = true", "anonymous-workers = false");
+    assert!(closed.contains("anonymous-workers = false"), "{closed}");
+    let sys = pxe_worker(dhcp_server(3600)).with_file("/etc/kimg/cluster.toml", closed);
     sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
     let mut init = Init::new(sys, timings());
     init.run();
-    assert!(init.system().console_lines().iter().any(|l| l.starts_with(
-        "kimg: identify-failed reason=no-match macs=52:54:00:aa:bb:cc dhcp=unsupported"
-    )));
+    let lines = init.system().console_lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "kimg: identify-failed reason=not-admitted macs=52:54:00:77:00:51 dhcp=10.0.0.150/24"
+        )),
+        "{lines:#?}"
+    );
+    assert!(!init
+        .system()
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::AddAddress(..) | Call::Spawn { .. })));
+}
+
+#[test]
+fn a_dhcp_address_the_table_lists_identifies_that_node() {
+    let server = FakeDhcpServer {
+        addr: "10.0.0.13/24".parse().unwrap(),
+        ..dhcp_server(3600)
+    };
+    let sys = machine("", "52:54:00:99:99:99").with_dhcp_server(server);
+    sys.shutdown_at(Duration::from_secs(1), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let lines = init.system().console_lines();
+    assert!(
+        lines.contains(&"kimg: booted role=etcd node=etcd-3 source=address".to_string()),
+        "{lines:#?}"
+    );
+    assert!(etcd_argv(&init.system().calls()).contains(&"--name=etcd-3".to_string()));
 }
 
 #[test]
@@ -268,7 +484,7 @@ fn a_failing_module_is_reported_and_the_boot_goes_on() {
         .iter()
         .any(|l| l.starts_with("kimg: module-failed name=virtio_ring error=")));
     assert!(lines.contains(&"kimg: modules loaded=1 failed=1".to_string()));
-    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-1".to_string()));
+    assert!(lines.contains(&"kimg: booted role=etcd node=etcd-1 source=cmdline".to_string()));
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! - [`system`]: the side-effect seam; [`host`] is the real machine, [`recording`] the
 //!   scripted test double.
 //! - [`supervisor`]: services with capped exponential backoff, zombie reaping.
-//! - [`identity`], [`cmdline`]: who this machine is; [`network`], [`netlink`], [`mounts`],
+//! - [`identity`], [`cmdline`]: who this machine is; [`dhcp`], [`dhcp_lease`]: the DHCP
+//!   client of diskless (PXE) machines; [`network`], [`netlink`], [`mounts`],
 //!   [`modules`]: what it sets up; [`etcd`]: the etcd role's command line and health probe;
 //!   [`master`]: the control-plane services of the master role; [`worker`]: containerd,
 //!   kubelet and proxy of the worker role; [`vip`]: `kimg vip`, the API virtual IP.
@@ -12,6 +13,8 @@
 //! - [`events`]: the `kimg: <event> key=value` console lines the tests read.
 
 pub mod cmdline;
+pub mod dhcp;
+pub mod dhcp_lease;
 pub mod etcd;
 pub mod events;
 pub mod host;

@@ -2,6 +2,7 @@
 //! read from `/sys/class/net`. The addresses themselves are set through
 //! [`System::add_address`](super::system::System::add_address) (netlink).
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 use crate::cluster::{Cluster, Mac, Node};
@@ -9,10 +10,11 @@ use crate::cluster::{Cluster, Mac, Node};
 use super::identity::Nic;
 use super::system::System;
 
-/// `/etc/resolv.conf` for the node network's upstream servers.
-pub fn resolv_conf(cluster: &Cluster) -> String {
+/// `/etc/resolv.conf` naming `servers`: the node network's upstream servers, or those a
+/// DHCP lease gave.
+pub fn resolv_conf(servers: &[Ipv4Addr]) -> String {
     let mut out = String::new();
-    for dns in &cluster.network.dns {
+    for dns in servers {
         out.push_str(&format!("nameserver {dns}\n"));
     }
     out
@@ -67,6 +69,6 @@ mod tests {
         assert_eq!(lines[2], "10.0.0.12\tetcd-2");
         assert!(lines.contains(&"10.0.0.11\tetcd-1"));
         assert!(lines.contains(&"10.0.0.21\tmaster-1"));
-        assert_eq!(resolv_conf(&c), "nameserver 10.0.0.1\n");
+        assert_eq!(resolv_conf(&c.network.dns), "nameserver 10.0.0.1\n");
     }
 }

@@ -2,10 +2,12 @@
 //! machine. Files, directory listings, child exits, health answers and shutdown requests are
 //! set up front; time is a fake clock that only [`System::sleep`] advances. Failing calls can
 //! be scripted per path or interface, and one call kind can be made to panic once, to prove
-//! that PID 1 survives panics.
+//! that PID 1 survives panics. A [`FakeDhcpServer`] answers the client's DHCP messages
+//! (decoded with the real parser) from a given time on; until then, and without one,
+//! `dhcp_recv` lets its whole wait pass.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use super::dhcp::{Message, MessageType, Op};
 use super::system::{
     ExitStatus, HealthProbe, MountSpec, PowerAction, ServiceSpec, ShutdownReason, Signal, System,
 };
@@ -36,6 +39,13 @@ pub enum Call {
     LinkUp(String),
     AddAddress(String, Ipv4Net),
     DefaultRoute(Ipv4Addr),
+    /// A DHCP client message: its kind, where it went and its `ciaddr`.
+    DhcpSend {
+        iface: String,
+        to: Ipv4Addr,
+        kind: MessageType,
+        ciaddr: Ipv4Addr,
+    },
     Spawn {
         name: String,
         argv: Vec<String>,
@@ -47,9 +57,54 @@ pub enum Call {
     Power(PowerAction),
 }
 
+/// A DHCP server on the other end of every interface: offers and acknowledges `addr`.
+#[derive(Clone, Debug)]
+pub struct FakeDhcpServer {
+    pub addr: Ipv4Net,
+    pub server: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    /// Option 51; `u32::MAX` is infinite.
+    pub lease_secs: u32,
+    /// Answers nothing before this time.
+    pub from: Duration,
+    /// Answers renewals (requests with `ciaddr`) with a NAK.
+    pub nak_renewals: bool,
+}
+
+impl FakeDhcpServer {
+    fn answer(&self, req: &Message) -> Option<Message> {
+        let kind = match req.kind {
+            MessageType::Discover => MessageType::Offer,
+            MessageType::Request if self.nak_renewals && !req.ciaddr.is_unspecified() => {
+                MessageType::Nak
+            }
+            MessageType::Request => MessageType::Ack,
+            _ => return None,
+        };
+        Some(Message {
+            op: Op::Reply,
+            kind,
+            yiaddr: self.addr.addr(),
+            subnet_mask: Some(self.addr.netmask()),
+            routers: self.router.into_iter().collect(),
+            dns: self.dns.clone(),
+            lease_secs: Some(self.lease_secs),
+            server_id: Some(self.server),
+            parameters: Vec::new(),
+            requested_ip: None,
+            broadcast: req.broadcast,
+            ciaddr: req.ciaddr,
+            ..req.clone()
+        })
+    }
+}
+
 /// The scripted machine.
 #[derive(Default)]
 pub struct Recording {
+    dhcp_server: RefCell<Option<FakeDhcpServer>>,
+    dhcp_inbox: RefCell<VecDeque<Vec<u8>>>,
     calls: RefCell<Vec<Call>>,
     console: RefCell<Vec<String>>,
     files: RefCell<BTreeMap<PathBuf, String>>,
@@ -84,6 +139,17 @@ impl Recording {
     pub fn failing(self, what: impl Into<String>) -> Recording {
         self.failing.borrow_mut().insert(what.into());
         self
+    }
+
+    /// Puts a DHCP server on the wire.
+    pub fn with_dhcp_server(self, server: FakeDhcpServer) -> Recording {
+        *self.dhcp_server.borrow_mut() = Some(server);
+        self
+    }
+
+    /// Queues a datagram for the next `dhcp_recv` (garbage, other clients' answers).
+    pub fn dhcp_deliver(&self, bytes: Vec<u8>) {
+        self.dhcp_inbox.borrow_mut().push_back(bytes);
     }
 
     /// `pid` exits with `status` once the clock reaches `at`.
@@ -217,6 +283,31 @@ impl System for Recording {
     fn add_default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
         self.record(Call::DefaultRoute(gateway));
         Ok(())
+    }
+    fn dhcp_send(&self, iface: &str, to: Ipv4Addr, message: &[u8]) -> io::Result<()> {
+        let req = Message::parse(message)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        self.record(Call::DhcpSend {
+            iface: iface.to_string(),
+            to,
+            kind: req.kind,
+            ciaddr: req.ciaddr,
+        });
+        self.check(iface)?;
+        let server = self.dhcp_server.borrow();
+        if let Some(server) = server.as_ref().filter(|s| s.from <= self.clock.get()) {
+            if let Some(answer) = server.answer(&req) {
+                self.dhcp_inbox.borrow_mut().push_back(answer.encode());
+            }
+        }
+        Ok(())
+    }
+    fn dhcp_recv(&self, _iface: &str, wait: Duration) -> io::Result<Option<Vec<u8>>> {
+        if let Some(bytes) = self.dhcp_inbox.borrow_mut().pop_front() {
+            return Ok(Some(bytes));
+        }
+        self.clock.set(self.clock.get() + wait);
+        Ok(None)
     }
     fn spawn(&self, spec: &ServiceSpec) -> io::Result<u32> {
         self.check(&spec.argv[0])?;

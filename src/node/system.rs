@@ -149,6 +149,12 @@ pub trait System {
     fn link_up(&self, iface: &str) -> io::Result<()>;
     fn add_address(&self, iface: &str, addr: Ipv4Net) -> io::Result<()>;
     fn add_default_route(&self, gateway: Ipv4Addr) -> io::Result<()>;
+    /// Sends one DHCP client message from port 68 of `iface` to port 67 of `to`
+    /// (`255.255.255.255` before the interface has an address).
+    fn dhcp_send(&self, iface: &str, to: Ipv4Addr, message: &[u8]) -> io::Result<()>;
+    /// The next datagram that reached port 68 of `iface`, waiting at most `wait` (not at
+    /// all for zero); `None` when nothing came.
+    fn dhcp_recv(&self, iface: &str, wait: Duration) -> io::Result<Option<Vec<u8>>>;
     /// Starts a service, returning its PID.
     fn spawn(&self, spec: &ServiceSpec) -> io::Result<u32>;
     fn signal(&self, pid: u32, signal: Signal) -> io::Result<()>;
