@@ -30,7 +30,7 @@
       scenarioCheck = name: pkgs.runCommand "qemu-${name}" {
         requiredSystemFeatures = [ "kimg-qemu" ];
         __noChroot = true;
-        nativeBuildInputs = [ pkgs.cargo pkgs.rustc pkgs.qemu pkgs.iproute2 pkgs.etcd pkgs.protobuf ];
+        nativeBuildInputs = [ pkgs.cargo pkgs.rustc pkgs.qemu pkgs.iproute2 pkgs.etcd pkgs.protobuf pkgs.dnsmasq pkgs.kubectl pkgs.curl pkgs.python3 ];
       } ''
         cp -r ${./.} src && chmod -R u+w src && cd src
         KIMG=${kimg}/bin/kimg qemu-tests/run ${name}

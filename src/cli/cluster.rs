@@ -60,6 +60,10 @@ pub enum ClusterCommand {
         /// Upstream DNS servers, comma separated. Default: the gateway.
         #[arg(long, value_delimiter = ',')]
         dns: Vec<String>,
+        /// `kimg vip` timing LEASE,RENEW,RETRY (the `[vip]` table). Default: 2s,1500ms,250ms.
+        /// Slow machines (QEMU without KVM) need longer ones; failover takes ~LEASE+RETRY.
+        #[arg(long)]
+        vip_timing: Option<String>,
         /// Replace an existing cluster; its old secrets/ is kept as secrets.replaced-<time>.
         #[arg(long)]
         force: bool,
@@ -92,6 +96,7 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             network,
             gateway,
             dns,
+            vip_timing,
             force,
         } => {
             let opts = NewOptions {
@@ -106,6 +111,7 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 network,
                 gateway,
                 dns,
+                vip_timing,
             };
             let c = cluster::create(&dir, &opts, force)?;
             for w in &c.warnings {

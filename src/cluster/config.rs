@@ -18,6 +18,11 @@
 //! dns = ["192.168.202.1"]            # upstream resolvers for nodes and cluster DNS
 //! ntp = []                           # optional NTP servers
 //!
+//! [vip]                              # optional: timing of `kimg vip` (these are the defaults)
+//! lease-duration = "2s"              # a master takes over a Lease unchanged for this long
+//! renew-deadline = "1500ms"          # the holder drops the VIP if it could not renew for this long
+//! retry-period = "250ms"             # interval between reads and renewals
+//!
 //! [[node]]                           # one table per machine
 //! name = "etcd-1"
 //! roles = ["etcd"]                   # any of "etcd", "master", "worker"
@@ -62,8 +67,51 @@ pub struct ClusterFile {
     #[serde(default = "default_true")]
     pub anonymous_workers: bool,
     pub network: NetworkFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<VipFile>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeFile>,
+}
+
+/// The optional `[vip]` table: durations as written (`"2s"`, `"1500ms"`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct VipFile {
+    #[serde(default = "default_lease_duration")]
+    pub lease_duration: String,
+    #[serde(default = "default_renew_deadline")]
+    pub renew_deadline: String,
+    #[serde(default = "default_retry_period")]
+    pub retry_period: String,
+}
+
+fn default_lease_duration() -> String {
+    "2s".into()
+}
+fn default_renew_deadline() -> String {
+    "1500ms".into()
+}
+fn default_retry_period() -> String {
+    "250ms".into()
+}
+
+/// `kimg vip` timing (see `node::vip`): failover after a crash takes about
+/// `lease_duration + retry_period`; `retry_period < renew_deadline < lease_duration`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipTiming {
+    pub lease_duration: std::time::Duration,
+    pub renew_deadline: std::time::Duration,
+    pub retry_period: std::time::Duration,
+}
+
+impl Default for VipTiming {
+    fn default() -> VipTiming {
+        VipTiming {
+            lease_duration: std::time::Duration::from_secs(2),
+            renew_deadline: std::time::Duration::from_millis(1500),
+            retry_period: std::time::Duration::from_millis(250),
+        }
+    }
 }
 
 /// The `[network]` table.
@@ -206,6 +254,7 @@ pub struct Cluster {
     pub dns_domain: String,
     pub anonymous_workers: bool,
     pub network: Network,
+    pub vip_timing: VipTiming,
     pub nodes: Vec<Node>,
     /// Non-fatal findings (e.g. an even etcd member count), one sentence each.
     pub warnings: Vec<String>,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
-use super::config::{self, ClusterFile, NetworkFile, NodeFile, CLUSTER_FILE};
+use super::config::{self, ClusterFile, NetworkFile, NodeFile, VipFile, CLUSTER_FILE};
 use super::error::{ClusterError, FieldError};
 use super::{validate, Cluster};
 
@@ -33,6 +33,8 @@ pub struct NewOptions {
     pub network: Option<String>,
     pub gateway: Option<String>,
     pub dns: Vec<String>,
+    /// `LEASE,RENEW,RETRY` for the `[vip]` table.
+    pub vip_timing: Option<String>,
 }
 
 /// The single-machine default's addresses.
@@ -167,6 +169,22 @@ pub fn file_from_options(opts: &NewOptions) -> Result<ClusterFile, ClusterError>
             gateway,
             dns,
             ntp: Vec::new(),
+        },
+        vip: match &opts.vip_timing {
+            None => None,
+            Some(t) => match t.split(',').map(str::trim).collect::<Vec<_>>()[..] {
+                [lease, renew, retry] => Some(VipFile {
+                    lease_duration: lease.into(),
+                    renew_deadline: renew.into(),
+                    retry_period: retry.into(),
+                }),
+                _ => {
+                    return Err(option_error(
+                        "--vip-timing",
+                        format!("{t:?} must be LEASE,RENEW,RETRY, e.g. 2s,1500ms,250ms"),
+                    ))
+                }
+            },
         },
         nodes,
     })

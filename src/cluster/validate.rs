@@ -14,7 +14,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use toml_edit::{ImDocument, Item, Table, Value};
 
-use super::config::{line_of_offset, Cluster, ClusterFile, Mac, Network, Node, Role};
+use super::config::{line_of_offset, Cluster, ClusterFile, Mac, Network, Node, Role, VipTiming};
 use super::error::{ClusterError, FieldError};
 
 struct Checker<'a> {
@@ -357,6 +357,38 @@ pub fn validate(
         ));
     }
 
+    let mut vip_timing = VipTiming::default();
+    if let Some(v) = &file.vip {
+        let mut dur = |field: &str, value: &str| match humantime::parse_duration(value) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                c.fail(
+                    field,
+                    format!("{value:?} is not a duration such as \"2s\" or \"250ms\""),
+                );
+                None
+            }
+        };
+        let lease = dur("vip.lease-duration", &v.lease_duration);
+        let renew = dur("vip.renew-deadline", &v.renew_deadline);
+        let retry = dur("vip.retry-period", &v.retry_period);
+        if let (Some(lease), Some(renew), Some(retry)) = (lease, renew, retry) {
+            if renew >= lease {
+                c.fail(
+                    "vip.renew-deadline",
+                    "must be shorter than lease-duration: the holder must drop the VIP before another master may take it",
+                );
+            } else if retry >= renew {
+                c.fail("vip.retry-period", "must be shorter than renew-deadline");
+            }
+            vip_timing = VipTiming {
+                lease_duration: lease,
+                renew_deadline: renew,
+                retry_period: retry,
+            };
+        }
+    }
+
     if !c.errors.is_empty() {
         return Err(ClusterError::Invalid(c.errors));
     }
@@ -379,6 +411,7 @@ pub fn validate(
             dns,
             ntp: file.network.ntp.clone(),
         },
+        vip_timing,
         nodes,
         warnings,
         file,

@@ -75,6 +75,12 @@ pub fn services(cluster: &Cluster, node: &Node) -> Vec<ServiceSpec> {
                 &node.name,
                 "--kubeconfig",
                 &format!("{CONF_DIR}/admin.conf"),
+                "--lease-duration",
+                &humantime::format_duration(cluster.vip_timing.lease_duration).to_string(),
+                "--renew-deadline",
+                &humantime::format_duration(cluster.vip_timing.renew_deadline).to_string(),
+                "--retry-period",
+                &humantime::format_duration(cluster.vip_timing.retry_period).to_string(),
             ],
         ),
     ]
@@ -115,6 +121,10 @@ mod tests {
         let vip = s[3].argv.join(" ");
         assert!(
             vip.contains("vip --vip 10.0.0.100 --node-ip 10.0.0.21 --identity "),
+            "{vip}"
+        );
+        assert!(
+            vip.ends_with("--lease-duration 2s --renew-deadline 1s 500ms --retry-period 250ms"),
             "{vip}"
         );
         let cm = s[2].argv.join(" ");

@@ -146,11 +146,15 @@ impl Core {
         None
     }
 
-    /// A binding failed: release the assumption and retry the pod.
-    pub fn binding_failed(&mut self, pod: &Pod) {
-        let key = key_of(pod);
+    /// A binding failed (say etcd was briefly unavailable): release the assumption and
+    /// queue the pod again. [`schedule_one`](Self::schedule_one) took it out of `pending`,
+    /// so it goes back in; a pod deleted meanwhile gets a 404 on the next bind.
+    pub fn binding_failed(&mut self, pod: Arc<Pod>) {
+        let key = key_of(&pod);
         self.cache.forget(&key);
-        if self.pending.contains_key(&key) && self.queued.insert(key.clone()) {
+        self.pending.insert(key.clone(), pod);
+        self.unschedulable.remove(&key);
+        if self.queued.insert(key.clone()) {
             self.active.push_back(key);
         }
     }
@@ -387,6 +391,27 @@ mod tests {
         c.cluster_changed();
         let p = c.pop().expect("retried");
         assert_eq!(c.schedule_one(&p).as_deref().ok(), Some("huge"));
+    }
+
+    #[test]
+    fn a_pod_whose_binding_failed_is_scheduled_again_and_its_room_freed() {
+        let mut c = core(&[node("a", json!({"status": {"allocatable": {"cpu": "1"}}}))]);
+        let p1 = pod(
+            "p1",
+            json!({"containers": [{"name": "c", "image": "x",
+            "resources": {"requests": {"cpu": "1"}}}]}),
+        );
+        c.pod_seen(p1, "default-scheduler");
+        let p = c.pop().expect("queued");
+        assert_eq!(c.schedule_one(&p).as_deref().ok(), Some("a"));
+        assert!(c.pop().is_none(), "bound pods leave the queue");
+        c.binding_failed(p);
+        let p = c.pop().expect("queued again after a failed binding");
+        assert_eq!(
+            c.schedule_one(&p).as_deref().ok(),
+            Some("a"),
+            "the failed assumption no longer holds the node's CPU"
+        );
     }
 
     #[test]

@@ -60,7 +60,12 @@ enum Msg {
     Pod(Box<watcher::Event<Pod>>),
     Node(Box<watcher::Event<Node>>),
     Bound(Arc<Pod>, Result<(), kube::Error>),
+    /// A pod whose binding failed, back after [`BIND_RETRY`].
+    Retry(Arc<Pod>),
 }
+
+/// Pause before a pod whose binding failed is scheduled again.
+const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn forward<K, F>(api: Api<K>, tx: mpsc::Sender<Msg>, wrap: F) -> tokio::task::JoinHandle<()>
 where
@@ -157,10 +162,18 @@ pub async fn run(client: Client, opts: Options) -> Result<(), SchedulerError> {
                         core.cache.forget(&pod_key(&pod));
                     }
                     Err(e) => {
-                        tracing::warn!(pod = %pod_key(&pod), error = %e, "binding failed");
-                        core.binding_failed(&pod);
+                        tracing::warn!(pod = %pod_key(&pod), error = %e, "binding failed; retrying in 1 s");
+                        // Free the assumed resources now; retry after a pause so that an
+                        // unavailable store is not hammered.
+                        core.cache.forget(&pod_key(&pod));
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(BIND_RETRY).await;
+                            let _ = tx.send(Msg::Retry(pod)).await;
+                        });
                     }
                 },
+                Msg::Retry(pod) => core.binding_failed(pod),
             }
         }
         // Schedule a bounded batch, then look at events again.

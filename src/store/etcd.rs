@@ -93,7 +93,11 @@ impl EtcdStore {
             .when(compares)
             .and_then(vec![op])
             .or_else(vec![TxnOp::get(key, None)]);
-        let response = self.kv().txn(txn).await?;
+        let response = retrying(Attempt::Write, || {
+            let (mut kv, txn) = (self.kv(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         let revision = header_revision(response.header())?;
         if response.succeeded() {
             return Ok(Ok((revision, response)));
@@ -163,6 +167,52 @@ impl From<etcd_client::Error> for StoreError {
     }
 }
 
+/// How long a request keeps being retried while etcd is unreachable, and the pause between.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Which requests may be sent again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Any unavailability: reading twice is harmless.
+    Read,
+    /// Only failures that prove the request never reached etcd (no connection, no leader),
+    /// so a write is never applied twice behind the caller's back.
+    Write,
+}
+
+fn worth_retrying(error: &etcd_client::Error, attempt: Attempt) -> bool {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+            let m = status.message();
+            attempt == Attempt::Read || m.contains("connect") || m.contains("no leader")
+        }
+        etcd_client::Error::TransportError(_) => attempt == Attempt::Read,
+        _ => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or [`RETRY_FOR`] has passed. A member that
+/// vanished with its machine keeps receiving a share of the requests until the channel's
+/// keepalive gives up on it (seconds); they fail at connect time, and the next attempt is
+/// balanced onto a member that answers. The same holds while the members elect a leader.
+async fn retrying<T, F, Fut>(attempt: Attempt, mut op: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        match op().await {
+            Err(e) if worth_retrying(&e, attempt) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "etcd unavailable; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether a gRPC code means "try again later" rather than "etcd said no".
 fn is_retryable(code: tonic::Code) -> bool {
     matches!(
@@ -201,7 +251,11 @@ fn revision_error(error: etcd_client::Error, revision: i64) -> StoreError {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let response = self.kv().get(key, None).await?;
+        let response = retrying(Attempt::Read, || {
+            let mut kv = self.kv();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         response.kvs().first().map(convert_kv).transpose()
     }
 
@@ -221,11 +275,12 @@ impl Store for EtcdStore {
         if let Some(limit) = options.limit.filter(|l| *l > 0) {
             get = get.with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        let response = self
-            .kv()
-            .get(start, Some(get))
-            .await
-            .map_err(|e| revision_error(e, revision))?;
+        let response = retrying(Attempt::Read, || {
+            let (mut kv, start, get) = (self.kv(), start.clone(), get.clone());
+            async move { kv.get(start, Some(get)).await }
+        })
+        .await
+        .map_err(|e| revision_error(e, revision))?;
         let items = response
             .kvs()
             .iter()
@@ -325,10 +380,11 @@ impl Store for EtcdStore {
     }
 
     async fn current_revision(&self) -> Result<i64, StoreError> {
-        let response = self
-            .kv()
-            .get("/", Some(GetOptions::new().with_count_only()))
-            .await?;
+        let response = retrying(Attempt::Read, || {
+            let mut kv = self.kv();
+            async move { kv.get("/", Some(GetOptions::new().with_count_only())).await }
+        })
+        .await?;
         header_revision(response.header())
     }
 
