@@ -52,20 +52,6 @@ async fn wait_for_file(path: &Path) {
     }
 }
 
-/// Asks for SCHED_RR (priority 10) for this process and the threads it starts, so that a
-/// busy machine cannot delay renewals or the fencing deadline; without the privilege it
-/// runs as a normal process and says so.
-fn realtime() {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: plain syscall on this process with a valid parameter struct.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "no real-time scheduling; renewals may be delayed on a busy machine"
-        );
-    }
-}
-
 /// Runs `kimg vip` until SIGTERM or SIGINT, then drops the VIP and releases the Lease.
 pub fn run(args: VipArgs) -> anyhow::Result<()> {
     let timing = Timing {
@@ -85,7 +71,6 @@ pub fn run(args: VipArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_string())
             .context("cannot read the host name; pass --identity")?,
     };
-    realtime();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,5 +1,4 @@
-//! The VIP on the wire: the address on an interface (with a kernel-enforced lifetime) and
-//! gratuitous ARP.
+//! The VIP on the wire: the address on an interface and gratuitous ARP.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -47,16 +46,9 @@ impl Link {
         Link::named(&name)
     }
 
-    /// Adds `vip/32` (or refreshes it) so that the kernel drops it by itself after
-    /// `lifetime_secs` unless refreshed again.
-    pub fn hold(&self, vip: Ipv4Addr, lifetime_secs: u32) -> io::Result<()> {
-        netlink::request(&netlink::add_address_with_lifetime_message(
-            self.index,
-            vip,
-            32,
-            lifetime_secs,
-            1,
-        ))
+    /// Adds `vip/32`; an address that is already there counts as added.
+    pub fn hold(&self, vip: Ipv4Addr) -> io::Result<()> {
+        netlink::request(&netlink::add_address_message(self.index, vip, 32, 1))
     }
 
     /// Removes `vip/32`; an address that is not there counts as removed.

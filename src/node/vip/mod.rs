@@ -26,19 +26,16 @@
 //! carries the version it saw, so if the holder renewed meanwhile it fails with a
 //! conflict. A holder cut off from the network (the partition case) cannot renew — its
 //! apiserver cannot reach an etcd quorum — and so drops the VIP by its deadline, before the
-//! others may take it. The address also carries a kernel lifetime (`valid_lft`, whole
-//! seconds, refreshed on each renewal) so that even a hung or SIGKILLed `kimg vip` does not
-//! leave the VIP behind for long; on start `kimg vip` removes a VIP left on its interface.
-//!
-//! `kimg vip` asks for real-time scheduling (SCHED_RR, as keepalived does) so that a
-//! machine busy booting or compiling cannot starve the renewals and the fencing timer.
+//! others may take it. On start `kimg vip` removes a VIP left on its interface by an
+//! earlier run (a crashed process is restarted by the supervisor within seconds).
 //!
 //! Failover after a holder crash takes about `lease_duration + retry_period` plus the
 //! takeover write: ~2.3 s with the defaults.
 //!
-//! Limits: the kernel lifetime is a backstop, not the fence — the kernel rounds it up to
-//! the next whole second, so a frozen (not crashed) holder process is only fenced by its
-//! machine's kernel up to ~1 s after the Lease may have been taken over. IPv4 only.
+//! Limits: the fence is the holder process's own timer, so a holder *process* that is
+//! frozen (not crashed, not its machine) keeps the address until it runs again. A kernel
+//! address lifetime (`valid_lft`) would bound that, but refreshing one every renewal froze
+//! TCG guests (Debian 6.1 kernel) in the QEMU scenarios, so the /32 is permanent. IPv4 only.
 
 pub mod elector;
 pub mod link;
@@ -238,7 +235,6 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
     } = opts;
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut e = Elector::new(&identity, timing);
-    let lifetime = timing.lease_duration.as_secs_f64().ceil().max(1.0) as u32;
     let mut holding = false;
     // What our last successful write returned; a holder renews over it without a read.
     let mut last: Option<Lease> = None;
@@ -270,7 +266,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
         match outcome {
             Round::Won => {
                 let fresh = !holding;
-                match link.hold(vip, lifetime) {
+                match link.hold(vip) {
                     Ok(()) => holding = true,
                     Err(err) => tracing::error!(%vip, error = %err, "cannot add the VIP"),
                 }
