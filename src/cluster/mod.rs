@@ -9,7 +9,7 @@ mod validate;
 
 pub use config::{
     line_of_offset, parse, render, Cluster, ClusterFile, Mac, Network, NetworkFile, Node, NodeFile,
-    Role, CLUSTER_FILE,
+    Role, VipTiming, CLUSTER_FILE,
 };
 pub use error::{ClusterError, FieldError};
 pub use new::{

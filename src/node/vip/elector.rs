@@ -5,30 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-/// Lease timing. Failover after a crash takes about `lease_duration + retry_period`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// A candidate may take over a Lease it has seen unchanged for this long.
-    pub lease_duration: Duration,
-    /// A holder that has not renewed within this long (counted from the *start* of its
-    /// last successful renewal) drops the VIP. Must be shorter than `lease_duration`.
-    pub renew_deadline: Duration,
-    /// Interval between reads (candidates) and renewals (the holder).
-    pub retry_period: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Timing {
-        Timing {
-            lease_duration: Duration::from_secs(2),
-            renew_deadline: Duration::from_millis(1500),
-            retry_period: Duration::from_millis(250),
-        }
-    }
-}
+/// Lease timing: the `[vip]` table of `cluster.toml` (defaults 2s / 1500ms / 250ms).
+/// Failover after a crash takes about `lease_duration + retry_period`.
+pub use crate::cluster::VipTiming as Timing;
 
 impl Timing {
-    /// Checks that the fencing margin exists: `retry_period < renew_deadline < lease_duration`.
+    /// Checks that the fencing margin exists: `retry_period < renew_deadline < lease_duration`
+    /// (for timings given on the `kimg vip` command line; `cluster.toml` is checked on load).
     pub fn validate(&self) -> Result<(), String> {
         if self.renew_deadline >= self.lease_duration {
             return Err(format!(
