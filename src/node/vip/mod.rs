@@ -238,7 +238,10 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
     let mut holding = false;
     // What our last successful write returned; a holder renews over it without a read.
     let mut last: Option<Lease> = None;
-    let drop_vip = |why: &str, holding: &mut bool| {
+    // Steps down (if holding) and removes the address: the one way the VIP is dropped.
+    let drop_vip = |why: &str, holding: &mut bool, e: &mut Elector, last: &mut Option<Lease>| {
+        *last = None;
+        e.stepped_down();
         if let Err(err) = link.release(vip) {
             tracing::error!(%vip, error = %err, "cannot remove the VIP");
         }
@@ -248,7 +251,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
         }
     };
     // A VIP left behind by an earlier run of this process is not ours until we win.
-    drop_vip("start", &mut holding);
+    drop_vip("start", &mut holding, &mut e, &mut last);
     tokio::pin!(stop);
     loop {
         let begun = Instant::now();
@@ -264,13 +267,14 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             () = &mut stop => break,
         };
         match outcome {
+            // A renewal needs nothing on the wire: the /32 is permanent while held.
+            Round::Won if holding => {}
             Round::Won => {
-                let fresh = !holding;
                 match link.hold(vip) {
                     Ok(()) => holding = true,
                     Err(err) => tracing::error!(%vip, error = %err, "cannot add the VIP"),
                 }
-                if fresh && holding {
+                if holding {
                     if let Err(err) = link.announce(vip) {
                         tracing::warn!(%vip, error = %err, "gratuitous ARP failed");
                     }
@@ -278,18 +282,13 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
                     println!("kimg: vip-acquired vip={vip} node={identity}");
                 }
             }
-            Round::Lost if holding => {
-                last = None;
-                e.stepped_down();
-                drop_vip("lost", &mut holding);
-            }
+            Round::Lost if holding => drop_vip("lost", &mut holding, &mut e, &mut last),
             Round::Lost => {}
             Round::Unhealthy(why) => {
                 last = None;
                 if holding {
                     tracing::warn!(error = %why, "the local apiserver is not ready");
-                    e.stepped_down();
-                    drop_vip("unhealthy", &mut holding);
+                    drop_vip("unhealthy", &mut holding, &mut e, &mut last);
                     release_lease(&api, &identity, timing.retry_period).await;
                 }
             }
@@ -297,9 +296,7 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             Round::Failed(why) => tracing::debug!(error = %why, "round failed"),
         }
         if holding && !e.may_hold(Instant::now()) {
-            last = None;
-            e.stepped_down();
-            drop_vip("renew-deadline", &mut holding);
+            drop_vip("renew-deadline", &mut holding, &mut e, &mut last);
         }
         let mut wake = begun + timing.retry_period;
         if let (true, Some(d)) = (holding, e.drop_deadline()) {
@@ -310,13 +307,11 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             () = &mut stop => break,
         }
         if holding && !e.may_hold(Instant::now()) {
-            last = None;
-            e.stepped_down();
-            drop_vip("renew-deadline", &mut holding);
+            drop_vip("renew-deadline", &mut holding, &mut e, &mut last);
         }
     }
     let was = holding;
-    drop_vip("shutdown", &mut holding);
+    drop_vip("shutdown", &mut holding, &mut e, &mut last);
     if was {
         release_lease(&api, &identity, timing.renew_deadline).await;
     }
