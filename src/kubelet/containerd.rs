@@ -610,6 +610,13 @@ impl Containerd {
             .map_err(KubeletError::containerd("snapshot mounts"))?
             .into_inner()
             .mounts;
+        // The log exists before the task does, so `kubectl logs -f` issued as soon as the
+        // container counts as running never races the shim's own (asynchronous) open.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(KubeletError::io(log))?;
         let uri = format!("file://{}", log.display());
         self.tasks()
             .create(self.req(

@@ -336,15 +336,7 @@ impl Worker {
 
     /// Starts one attempt and returns its exit code (or None when it never started).
     async fn attempt(&self, kind: Kind, c: &Container, id: &str) -> Result<i32, KubeletError> {
-        // The log exists from the moment the container counts as running, so
-        // `kubectl logs -f` issued right after never races the shim's open.
-        let log = self.log_path(&c.name);
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(KubeletError::io(&log))?;
-        self.rt.start(id, &log).await?;
+        self.rt.start(id, &self.log_path(&c.name)).await?;
         let started_at = now();
         self.with_container(kind, |r| {
             r.state = ContainerState::Running { started_at };
