@@ -100,20 +100,7 @@ impl Machine {
     }
 
     fn holds(&self) -> bool {
-        let out = Command::new("ip")
-            .args([
-                "-n",
-                self.ns.name(),
-                "-4",
-                "-o",
-                "addr",
-                "show",
-                "dev",
-                "eth0",
-            ])
-            .output()
-            .expect("ip addr");
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
+        holds_vip(self.ns.name())
     }
 
     fn mac(&self) -> String {
@@ -128,6 +115,15 @@ impl Machine {
         let state = if up { "up" } else { "down" };
         ip(&["-n", hub.name(), "link", "set", &self.port, state]);
     }
+}
+
+/// Whether the machine in network namespace `ns` carries the VIP on its eth0.
+fn holds_vip(ns: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .expect("ip addr");
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
 }
 
 /// Answers from the VIP as the hub sees it: the MAC its neighbour table holds after a ping.
@@ -242,16 +238,9 @@ fn one_master_holds_the_vip_hands_it_over_and_never_shares_it_needs_root() {
         let (ns1, ns2) = (cut_m.ns.name().to_string(), peer_m.ns.name().to_string());
         let (both, stop) = (both.clone(), stop.clone());
         std::thread::spawn(move || {
-            let has = |ns: &str| {
-                let out = Command::new("ip")
-                    .args(["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"])
-                    .output()
-                    .expect("ip addr");
-                String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
-            };
             let mut samples = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                if has(&ns1) && has(&ns2) {
+                if holds_vip(&ns1) && holds_vip(&ns2) {
                     both.store(true, Ordering::SeqCst);
                 }
                 samples += 1;
