@@ -3,9 +3,10 @@
 //! How: without a `resourceVersion` (or with `0`) the watch first sends the current objects
 //! as `ADDED`, then follows a store watch from the list's revision; with one, it replays
 //! every change after it. Selectors are applied per event: an object that stops matching is
-//! sent as `DELETED`, one that starts matching as `ADDED`. A compacted revision ends the
-//! stream with an `ERROR` event holding a 410 `Status`, which client-go answers with a
-//! re-list. `allowWatchBookmarks` adds a `BOOKMARK` every [`BOOKMARK_EVERY`]; with
+//! sent as `DELETED`, one that starts matching as `ADDED`. A revision that is too old
+//! (compacted, or older than the watch cache's history) is answered, as kube-apiserver
+//! does, with status 200 and a stream ending in an `ERROR` event holding a 410 `Status`,
+//! which client-go and kube-rs answer with a re-list. `allowWatchBookmarks` adds a `BOOKMARK` every [`BOOKMARK_EVERY`]; with
 //! `sendInitialEvents=true` the initial events end with a bookmark annotated
 //! `k8s.io/initial-events-end`. Table output works as for lists (one row per event).
 //! Events come from the shared watch cache ([`super::cache`]); a client that stops reading
@@ -24,7 +25,7 @@ use super::list::{list_objects, ListQuery};
 use super::object::{self, parse_rv};
 use super::server::{stream_response, Req, Response, Target};
 use super::{table, State};
-use crate::store::WatchEventKind;
+use crate::store::{StoreError, WatchEventKind, WatchStream};
 
 /// How often an idle watch with bookmarks enabled sends one.
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
@@ -110,9 +111,17 @@ pub async fn watch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
         (false, Some(rv)) => (Vec::new(), parse_rv(rv)?),
         (false, None) => (Vec::new(), 0),
     };
-    let mut stream = st
+    // A revision that is too old is answered like kube-apiserver does: 200 and one ERROR
+    // event carrying the 410, which clients (client-go, kube-rs) take as "re-list". An
+    // HTTP 410 instead makes kube-rs retry the same revision forever.
+    let mut stream: WatchStream = match st
         .watch(&t.res.prefix(t.namespace.as_deref()), from)
-        .await?;
+        .await
+    {
+        Ok(s) => s,
+        Err(e @ StoreError::Compacted { .. }) => Box::pin(futures::stream::iter([Err(e)])),
+        Err(e) => return Err(e.into()),
+    };
     let initial_end_bookmark = req.flag("sendInitialEvents") && bookmarks;
     tokio::spawn(async move {
         for obj in initial {
@@ -308,15 +317,13 @@ mod tests {
             &target(),
             &req(&[("watch", "1"), ("resourceVersion", &r1.to_string())]),
         )
-        .await;
-        match resp {
-            Ok(resp) => {
-                let evs = events(resp, 1).await;
-                assert_eq!(evs[0]["type"], "ERROR");
-                assert_eq!(evs[0]["object"]["code"], 410);
-            }
-            Err(e) => assert!(matches!(e, ApiError::Gone { .. }), "{e}"),
-        }
+        .await
+        .expect("a too old revision is not an HTTP error");
+        assert_eq!(resp.status(), hyper::StatusCode::OK);
+        let evs = events(resp, 1).await;
+        assert_eq!(evs[0]["type"], "ERROR");
+        assert_eq!(evs[0]["object"]["code"], 410);
+        assert_eq!(evs[0]["object"]["reason"], "Expired");
     }
 
     #[tokio::test]
