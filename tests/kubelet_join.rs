@@ -411,6 +411,41 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     let exec = env.kubectl(&["exec", "p1", "--", "cat", "/etc/hostname"]);
     assert_eq!(String::from_utf8_lossy(&exec.stdout).trim(), "p1");
     assert!(exec.status.success());
+    // Every pod carries its service account's credentials (the projected
+    // kube-api-access volume): a token the apiserver accepts, the cluster CA, its namespace.
+    let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let cat = |file: &str| env.ok(&["exec", "p1", "--", "cat", &format!("{sa}/{file}")]);
+    assert_eq!(cat("namespace").trim(), "default");
+    let ca = std::fs::read_to_string(env.tmp.path().join("dev/secrets/pki/ca.crt")).expect("ca");
+    assert_eq!(cat("ca.crt").trim(), ca.trim());
+    let token = cat("token");
+    let server = env.ok(&[
+        "config",
+        "view",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let as_pod = |token: &str| {
+        Command::new("kubectl")
+            .args(["--kubeconfig", "/dev/null", "--server", server.trim()])
+            .arg("--certificate-authority")
+            .arg(env.tmp.path().join("dev/secrets/pki/ca.crt"))
+            .args(["--token", token.trim(), "get", "secrets"])
+            .output()
+            .expect("kubectl")
+    };
+    let out = as_pod(&token);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("system:serviceaccount:default:default") && err.contains("forbidden"),
+        "the pod's token is its service account's: {err}"
+    );
+    let forged = as_pod(&format!("{}x", token.trim()));
+    assert!(
+        String::from_utf8_lossy(&forged.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
     // Output streams while the command runs, and stdin reaches it.
     let mut slow = Command::new("kubectl")
         .arg("--kubeconfig")

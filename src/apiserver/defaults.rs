@@ -3,7 +3,8 @@
 //!
 //! Namespace: `status.phase: Active`, `spec.finalizers: [kubernetes]`, the
 //! `kubernetes.io/metadata.name` label. Pod: `status.phase: Pending`, restart/DNS policy,
-//! scheduler name, service account, grace period. Deployment/ReplicaSet/StatefulSet/
+//! scheduler name, service account, grace period, and the service-account token volume
+//! ([`super::sa_admission`]). Deployment/ReplicaSet/StatefulSet/
 //! ReplicationController: `spec.replicas: 1`; Deployment: strategy, revision history and
 //! progress deadline. Secret: `type: Opaque`, `stringData` folded into `data`. Service: see
 //! [`super::service`]. Limits: no validation of required fields beyond names and Services.
@@ -77,6 +78,7 @@ pub async fn on_create(st: &State, res: &Resource, obj: &mut Value) -> Result<()
             default(obj, &["spec", "serviceAccountName"], json!("default"));
             default(obj, &["spec", "terminationGracePeriodSeconds"], json!(30));
             default(obj, &["status", "phase"], json!("Pending"));
+            super::sa_admission::admit(st, obj).await?;
         }
         "Deployment" => {
             default(obj, &["spec", "replicas"], json!(1));

@@ -48,6 +48,7 @@ mod rbac;
 mod rbac_defaults;
 pub mod resources;
 mod rest;
+pub mod sa_admission;
 mod schemas;
 mod selector;
 mod server;

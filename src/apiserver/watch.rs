@@ -114,9 +114,7 @@ pub async fn watch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
     // A revision that is too old is answered like kube-apiserver does: 200 and one ERROR
     // event carrying the 410, which clients (client-go, kube-rs) take as "re-list". An
     // HTTP 410 instead makes kube-rs retry the same revision forever.
-    let mut stream: WatchStream = match st
-        .watch(&t.res.prefix(t.namespace.as_deref()), from)
-        .await
+    let mut stream: WatchStream = match st.watch(&t.res.prefix(t.namespace.as_deref()), from).await
     {
         Ok(s) => s,
         Err(e @ StoreError::Compacted { .. }) => Box::pin(futures::stream::iter([Err(e)])),

@@ -28,6 +28,10 @@ pub struct ControllerArgs {
     /// Cluster CA key.
     #[arg(long, requires = "cluster_signing_cert_file")]
     pub cluster_signing_key_file: Option<PathBuf>,
+    /// CA certificate published to every namespace as the ConfigMap `kube-root-ca.crt`
+    /// (what pods' service-account volumes carry as `ca.crt`); default: the signing cert.
+    #[arg(long)]
+    pub root_ca_file: Option<PathBuf>,
 }
 
 impl ControllerArgs {
@@ -41,6 +45,7 @@ impl ControllerArgs {
                 .clone()
                 .zip(self.cluster_signing_key_file.clone())
                 .map(|(cert, key)| crate::controllers::csr::SigningFiles { cert, key }),
+            root_ca: self.root_ca_file.clone(),
         }
     }
 }

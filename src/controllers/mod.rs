@@ -56,6 +56,9 @@ pub struct Options {
     pub node_monitor_period: Duration,
     /// The cluster CA that signs approved client CSRs; none: CSRs are approved, not signed.
     pub signing: Option<csr::SigningFiles>,
+    /// The CA certificate published as `kube-root-ca.crt` in every namespace; none: the
+    /// signing certificate, if any.
+    pub root_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             node_monitor_grace_period: Duration::from_secs(40),
             node_monitor_period: Duration::from_secs(5),
             signing: None,
+            root_ca: None,
         }
     }
 }

@@ -20,8 +20,7 @@
 //! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`);
 //! [`private_containerd`] runs a containerd of one's own for tests.
 //!
-//! Limits: no registry pull, no projected service-account tokens; logs are plain text
-//! files.
+//! Limits: no registry pull; logs are plain text files.
 
 pub mod agent;
 pub mod cni;
@@ -168,7 +167,7 @@ impl Kubelet {
         }
     }
 
-    fn pod_dir(&self, uid: &str) -> PathBuf {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.cfg.root_dir.join("pods").join(uid)
     }
 

@@ -103,11 +103,19 @@ impl Downward {
     }
 }
 
-/// ConfigMap and Secret contents the caller resolved from the API.
+/// ConfigMap and Secret contents and service-account tokens the caller resolved from the API.
 #[derive(Clone, Debug, Default)]
 pub struct ResolvedData {
     pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// Service-account tokens of projected volumes by [`token_key`]; shared with the
+    /// refresher, so a container restarted late gets the current token, not the first.
+    pub tokens: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+/// The key of a projected volume's token source in [`ResolvedData::tokens`].
+pub fn token_key(volume: &str, path: &str) -> String {
+    format!("{volume}/{path}")
 }
 
 impl ResolvedData {

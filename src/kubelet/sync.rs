@@ -2,7 +2,11 @@
 //!
 //! How: a kube-rs watcher on pods with `fieldSelector=spec.nodeName=<node>` (it re-lists on
 //! 410 Gone). A new pod gets the ConfigMaps and Secrets it references (volumes, `env`,
-//! `envFrom`) resolved into [`ResolvedData`] and goes to [`Kubelet::run_pod`]. A pod with a
+//! `envFrom`) resolved into [`ResolvedData`], and a bound token (TokenRequest, bound to the
+//! pod) for each `serviceAccountToken` source of its projected volumes; until every
+//! non-optional volume source is available (at most [`VOLUME_WAIT`]) it waits, then goes to
+//! [`Kubelet::run_pod`]. Tokens are renewed at 80 % of their lifetime and rewritten in
+//! place while the pod runs here. A pod with a
 //! `deletionTimestamp` is stopped with its `deletionGracePeriodSeconds` and removed from
 //! the node ([`Kubelet::delete_pod`]), then its API object is deleted with
 //! `gracePeriodSeconds=0` and a uid precondition — how a kubelet finishes a graceful
@@ -20,13 +24,89 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Pod, Secret, ServiceAccount, ServiceAccountTokenProjection,
+};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher;
 use serde_json::{json, Value};
 
 use super::join::ClientCell;
-use super::{Kubelet, ResolvedData};
+use super::spec::token_key;
+use super::{volumes, Kubelet, ResolvedData};
+
+/// The serviceAccountToken sources of the pod's projected volumes, by volume name.
+fn token_sources(pod: &Pod) -> Vec<(String, ServiceAccountTokenProjection)> {
+    let vols = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    vols.into_iter()
+        .flatten()
+        .flat_map(|v| {
+            let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+            sources
+                .filter_map(|s| s.service_account_token.clone())
+                .map(|t| (v.name.clone(), t))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The file mode of projected volume `volume`.
+fn projected_mode(pod: &Pod, volume: &str) -> i32 {
+    let vols = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    vols.into_iter()
+        .flatten()
+        .find(|v| v.name == volume)
+        .and_then(|v| v.projected.as_ref()?.default_mode)
+        .unwrap_or(0o644)
+}
+
+/// What a pod's volumes need from the API but `data` lacks (non-optional ConfigMaps and
+/// Secrets of volumes, service-account tokens).
+fn missing(pod: &Pod, data: &ResolvedData) -> Vec<String> {
+    let mut out = Vec::new();
+    let vols = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    for v in vols.into_iter().flatten() {
+        let mut need_cm = |name: &str, optional: Option<bool>| {
+            if optional != Some(true) && !data.config_maps.contains_key(name) {
+                out.push(format!("configmap {name}"));
+            }
+        };
+        if let Some(cm) = &v.config_map {
+            need_cm(&cm.name, cm.optional);
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(cm) = &src.config_map {
+                need_cm(&cm.name, cm.optional);
+            }
+        }
+        let mut need_secret = |name: &str, optional: Option<bool>| {
+            if optional != Some(true) && !data.secrets.contains_key(name) {
+                out.push(format!("secret {name}"));
+            }
+        };
+        if let Some(s) = &v.secret {
+            need_secret(s.secret_name.as_deref().unwrap_or_default(), s.optional);
+        }
+        for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(s) = &src.secret {
+                need_secret(&s.name, s.optional);
+            }
+        }
+    }
+    let tokens = lock(&data.tokens);
+    for (volume, t) in token_sources(pod) {
+        if !tokens.contains_key(&token_key(&volume, &t.path)) {
+            out.push(format!("the service-account token of volume {volume}"));
+        }
+    }
+    out
+}
+
+/// How long a pod waits for what its volumes need (a fresh namespace's
+/// `kube-root-ca.crt` and `default` ServiceAccount come a moment after it) before it is
+/// reported `Failed`.
+const VOLUME_WAIT: Duration = Duration::from_secs(60);
 
 /// A pod's API identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +144,15 @@ pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
         }
         if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             secrets.insert(s);
+        }
+        let sources = v.projected.iter().flat_map(|p| p.sources.iter().flatten());
+        for src in sources {
+            if let Some(cm) = &src.config_map {
+                cms.insert(cm.name.clone());
+            }
+            if let Some(s) = &src.secret {
+                secrets.insert(s.name.clone());
+            }
         }
     }
     let containers = spec
@@ -160,7 +249,87 @@ impl PodSync {
                 Err(e) => tracing::debug!(secret = %name, error = %e, "not available"),
             }
         }
+        for (volume, t) in token_sources(pod) {
+            match self.request_token(pod, &t).await {
+                Ok((token, _)) => {
+                    lock(&data.tokens).insert(token_key(&volume, &t.path), token);
+                }
+                Err(e) => tracing::debug!(%volume, error = %e, "no service-account token yet"),
+            }
+        }
         data
+    }
+
+    /// A bound token for the pod's service account (TokenRequest); with its lifetime.
+    async fn request_token(
+        &self,
+        pod: &Pod,
+        t: &ServiceAccountTokenProjection,
+    ) -> Result<(String, Duration), kube::Error> {
+        let r = pod_ref(pod);
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: t.audience.clone().into_iter().collect(),
+                expiration_seconds: t.expiration_seconds.or(Some(3600)),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(r.name.clone()),
+                    uid: pod.metadata.uid.clone(),
+                }),
+            },
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(&request).map_err(kube::Error::SerdeError)?;
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.get(), &r.namespace);
+        let got: TokenRequest = api
+            .create_subresource("token", &sa, &PostParams::default(), body)
+            .await?;
+        let ttl = got.spec.expiration_seconds.unwrap_or(3600).max(600) as u64;
+        let token = got.status.map(|s| s.token).unwrap_or_default();
+        Ok((token, Duration::from_secs(ttl)))
+    }
+
+    /// Renews the pod's tokens at 80 % of their lifetime (as the kubelet does), for as
+    /// long as the pod runs here, rewriting the files in its volumes.
+    async fn refresh_tokens(self: Arc<Self>, uid: String, pod: Pod, data: ResolvedData) {
+        let sources = token_sources(&pod);
+        if sources.is_empty() {
+            return;
+        }
+        let pod_dir = self.kubelet.pod_dir(&uid);
+        let mut wait = Duration::from_secs(
+            (sources[0].1.expiration_seconds.unwrap_or(3600).max(600) as u64) * 8 / 10,
+        );
+        loop {
+            tokio::time::sleep(wait).await;
+            if !lock(&self.known).contains_key(&uid) {
+                return;
+            }
+            for (volume, t) in &sources {
+                match self.request_token(&pod, t).await {
+                    Ok((token, ttl)) => {
+                        wait = ttl * 8 / 10;
+                        lock(&data.tokens).insert(token_key(volume, &t.path), token.clone());
+                        let mode = projected_mode(&pod, volume);
+                        if let Err(e) =
+                            volumes::write_token(&pod_dir, volume, &t.path, &token, mode)
+                        {
+                            tracing::warn!(%volume, error = %e, "cannot write the renewed token");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%volume, error = %e, "cannot renew the service-account token");
+                        wait = Duration::from_secs(10);
+                    }
+                }
+            }
+        }
     }
 
     #[tracing::instrument(skip(self, pod), fields(pod = %format!("{}/{}", pod_ref(&pod).namespace, pod_ref(&pod).name)))]
@@ -187,7 +356,20 @@ impl PodSync {
             return;
         }
         lock(&self.known).insert(uid.clone(), r.clone());
-        let data = self.resolve(&pod).await;
+        let mut data = self.resolve(&pod).await;
+        let waiting_since = std::time::Instant::now();
+        loop {
+            let lacking = missing(&pod, &data);
+            if lacking.is_empty() || waiting_since.elapsed() >= VOLUME_WAIT {
+                break;
+            }
+            tracing::info!(lacking = %lacking.join(", "), "waiting for what the pod's volumes need");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !lock(&self.known).contains_key(&uid) {
+                return;
+            }
+            data = self.resolve(&pod).await;
+        }
         // A deletion that came while resolving wins; holding `known` makes the check and
         // the start one step for `finish_delete`, which reads `known` under the same lock.
         let started = {
@@ -195,7 +377,11 @@ impl PodSync {
             if !known.contains_key(&uid) || lock(&self.deleting).contains(&uid) {
                 return;
             }
-            self.kubelet.run_pod(pod, data)
+            let started = self.kubelet.run_pod(pod.clone(), data.clone());
+            if started.is_ok() {
+                tokio::spawn(self.clone().refresh_tokens(uid.clone(), pod, data));
+            }
+            started
         };
         if let Err(e) = started {
             tracing::warn!(error = %e, "cannot run pod");
@@ -394,5 +580,37 @@ mod tests {
                 name: "p".into()
             }
         );
+    }
+
+    #[test]
+    fn a_pod_waits_for_its_token_and_the_ca_configmap_but_not_for_optional_sources() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "volumes": [{"name": "kube-api-access-ab", "projected": {"sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"secret": {"name": "maybe", "optional": true}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}}
+                ]}}],
+                "containers": [{"name": "c"}]
+            }
+        }))
+        .expect("pod");
+        let (cms, secrets) = referenced(&pod);
+        assert!(cms.contains("kube-root-ca.crt") && secrets.contains("maybe"));
+        let mut data = ResolvedData::default();
+        assert_eq!(
+            missing(&pod, &data),
+            [
+                "configmap kube-root-ca.crt",
+                "the service-account token of volume kube-api-access-ab"
+            ]
+        );
+        data.config_maps
+            .insert("kube-root-ca.crt".into(), Default::default());
+        lock(&data.tokens).insert(token_key("kube-api-access-ab", "token"), "t".into());
+        assert!(missing(&pod, &data).is_empty());
+        assert_eq!(token_sources(&pod)[0].1.expiration_seconds, Some(3607));
     }
 }

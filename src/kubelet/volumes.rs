@@ -5,36 +5,93 @@
 //! honoured, secrets 0644 by default like the real kubelet), and `etc-hosts`,
 //! `resolv.conf`, `hostname`. hostPath volumes point at the host path itself
 //! (created for `DirectoryOrCreate`). [`mounts_for`] maps a container's `volumeMounts`
-//! onto these as bind mounts. Limits: no subPath, no tmpfs-backed emptyDir, no projected
-//! volumes other than plain configMap/secret.
+//! onto these as bind mounts. `downwardAPI` volumes and `projected` volumes (configMap,
+//! secret, downwardAPI and serviceAccountToken sources — the `kube-api-access-…` volume of
+//! every pod) are directories of files as well; tokens come from [`ResolvedData::tokens`]
+//! and are replaced in place (write, then rename) by [`write_token`] when refreshed.
+//! Limits: no subPath, no tmpfs-backed emptyDir, no `resourceFieldRef` items.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod};
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod};
 
 use super::error::KubeletError;
-use super::spec::{BindMount, ResolvedData};
+use super::spec::{token_key, BindMount, ResolvedData};
 
-fn write_keys(
-    dir: &Path,
+/// The value of a downward-API file (`fieldRef.fieldPath`), from the pod's metadata.
+fn downward_value(pod: &Pod, field: &str) -> Option<String> {
+    let meta = &pod.metadata;
+    let pairs = |m: &Option<BTreeMap<String, String>>| {
+        m.iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v:?}\n"))
+            .collect::<String>()
+    };
+    let spec = pod.spec.as_ref();
+    Some(match field {
+        "metadata.name" => meta.name.clone()?,
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        "metadata.uid" => meta.uid.clone()?,
+        "metadata.labels" => pairs(&meta.labels),
+        "metadata.annotations" => pairs(&meta.annotations),
+        "spec.nodeName" => spec?.node_name.clone()?,
+        "spec.serviceAccountName" => spec?.service_account_name.clone()?,
+        _ => return None,
+    })
+}
+
+fn downward_keys(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: i32,
+    files: &mut Vec<(String, Vec<u8>, i32)>,
+) -> Result<(), KubeletError> {
+    for it in items {
+        let field = it.field_ref.as_ref().map(|f| f.field_path.as_str());
+        let value = field.and_then(|f| downward_value(pod, f)).ok_or_else(|| {
+            KubeletError::InvalidSpec(format!(
+                "downward API file {} asks for {}, which this kubelet does not provide",
+                it.path,
+                field.unwrap_or("a resource field")
+            ))
+        })?;
+        files.push((
+            it.path.clone(),
+            value.into_bytes(),
+            it.mode.unwrap_or(default_mode),
+        ));
+    }
+    Ok(())
+}
+
+/// Picks `items` (or every key) of `data` as files.
+fn select(
     data: &BTreeMap<String, Vec<u8>>,
     items: Option<&Vec<KeyToPath>>,
     default_mode: i32,
-) -> Result<(), KubeletError> {
-    std::fs::create_dir_all(dir).map_err(KubeletError::io(dir))?;
-    let mut files: Vec<(String, &Vec<u8>, i32)> = Vec::new();
+    files: &mut Vec<(String, Vec<u8>, i32)>,
+) {
     match items {
         Some(items) => {
             for it in items {
                 if let Some(v) = data.get(&it.key) {
-                    files.push((it.path.clone(), v, it.mode.unwrap_or(default_mode)));
+                    files.push((it.path.clone(), v.clone(), it.mode.unwrap_or(default_mode)));
                 }
             }
         }
-        None => files.extend(data.iter().map(|(k, v)| (k.clone(), v, default_mode))),
+        None => files.extend(
+            data.iter()
+                .map(|(k, v)| (k.clone(), v.clone(), default_mode)),
+        ),
     }
+}
+
+/// Writes `(relative path, content, mode)` files under `dir`, each through a temporary
+/// file and a rename, so a reader in a container never sees half a file.
+fn write_files(dir: &Path, files: Vec<(String, Vec<u8>, i32)>) -> Result<(), KubeletError> {
+    std::fs::create_dir_all(dir).map_err(KubeletError::io(dir))?;
     for (rel, content, mode) in files {
         if rel.split('/').any(|s| s == "..") || rel.starts_with('/') {
             return Err(KubeletError::InvalidSpec(format!(
@@ -42,14 +99,44 @@ fn write_keys(
             )));
         }
         let path = dir.join(&rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(KubeletError::io(parent))?;
-        }
-        std::fs::write(&path, content).map_err(KubeletError::io(&path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode as u32 & 0o777))
-            .map_err(KubeletError::io(&path))?;
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).map_err(KubeletError::io(parent))?;
+        let tmp = parent.join(format!(
+            ".{}.tmp",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        std::fs::write(&tmp, content).map_err(KubeletError::io(&tmp))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode as u32 & 0o777))
+            .map_err(KubeletError::io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(KubeletError::io(&path))?;
     }
     Ok(())
+}
+
+/// Replaces the token file `path` of projected volume `volume` in the pod directory.
+pub fn write_token(
+    pod_dir: &Path,
+    volume: &str,
+    path: &str,
+    token: &str,
+    mode: i32,
+) -> Result<(), KubeletError> {
+    let dir = pod_dir.join("volumes").join(volume);
+    write_files(
+        &dir,
+        vec![(path.to_string(), token.as_bytes().to_vec(), mode)],
+    )
+}
+
+fn write_keys(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&Vec<KeyToPath>>,
+    default_mode: i32,
+) -> Result<(), KubeletError> {
+    let mut files = Vec::new();
+    select(data, items, default_mode, &mut files);
+    write_files(dir, files)
 }
 
 /// Creates every volume of the pod; returns the host path of each by volume name.
@@ -103,6 +190,18 @@ pub fn prepare(
                 s.items.as_ref(),
                 s.default_mode.unwrap_or(0o644),
             )?;
+        } else if let Some(d) = &v.downward_api {
+            let mut files = Vec::new();
+            let mode = d.default_mode.unwrap_or(0o644);
+            downward_keys(
+                pod,
+                d.items.as_deref().unwrap_or_default(),
+                mode,
+                &mut files,
+            )?;
+            write_files(&dir, files)?;
+        } else if let Some(p) = &v.projected {
+            write_files(&dir, projected_files(pod, &v.name, p, data)?)?;
         } else if let Some(h) = &v.host_path {
             let path = PathBuf::from(&h.path);
             if h.type_.as_deref() == Some("DirectoryOrCreate") {
@@ -119,6 +218,60 @@ pub fn prepare(
         out.insert(v.name.clone(), dir);
     }
     Ok(out)
+}
+
+/// The files of a projected volume, source by source.
+fn projected_files(
+    pod: &Pod,
+    volume: &str,
+    p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    data: &ResolvedData,
+) -> Result<Vec<(String, Vec<u8>, i32)>, KubeletError> {
+    let mode = p.default_mode.unwrap_or(0o644);
+    let mut files = Vec::new();
+    let missing = |what: String| KubeletError::InvalidSpec(format!("{what} is not available"));
+    for src in p.sources.iter().flatten() {
+        if let Some(cm) = &src.config_map {
+            match data.config_maps.get(&cm.name) {
+                Some(m) => {
+                    let m = m
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                        .collect();
+                    select(&m, cm.items.as_ref(), mode, &mut files);
+                }
+                None if cm.optional == Some(true) => {}
+                None => return Err(missing(format!("configmap {}", cm.name))),
+            }
+        }
+        if let Some(s) = &src.secret {
+            match data.secrets.get(&s.name) {
+                Some(m) => select(m, s.items.as_ref(), mode, &mut files),
+                None if s.optional == Some(true) => {}
+                None => return Err(missing(format!("secret {}", s.name))),
+            }
+        }
+        if let Some(d) = &src.downward_api {
+            downward_keys(
+                pod,
+                d.items.as_deref().unwrap_or_default(),
+                mode,
+                &mut files,
+            )?;
+        }
+        if let Some(t) = &src.service_account_token {
+            let key = token_key(volume, &t.path);
+            let token = data
+                .tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| missing(format!("the service-account token of volume {volume}")))?;
+            files.push((t.path.clone(), token.into_bytes(), mode));
+        }
+    }
+    Ok(files)
 }
 
 /// Writes `etc-hosts`, `resolv.conf` and `hostname` for the pod.
@@ -180,7 +333,12 @@ pub fn mounts_for(
         })?;
         let forced_ro = by_name
             .get(m.name.as_str())
-            .map(|v| v.config_map.is_some() || v.secret.is_some())
+            .map(|v| {
+                v.config_map.is_some()
+                    || v.secret.is_some()
+                    || v.projected.is_some()
+                    || v.downward_api.is_some()
+            })
             .unwrap_or(false);
         out.push(BindMount {
             source: source.display().to_string(),
@@ -279,5 +437,119 @@ mod tests {
         assert!(!m[4].read_only);
         data.secrets.clear();
         assert!(prepare(&pod, dir.path(), &data).is_err());
+    }
+
+    #[test]
+    fn projected_volumes_combine_token_configmap_and_downward_files() {
+        use k8s_openapi::api::core::v1::{
+            ConfigMapProjection, DownwardAPIProjection, ObjectFieldSelector, ProjectedVolumeSource,
+            ServiceAccountTokenProjection, VolumeProjection,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let dir = tempfile::tempdir().unwrap();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("shop".into()),
+                labels: Some(BTreeMap::from([("app".into(), "web".into())])),
+                ..Default::default()
+            },
+            spec: Some(PodSpec {
+                volumes: Some(vec![Volume {
+                    name: "kube-api-access-x".into(),
+                    projected: Some(ProjectedVolumeSource {
+                        default_mode: Some(0o644),
+                        sources: Some(vec![
+                            VolumeProjection {
+                                service_account_token: Some(ServiceAccountTokenProjection {
+                                    path: "token".into(),
+                                    expiration_seconds: Some(3607),
+                                    audience: None,
+                                }),
+                                ..Default::default()
+                            },
+                            VolumeProjection {
+                                config_map: Some(ConfigMapProjection {
+                                    name: "kube-root-ca.crt".into(),
+                                    items: Some(vec![KeyToPath {
+                                        key: "ca.crt".into(),
+                                        path: "ca.crt".into(),
+                                        mode: None,
+                                    }]),
+                                    optional: None,
+                                }),
+                                ..Default::default()
+                            },
+                            VolumeProjection {
+                                downward_api: Some(DownwardAPIProjection {
+                                    items: Some(vec![
+                                        DownwardAPIVolumeFile {
+                                            path: "namespace".into(),
+                                            field_ref: Some(ObjectFieldSelector {
+                                                field_path: "metadata.namespace".into(),
+                                                api_version: None,
+                                            }),
+                                            ..Default::default()
+                                        },
+                                        DownwardAPIVolumeFile {
+                                            path: "labels".into(),
+                                            field_ref: Some(ObjectFieldSelector {
+                                                field_path: "metadata.labels".into(),
+                                                api_version: None,
+                                            }),
+                                            ..Default::default()
+                                        },
+                                    ]),
+                                }),
+                                ..Default::default()
+                            },
+                        ]),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let data = ResolvedData::default();
+        data.tokens
+            .lock()
+            .unwrap()
+            .insert(token_key("kube-api-access-x", "token"), "eyJ.first".into());
+        // Without the CA ConfigMap the volume cannot be made.
+        assert!(prepare(&pod, dir.path(), &data).is_err());
+        let mut data = data;
+        data.config_maps.insert(
+            "kube-root-ca.crt".into(),
+            BTreeMap::from([("ca.crt".into(), "-----BEGIN CERTIFICATE-----".into())]),
+        );
+        let vols = prepare(&pod, dir.path(), &data).unwrap();
+        let v = &vols["kube-api-access-x"];
+        let read = |f: &str| std::fs::read_to_string(v.join(f)).unwrap();
+        assert_eq!(read("token"), "eyJ.first");
+        assert_eq!(read("ca.crt"), "-----BEGIN CERTIFICATE-----");
+        assert_eq!(read("namespace"), "shop");
+        assert_eq!(read("labels"), "app=\"web\"\n");
+        // A renewal replaces the file in place.
+        write_token(
+            dir.path(),
+            "kube-api-access-x",
+            "token",
+            "eyJ.second",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(read("token"), "eyJ.second");
+        let c = Container {
+            name: "c".into(),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "kube-api-access-x".into(),
+                mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let m = mounts_for(&c, &pod, dir.path(), &vols).unwrap();
+        assert!(m.last().unwrap().read_only);
     }
 }
