@@ -149,6 +149,15 @@ impl Worker {
         }
     }
 
+    /// A main container started: a pod still creating its containers is now Running.
+    fn started_main(&self) {
+        if let Ok(mut r) = self.record.lock() {
+            if r.state == PodState::ContainerCreating {
+                r.state = PodState::Running;
+            }
+        }
+    }
+
     fn with_container<T>(
         &self,
         kind: Kind,
@@ -222,7 +231,9 @@ impl Worker {
         if self.stopping() {
             return;
         }
-        self.set_state(PodState::Running);
+        // Phase Running once a main container has started (see `attempt`), not while its
+        // image, volumes and rootfs are still being prepared.
+        self.set_state(PodState::ContainerCreating);
         let mut set = tokio::task::JoinSet::new();
         for (i, c) in spec.containers.iter().enumerate() {
             let me = self.clone();
@@ -338,6 +349,9 @@ impl Worker {
     async fn attempt(&self, kind: Kind, c: &Container, id: &str) -> Result<i32, KubeletError> {
         self.rt.start(id, &self.log_path(&c.name)).await?;
         let started_at = now();
+        if matches!(kind, Kind::Main(_)) {
+            self.started_main();
+        }
         self.with_container(kind, |r| {
             r.state = ContainerState::Running { started_at };
             r.ready = c.readiness_probe.is_none() && c.startup_probe.is_none();
