@@ -253,11 +253,88 @@ fn bootstrap_token(dir: &Path) -> String {
 }
 
 fn pod_yaml(name: &str, script: &str) -> String {
+    pod_yaml_with(name, "kimg.local/busybox:latest", script)
+}
+
+fn pod_yaml_with(name: &str, image: &str, script: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {{app: kj}}\nspec:\n  \
-         terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: kimg.local/busybox:latest\n    \
+         terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {image}\n    \
          command: [\"/bin/sh\", \"-c\", {script:?}]\n"
     )
+}
+
+/// Debian's `docker-registry` (the distribution registry) on a loopback port.
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Registry {
+    std::fs::create_dir_all(dir).expect("registry dir");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("registry config");
+    let log = std::fs::File::create(dir.join("registry.log")).expect("log");
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry (Debian package docker-registry)");
+    let registry = Registry { child, addr };
+    wait_for(20, "the registry", || {
+        ureq::get(&format!("http://{}/v2/", registry.addr))
+            .call()
+            .ok()
+    });
+    registry
+}
+
+/// Pushes an OCI archive's config, layers and manifest to `repo:tag` (monolithic uploads).
+fn push(addr: &str, repo: &str, tag: &str, archive: &Path) {
+    let a = kimg::oci::archive::read_archive(&std::fs::read(archive).expect("archive"))
+        .expect("parse archive");
+    let mut digests = vec![a.config_digest.clone()];
+    digests.extend(a.layers.iter().map(|l| l.digest.clone()));
+    for d in digests {
+        let started = ureq::post(&format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+            .call()
+            .expect("start upload");
+        let loc = started
+            .header("Location")
+            .expect("upload location")
+            .to_string();
+        let url = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("http://{addr}{loc}")
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        ureq::put(&format!("{url}{sep}digest={d}"))
+            .set("Content-Type", "application/octet-stream")
+            .send_bytes(&a.blobs[&d])
+            .expect("upload blob");
+    }
+    ureq::put(&format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .set("Content-Type", &a.manifest_media_type)
+        .send_bytes(&a.blobs[&a.manifest_digest])
+        .expect("put manifest");
 }
 
 fn apply(env: &Env, name: &str, yaml: &str) {
@@ -525,6 +602,50 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     ]);
     assert_eq!(as_node, "403");
     assert_ne!(curl(&[]), "200", "no client certificate, no logs");
+
+    // An image that is only in a registry (plain HTTP on loopback): the kubelet pulls it.
+    let registry = start_registry(&env.tmp.path().join("registry"));
+    push(&registry.addr, "tools/busybox", "1.0", &archive);
+    let pulled_image = format!("{}/tools/busybox:1.0", registry.addr);
+    apply(
+        &env,
+        "pulled",
+        &pod_yaml_with("pulled", &pulled_image, "echo pulled-ok; sleep 3600"),
+    );
+    wait_for(90, "the pod of a pulled image Running", || {
+        running_ip(&env, "pulled")
+    });
+    wait_for(20, "its log", || {
+        let out = env.kubectl(&["logs", "pulled"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("pulled-ok")
+            .then_some(())
+    });
+    assert!(
+        env.ctr(&["images", "ls", "-q"]).contains(&pulled_image),
+        "stored under its name"
+    );
+    // An image no registry has: the container waits (ErrImagePull, then
+    // ImagePullBackOff) and the pod stays Pending instead of failing.
+    let nowhere = format!("127.0.0.1:{}/nothing/here:1", free_port());
+    apply(&env, "nopull", &pod_yaml_with("nopull", &nowhere, "true"));
+    let reason = wait_for(60, "the unpullable pod to report why it waits", || {
+        let p = env.json(&["get", "pod", "nopull"]);
+        let r = p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .map(str::to_string)?;
+        (r == "ErrImagePull" || r == "ImagePullBackOff").then_some((r, p))
+    });
+    assert_eq!(reason.1["status"]["phase"], "Pending", "{}", reason.1);
+    env.ok(&[
+        "delete",
+        "pod",
+        "pulled",
+        "nopull",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    drop(registry);
 
     // Ten pods: create → Running latency through the API, and the kubelet's memory.
     // Timed from a watch (each event stamped on arrival), not by polling.

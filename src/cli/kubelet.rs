@@ -67,6 +67,13 @@ pub struct KubeletArgs {
     /// containerd at start: images for air-gapped nodes.
     #[arg(long)]
     pub oci_archive_dir: Option<PathBuf>,
+    /// Registry (HOST:PORT) to pull from over plain HTTP instead of HTTPS, like a private
+    /// registry on the LAN (repeatable, or comma-separated). Loopback always is.
+    #[arg(long, value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// Never pull: run only images that are present (imported archives).
+    #[arg(long)]
+    pub no_pull: bool,
     /// Cluster DNS server for pods with dnsPolicy ClusterFirst (their resolv.conf gets it
     /// and the cluster search domains); default: the node's own resolv.conf.
     #[arg(long)]
@@ -178,6 +185,8 @@ pub fn run(a: KubeletArgs) -> anyhow::Result<()> {
         runc_root: a.runc_root,
         listen_port: a.listen_port,
         oci_archive_dir: a.oci_archive_dir,
+        pull: !a.no_pull,
+        insecure_registries: a.insecure_registry,
         cluster_dns: a
             .cluster_dns
             .map(|ip| (ip.to_string(), a.cluster_domain.clone())),

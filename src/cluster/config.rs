@@ -11,6 +11,8 @@
 //! dns-domain = "cluster.local"
 //! anonymous-workers = true           # admit DHCP workers not listed below (PXE fleets),
 //!                                    # named worker-<MAC hex> (src/node/identity.rs)
+//! insecure-registries = ["192.168.1.100:5000"]  # optional: registries kubelets pull from
+//!                                    # over plain HTTP (others: HTTPS; loopback: HTTP)
 //!
 //! [network]                          # the machines' own network
 //! prefix = "192.168.202.0/24"
@@ -66,6 +68,10 @@ pub struct ClusterFile {
     pub dns_domain: String,
     #[serde(default = "default_true")]
     pub anonymous_workers: bool,
+    /// Registries (`host:port`) the kubelets pull from over plain HTTP, like the seeds'
+    /// private `192.168.1.100:5000`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
     pub network: NetworkFile,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<VipFile>,
@@ -253,6 +259,8 @@ pub struct Cluster {
     pub service_cidr: Ipv4Net,
     pub dns_domain: String,
     pub anonymous_workers: bool,
+    /// Registries pulled from over plain HTTP (`host[:port]`).
+    pub insecure_registries: Vec<String>,
     pub network: Network,
     pub vip_timing: VipTiming,
     pub nodes: Vec<Node>,

@@ -164,6 +164,7 @@ pub fn file_from_options(opts: &NewOptions) -> Result<ClusterFile, ClusterError>
             .clone()
             .unwrap_or_else(config::default_dns_domain),
         anonymous_workers: true,
+        insecure_registries: Vec::new(),
         network: NetworkFile {
             prefix,
             gateway,

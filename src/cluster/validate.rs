@@ -389,6 +389,20 @@ pub fn validate(
         }
     }
 
+    for r in &file.insecure_registries {
+        let (host, port) = r.rsplit_once(':').unwrap_or((r, "1"));
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-');
+        if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+            c.fail(
+                "insecure-registries",
+                format!("{r:?} is not a registry address such as \"192.168.1.100:5000\""),
+            );
+        }
+    }
+
     if !c.errors.is_empty() {
         return Err(ClusterError::Invalid(c.errors));
     }
@@ -405,6 +419,7 @@ pub fn validate(
         service_cidr,
         dns_domain: file.dns_domain.clone(),
         anonymous_workers: file.anonymous_workers,
+        insecure_registries: file.insecure_registries.clone(),
         network: Network {
             prefix,
             gateway,
@@ -474,6 +489,27 @@ ip = "192.168.202.165"
         assert_eq!(c.nodes.len(), 3);
         assert!(c.warnings.is_empty());
         assert_eq!(c.kubernetes_service_ip(), Ipv4Addr::new(10, 96, 0, 1));
+    }
+
+    #[test]
+    fn insecure_registries_are_host_port_and_a_bad_one_names_its_line() {
+        let ok = BASE.replace(
+            "dns-domain = \"cluster.local\"",
+            "dns-domain = \"cluster.local\"\ninsecure-registries = [\"192.168.1.100:5000\", \"registry.lan\"]",
+        );
+        let c = load(&ok).unwrap();
+        assert_eq!(
+            c.insecure_registries,
+            ["192.168.1.100:5000", "registry.lan"]
+        );
+        let e = error_after(
+            "dns-domain = \"cluster.local\"",
+            "dns-domain = \"cluster.local\"\ninsecure-registries = [\"http://192.168.1.100:5000\"]",
+        );
+        assert!(
+            e.contains("cluster.toml:7: insecure-registries: \"http://192.168.1.100:5000\" is not a registry address"),
+            "{e}"
+        );
     }
 
     #[test]

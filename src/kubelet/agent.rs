@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub runc_root: Option<PathBuf>,
     pub listen_port: u16,
     pub oci_archive_dir: Option<PathBuf>,
+    /// Pull images that are not present from their registries.
+    pub pull: bool,
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure_registries: Vec<String>,
     pub cni_bin_dir: PathBuf,
     pub bridge: String,
     pub cgroup_parent: String,
@@ -243,7 +247,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         &cfg.cgroup_parent,
     )
     .await;
-    let rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
+    let mut rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
+    if cfg.pull {
+        rt = rt.with_puller(crate::oci::registry::Puller::new(
+            cfg.insecure_registries.clone(),
+        ));
+    }
     let mut kcfg = KubeletConfig::new(root, &name, &cfg.node_ip);
     kcfg.cgroup_parent = cfg.cgroup_parent.clone();
     kcfg.cluster_dns = cfg.cluster_dns.clone();

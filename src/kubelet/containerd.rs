@@ -267,6 +267,16 @@ impl Containerd {
         name: Option<&str>,
     ) -> Result<ImageInfo, KubeletError> {
         let parsed = oci::read_archive(archive)?;
+        self.import_image(&parsed, name).await
+    }
+
+    /// Imports an image already parsed (an archive, or a registry pull): blobs, the image
+    /// record, and its unpacked snapshots.
+    pub async fn import_image(
+        &self,
+        parsed: &OciArchive,
+        name: Option<&str>,
+    ) -> Result<ImageInfo, KubeletError> {
         let name = name
             .map(String::from)
             .or_else(|| parsed.name.clone())
@@ -296,7 +306,7 @@ impl Containerd {
                 }
             })
             .map_err(KubeletError::containerd("lease create"))?;
-        let result = self.import_leased(&parsed, &name, &lease_id).await;
+        let result = self.import_leased(parsed, &name, &lease_id).await;
         let _ = leases
             .delete(self.req(
                 api::DeleteRequest {

@@ -20,6 +20,8 @@ pub enum KubeletError {
     Image(Box<crate::oci::OciError>),
     #[error("image {0} is not in containerd; import its archive first")]
     ImageNotFound(String),
+    #[error("cannot pull image {image}: {reason}")]
+    Pull { image: String, reason: String },
     #[error("image {name} has a bad {what}")]
     BadImage { name: String, what: String },
     #[error("cannot create the pod network namespace {path}")]

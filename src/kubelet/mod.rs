@@ -20,7 +20,13 @@
 //! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`);
 //! [`private_containerd`] runs a containerd of one's own for tests.
 //!
-//! Limits: no registry pull; logs are plain text files.
+//! Images: archives imported at start (air-gapped), else pulled from their registry on
+//! first use ([`crate::oci::registry`]; HTTPS, or plain HTTP for `--insecure-registry`
+//! hosts and loopback), one pull at a time; a failed pull leaves the container waiting
+//! (`ErrImagePull`, then `ImagePullBackOff`) and is retried with back-off. `imagePullPolicy`
+//! is treated as `IfNotPresent` (an image present is never pulled again).
+//!
+//! Limits: no pull credentials (imagePullSecrets); logs are plain text files.
 
 pub mod agent;
 pub mod cni;

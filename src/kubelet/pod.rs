@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use tokio::sync::watch;
 
+use super::containerd::ImageInfo;
 use super::error::KubeletError;
 use super::probe::{self, Timing};
 use super::runtime::{Runtime, Sandbox};
@@ -290,13 +291,43 @@ impl Worker {
         Ok(())
     }
 
+    /// The container's image; a failed pull is retried with back-off (the container waits
+    /// with `ErrImagePull`, then `ImagePullBackOff`) until it succeeds or the pod stops.
+    async fn image(&self, kind: Kind, name: &str) -> Result<ImageInfo, KubeletError> {
+        let mut tries = 0;
+        loop {
+            match self.rt.image(name).await {
+                Err(e @ KubeletError::Pull { .. }) => {
+                    tries += 1;
+                    let delay = self.cfg.backoff.delay(tries);
+                    tracing::warn!(pod = %self.uid, image = %name, error = %e, retry_in_s = delay.as_secs(), "pull failed");
+                    self.with_container(kind, |r| {
+                        r.state = ContainerState::Waiting {
+                            reason: if tries == 1 {
+                                "ErrImagePull"
+                            } else {
+                                "ImagePullBackOff"
+                            }
+                            .into(),
+                            message: e.to_string(),
+                        }
+                    });
+                    if !self.sleep_unless_stopped(delay).await {
+                        return Err(e);
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Creates the container in the runtime (once per pod lifetime).
     async fn create(&self, kind: Kind, c: &Container) -> Result<String, KubeletError> {
         let id = container_id(&self.uid, &c.name);
         let image_name = c.image.clone().ok_or_else(|| {
             KubeletError::InvalidSpec(format!("container {} has no image", c.name))
         })?;
-        let image = self.rt.image(&image_name).await?;
+        let image = self.image(kind, &image_name).await?;
         let ip = self
             .record
             .lock()

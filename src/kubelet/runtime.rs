@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use super::cni::CniNetwork;
 use super::containerd::{Containerd, ExecPaths, Exit, ImageInfo};
 use super::error::KubeletError;
 use super::netns::{self, PodNamespaces};
+use crate::oci::registry::{Puller, Reference};
 
 /// A pod's sandbox: its pinned namespaces and its IP.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +116,10 @@ pub struct ContainerdRuntime {
     /// Scratch space for exec output files.
     pub exec_dir: PathBuf,
     exec_seq: AtomicU64,
+    /// Pulls images not present locally; none: only imported archives run.
+    puller: Option<Arc<Puller>>,
+    /// One pull at a time, so pods created together fetch a shared image once.
+    pull_lock: tokio::sync::Mutex<()>,
 }
 
 impl ContainerdRuntime {
@@ -124,6 +130,28 @@ impl ContainerdRuntime {
             netns_dir,
             exec_dir,
             exec_seq: AtomicU64::new(0),
+            puller: None,
+            pull_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Pulls images missing locally from their registries with `puller`.
+    pub fn with_puller(mut self, puller: Puller) -> Self {
+        self.puller = Some(Arc::new(puller));
+        self
+    }
+
+    /// The image as stored under `name` or under its normalized name.
+    async fn local_image(
+        &self,
+        name: &str,
+        normalized: Option<&str>,
+    ) -> Result<ImageInfo, KubeletError> {
+        match self.client.image(name).await {
+            Err(KubeletError::ImageNotFound(_)) if normalized.is_some_and(|n| n != name) => {
+                self.client.image(normalized.unwrap_or(name)).await
+            }
+            other => other,
         }
     }
 }
@@ -165,7 +193,34 @@ impl Runtime for ContainerdRuntime {
     }
 
     async fn image(&self, name: &str) -> Result<ImageInfo, KubeletError> {
-        self.client.image(name).await
+        let normalized = Reference::parse(name).ok().map(|r| r.name());
+        let found = self.local_image(name, normalized.as_deref()).await;
+        let (Err(KubeletError::ImageNotFound(_)), Some(puller)) = (&found, &self.puller) else {
+            return found;
+        };
+        let _one = self.pull_lock.lock().await;
+        // Another pod may have pulled it while this one waited.
+        if let Ok(image) = self.local_image(name, normalized.as_deref()).await {
+            return Ok(image);
+        }
+        let started = std::time::Instant::now();
+        let (puller, image) = (puller.clone(), name.to_string());
+        let pulled = tokio::task::spawn_blocking(move || puller.pull(&image))
+            .await
+            .map_err(|e| KubeletError::Pull {
+                image: name.into(),
+                reason: e.to_string(),
+            })?
+            .map_err(|e| KubeletError::Pull {
+                image: name.into(),
+                reason: e.to_string(),
+            })?;
+        let info = self
+            .client
+            .import_image(&pulled, normalized.as_deref())
+            .await?;
+        tracing::info!(image = %name, stored_as = %info.name, ms = started.elapsed().as_millis() as u64, "pulled");
+        Ok(info)
     }
 
     async fn create_container(

@@ -74,6 +74,12 @@ pub fn services(cluster: &Cluster, node: &Node, token: &str) -> Vec<ServiceSpec>
     kubelet
         .env
         .push(("KIMG_BOOTSTRAP_TOKEN".into(), token.trim().to_string()));
+    if !cluster.insecure_registries.is_empty() {
+        kubelet.argv.extend([
+            "--insecure-registry".into(),
+            cluster.insecure_registries.join(","),
+        ]);
+    }
     if node.has(Role::Master) {
         kubelet
             .argv
@@ -171,6 +177,15 @@ mod tests {
         assert!(proxy.contains(&format!("--kubeconfig {KUBELET_DIR}/kubelet.conf")));
         assert!(proxy.contains("--node-ip 10.0.0.31"), "{proxy}");
         assert!(proxy.contains("--dns-listen 10.0.0.31:53"), "{proxy}");
+        assert!(!kubelet.contains("--insecure-registry"), "{kubelet}");
+        let mut c = c.clone();
+        c.insecure_registries = vec!["192.168.1.100:5000".into(), "reg.lan:80".into()];
+        let s = services(&c, node, "abcdef.0123456789abcdef\n");
+        let kubelet = s[1].argv.join(" ");
+        assert!(
+            kubelet.contains("--insecure-registry 192.168.1.100:5000,reg.lan:80"),
+            "{kubelet}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! layers, with every blob checked against its digest.
 //!
 //! Follows one level of nested index (as `docker save`/`buildx` OCI exports have) and
-//! takes the first `linux/amd64` (or platform-less) manifest. Limits: the whole archive is
+//! takes the first `linux/amd64` (or platform-less) manifest. [`from_blobs`] is the same
+//! resolution over blobs fetched from a registry ([`super::registry`]). Limits: the whole archive is
 //! held in memory, fine for the small air-gapped workload images kimg bakes.
 
 use std::collections::BTreeMap;
@@ -10,7 +11,10 @@ use std::io::Read;
 
 use serde_json::Value;
 
-use super::{digest_of, OciError, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, MEDIA_INDEX};
+use super::{
+    digest_of, OciError, ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, MEDIA_DOCKER_LIST,
+    MEDIA_INDEX,
+};
 
 /// One layer of the image: compressed blob descriptor and uncompressed diff id.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +60,20 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether a media type is an image index (OCI) or manifest list (Docker).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_INDEX || media_type == MEDIA_DOCKER_LIST
+}
+
+/// The `linux/amd64` (or platform-less) manifest descriptor of an index.
+pub fn pick_manifest(index: &Value) -> Option<Value> {
+    index["manifests"]
+        .as_array()?
+        .iter()
+        .find(|d| platform_ok(d))
+        .cloned()
+}
+
 fn platform_ok(desc: &Value) -> bool {
     match desc.get("platform") {
         None => true,
@@ -94,36 +112,41 @@ pub fn read_archive(bytes: &[u8]) -> Result<OciArchive, OciError> {
             blobs.insert(digest, data.clone());
         }
     }
-    let blob = |digest: &str| {
-        blobs
-            .get(digest)
-            .ok_or_else(|| OciError::Missing(format!("blob {digest}")))
-    };
     let index = parse(
         "index.json",
         files
             .get("index.json")
             .ok_or_else(|| OciError::Missing("index.json".into()))?,
     )?;
-    let mut desc = index["manifests"]
-        .as_array()
-        .and_then(|m| m.iter().find(|d| platform_ok(d)))
-        .cloned()
-        .ok_or_else(|| OciError::Missing("manifest in index.json".into()))?;
+    let desc =
+        pick_manifest(&index).ok_or_else(|| OciError::Missing("manifest in index.json".into()))?;
     let annotations = desc["annotations"].clone();
-    if desc["mediaType"] == MEDIA_INDEX {
-        let digest = desc["digest"].as_str().unwrap_or_default().to_string();
-        let nested = parse("nested index", blob(&digest)?)?;
-        desc = nested["manifests"]
-            .as_array()
-            .and_then(|m| m.iter().find(|d| platform_ok(d)))
-            .cloned()
-            .ok_or_else(|| OciError::Missing("manifest in nested index".into()))?;
-    }
     let name = annotations[ANNOTATION_CONTAINERD_NAME]
         .as_str()
         .or_else(|| annotations[ANNOTATION_REF_NAME].as_str())
         .map(String::from);
+    from_blobs(name, &desc, blobs)
+}
+
+/// The image a descriptor (manifest, or an index of manifests) names, from blobs already
+/// checked against their digests: the manifest, its config and layers must all be there.
+pub fn from_blobs(
+    name: Option<String>,
+    desc: &Value,
+    blobs: BTreeMap<String, Vec<u8>>,
+) -> Result<OciArchive, OciError> {
+    let blob = |digest: &str| {
+        blobs
+            .get(digest)
+            .ok_or_else(|| OciError::Missing(format!("blob {digest}")))
+    };
+    let mut desc = desc.clone();
+    if is_index(desc["mediaType"].as_str().unwrap_or_default()) {
+        let digest = desc["digest"].as_str().unwrap_or_default().to_string();
+        let nested = parse("nested index", blob(&digest)?)?;
+        desc = pick_manifest(&nested)
+            .ok_or_else(|| OciError::Missing("linux/amd64 manifest in the index".into()))?;
+    }
     let manifest_digest = desc["digest"]
         .as_str()
         .ok_or_else(|| OciError::Missing("manifest digest".into()))?

@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod layout;
 pub mod packages;
+pub mod registry;
 
 use std::path::PathBuf;
 
@@ -25,6 +26,10 @@ pub use packages::{add_busybox_links, build, BuildOptions, BUSYBOX_APPLETS};
 /// Media types used by the writer and accepted by the reader.
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker's manifest list (what most registries serve for multi-platform images).
+pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker's image manifest.
+pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Annotation containerd reads for the full image name on import.
