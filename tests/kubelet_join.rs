@@ -564,6 +564,26 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     let out = cat.wait_with_output().expect("kubectl exec -i");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "SHOUT\n");
     assert_eq!(out.status.code(), Some(4));
+    // A terminal (`kubectl exec -it`; script(1) gives kubectl one of 33 rows × 101
+    // columns): the command runs on a tty of that size, its output on one stream.
+    let tty = Command::new("timeout")
+        .args(["60", "script", "-qec"])
+        .arg(format!(
+            "stty rows 33 cols 101; kubectl --kubeconfig {} exec -it p1 -- sh -c 'tty; stty size; echo to-stderr >&2'",
+            env.kubeconfig.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script + kubectl exec -it");
+    let text = String::from_utf8_lossy(&tty.stdout).replace('\r', "");
+    assert!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
+    assert!(
+        text.contains("33 101"),
+        "terminal size not passed on: {text:?}"
+    );
+    assert!(text.contains("to-stderr"), "{text:?}");
+
     // RBAC guards the proxy: the default service account may not exec.
     let denied = env.kubectl(&[
         "--as",

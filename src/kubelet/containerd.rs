@@ -62,7 +62,9 @@ pub struct Containerd {
 pub struct ExecPaths<'a> {
     pub stdin: Option<&'a Path>,
     pub out: &'a Path,
-    pub err: &'a Path,
+    /// None with a terminal (its one stream is `out`).
+    pub err: Option<&'a Path>,
+    pub terminal: bool,
 }
 
 /// Chain ids of a layer stack from its diff ids (image-spec `ChainID`).
@@ -753,15 +755,20 @@ impl Containerd {
         io: ExecPaths<'_>,
         timeout: Duration,
     ) -> Result<u32, KubeletError> {
-        let ExecPaths { stdin, out, err } = io;
+        let ExecPaths {
+            stdin,
+            out,
+            err,
+            terminal,
+        } = io;
         self.tasks()
             .exec(self.req(
                 api::ExecProcessRequest {
                     container_id: id.into(),
                     stdin: stdin.map(|p| p.display().to_string()).unwrap_or_default(),
                     stdout: out.display().to_string(),
-                    stderr: err.display().to_string(),
-                    terminal: false,
+                    stderr: err.map(|p| p.display().to_string()).unwrap_or_default(),
+                    terminal,
                     spec: Some(Any {
                         type_url: PROCESS_TYPE.into(),
                         value: process_json,
@@ -816,6 +823,29 @@ impl Containerd {
             ))
             .await;
         result
+    }
+
+    /// Sets the terminal size of exec process `exec_id` (columns, rows).
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u16,
+        height: u16,
+    ) -> Result<(), KubeletError> {
+        self.tasks()
+            .resize_pty(self.req(
+                api::ResizePtyRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    width: width.into(),
+                    height: height.into(),
+                },
+                None,
+            ))
+            .await
+            .map_err(KubeletError::containerd("resize pty"))?;
+        Ok(())
     }
 
     /// Closes the stdin of exec process `exec_id` (the shim holds its FIFO open, so only

@@ -45,6 +45,10 @@ pub enum ExecStream {
 pub struct ExecIo {
     pub stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
     pub output: tokio::sync::mpsc::Sender<(ExecStream, bytes::Bytes)>,
+    /// Run the process on a terminal (`kubectl exec -t`): one output stream (stdout),
+    /// sized by what `resize` sends as (columns, rows).
+    pub tty: bool,
+    pub resize: Option<tokio::sync::mpsc::Receiver<(u16, u16)>>,
 }
 
 /// Everything the pod worker does to the machine.
@@ -308,7 +312,8 @@ impl Runtime for ContainerdRuntime {
                 ExecPaths {
                     stdin: None,
                     out: &out,
-                    err: &err,
+                    err: Some(&err),
+                    terminal: false,
                 },
                 timeout,
             )
@@ -337,7 +342,10 @@ impl Runtime for ContainerdRuntime {
         std::fs::create_dir_all(&self.exec_dir).map_err(KubeletError::io(&self.exec_dir))?;
         let path = |suffix: &str| self.exec_dir.join(format!("{exec_id}.{suffix}"));
         let (out, err, input) = (path("out"), path("err"), path("in"));
-        let mut fifos = vec![out.clone(), err.clone()];
+        let mut fifos = vec![out.clone()];
+        if !io.tty {
+            fifos.push(err.clone());
+        }
         if io.stdin.is_some() {
             fifos.push(input.clone());
         }
@@ -392,29 +400,77 @@ impl Runtime for ContainerdRuntime {
             io.output.clone(),
             ExecStream::Stdout,
         ));
-        let err_task = tokio::spawn(stream_fifo(
-            err.clone(),
-            done_rx,
-            io.output,
-            ExecStream::Stderr,
-        ));
+        let err_task = (!io.tty).then(|| {
+            tokio::spawn(stream_fifo(
+                err.clone(),
+                done_rx,
+                io.output,
+                ExecStream::Stderr,
+            ))
+        });
+        // The client sends the terminal's size as soon as it connects: the process starts
+        // with it (OCI `consoleSize`), or a command that asks at once would see 0×0.
+        let mut resize = io.resize;
+        let first_size = match (&mut resize, io.tty) {
+            (Some(rx), true) => tokio::time::timeout(Duration::from_secs(1), rx.recv())
+                .await
+                .ok()
+                .flatten(),
+            _ => None,
+        };
+        // Later sizes as they come; each retried briefly, in case the process is not
+        // started yet.
+        let resizer = resize.map(|mut rx| {
+            let (client, id, exec_id) = (self.client.clone(), id.to_string(), exec_id.clone());
+            tokio::spawn(async move {
+                while let Some((w, h)) = rx.recv().await {
+                    for _ in 0..50 {
+                        if client.resize_pty(&id, &exec_id, w, h).await.is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        });
+        let mut process = process.clone();
+        if io.tty {
+            process["terminal"] = serde_json::json!(true);
+            if let Some((w, h)) = first_size {
+                process["consoleSize"] = serde_json::json!({"width": w, "height": h});
+            }
+            if let Some(env) = process["env"].as_array_mut() {
+                if !env
+                    .iter()
+                    .any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM=")))
+                {
+                    env.push(serde_json::json!("TERM=xterm"));
+                }
+            }
+        }
         let code = self
             .client
             .exec(
                 id,
                 &exec_id,
-                serde_json::to_vec(process).unwrap_or_default(),
+                serde_json::to_vec(&process).unwrap_or_default(),
                 ExecPaths {
                     stdin: feeder.as_ref().map(|_| input.as_path()),
                     out: &out,
-                    err: &err,
+                    err: (!io.tty).then_some(err.as_path()),
+                    terminal: io.tty,
                 },
                 timeout,
             )
             .await;
+        if let Some(r) = resizer {
+            r.abort();
+        }
         let _ = done_tx.send(true);
         let _ = out_task.await;
-        let _ = err_task.await;
+        if let Some(t) = err_task {
+            let _ = t.await;
+        }
         if let Some(f) = feeder {
             f.abort();
         }

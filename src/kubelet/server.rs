@@ -16,10 +16,13 @@
 //!   with code 1000 (client-go reads that as the end of every stream; a close without a
 //!   code is an error to it, and it ignores close signals from the server). Output
 //!   is forwarded as the command writes it; with `stdin=true`, channel-0 messages feed the
-//!   command's stdin and v5's close signal for channel 0 (255 0) is its EOF.
+//!   command's stdin and v5's close signal for channel 0 (255 0) is its EOF. With
+//!   `tty=true` (`kubectl exec -it`) the command runs on a terminal (`TERM=xterm` unless
+//!   its env sets one): its one output stream comes on channel 1, and channel-4 messages
+//!   (`{"Width":…,"Height":…}`) resize the terminal.
 //!
 //! Limits: logs honour only `follow` and `tailLines` (`previous`, `sinceSeconds`,
-//! `timestamps`, `limitBytes` are ignored); no tty (and so no resize, channel 4); v4 clients cannot end stdin before the
+//! `timestamps`, `limitBytes` are ignored); v4 clients cannot end stdin before the
 //! command ends; no attach, port-forward, stats or metrics endpoints.
 
 use std::collections::HashMap;
@@ -276,6 +279,13 @@ pub fn exec_status(result: Result<u32, String>, command: &[String]) -> serde_jso
     }
 }
 
+/// A terminal size message (`{"Width":80,"Height":24}`), as (columns, rows).
+fn terminal_size(json: &[u8]) -> Option<(u16, u16)> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok());
+    Some((dim("Width")?, dim("Height")?))
+}
+
 fn exec(
     sync: Arc<PodSync>,
     ns: &str,
@@ -316,6 +326,7 @@ fn exec(
         return full(StatusCode::BAD_REQUEST, "exec needs a command");
     }
     let (want_in, want_out, want_err) = (flag(q, "stdin"), flag(q, "stdout"), flag(q, "stderr"));
+    let tty = flag(q, "tty");
     let container = container.to_string();
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
@@ -336,7 +347,9 @@ fn exec(
             }
             false => (None, None),
         };
-        // Client messages: stdin chunks (channel 0) and, in v5, its close signal (255 0).
+        let (resize_tx, resize_rx) = mpsc::channel::<(u16, u16)>(4);
+        // Client messages: stdin chunks (channel 0), terminal sizes (channel 4, JSON
+        // `{"Width":…,"Height":…}`) and, in v5, stdin's close signal (255 0).
         let reader = tokio::spawn(async move {
             let mut in_tx = in_tx;
             while let Some(Ok(msg)) = incoming.next().await {
@@ -345,6 +358,11 @@ fn exec(
                     (Some(0), _) => {
                         if let Some(t) = &in_tx {
                             let _ = t.send(b.slice(1..)).await;
+                        }
+                    }
+                    (Some(4), _) => {
+                        if let Some((w, h)) = terminal_size(&b[1..]) {
+                            let _ = resize_tx.try_send((w, h));
                         }
                     }
                     (Some(255), Some(0)) => in_tx = None,
@@ -356,6 +374,8 @@ fn exec(
         let io = ExecIo {
             stdin: in_rx,
             output: out_tx,
+            tty,
+            resize: tty.then_some(resize_rx),
         };
         let kubelet = sync.kubelet().clone();
         let run = kubelet.exec_stream(
