@@ -34,8 +34,10 @@
 //!
 //! Limits: the fence is the holder process's own timer, so a holder *process* that is
 //! frozen (not crashed, not its machine) keeps the address until it runs again. A kernel
-//! address lifetime (`valid_lft`) would bound that, but refreshing one every renewal froze
-//! TCG guests (Debian 6.1 kernel) in the QEMU scenarios, so the /32 is permanent. IPv4 only.
+//! address lifetime (`valid_lft`, refreshed every renewal) would bound that; an earlier
+//! version had one and dropped it because new holders seemed to freeze in the QEMU
+//! scenarios — which, it turned out, was most likely the test bridge changing its MAC when a tap left
+//! it (fixed in `qemu-tests`), not to the lifetime. Restoring it is open work. IPv4 only.
 
 pub mod elector;
 pub mod link;
