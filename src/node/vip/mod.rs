@@ -36,8 +36,9 @@
 //! frozen (not crashed, not its machine) keeps the address until it runs again. A kernel
 //! address lifetime (`valid_lft`, refreshed every renewal) would bound that; an earlier
 //! version had one and dropped it because new holders seemed to freeze in the QEMU
-//! scenarios — which, it turned out, was most likely the test bridge changing its MAC when a tap left
-//! it (fixed in `qemu-tests`), not to the lifetime. Restoring it is open work. IPv4 only.
+//! scenarios. The cause was most likely not the lifetime but the test bridge changing its
+//! MAC when a tap left it (fixed in `qemu-tests`); restoring the lifetime is open work.
+//! IPv4 only.
 
 pub mod elector;
 pub mod link;
