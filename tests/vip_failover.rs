@@ -2,7 +2,8 @@
 //! compete for the VIP through one apiserver. Shows: exactly one holder, gratuitous ARP
 //! moves the neighbour's cache, a graceful stop hands over at once, a holder cut off from
 //! the network drops the VIP before the other takes it (sampled: never two holders), and
-//! failover after a crash. Prints the handover and failover times. Needs root and `ip`.
+//! failover after a crash, and the kernel removing a frozen holder's VIP. Prints the
+//! handover, failover and expiry times. Needs root and `ip`.
 
 mod common;
 
@@ -97,6 +98,12 @@ impl Machine {
         common::tool_ok("kill", &[sig, &pid]);
         let mut child = child;
         let _ = child.wait();
+    }
+
+    /// Signals the running `kimg vip` and leaves it be (SIGSTOP, SIGCONT).
+    fn send(&self, sig: &str) {
+        let pid = self.vip.as_ref().expect("running").id().to_string();
+        common::tool_ok("kill", &[sig, &pid]);
     }
 
     fn holds(&self) -> bool {
@@ -282,12 +289,28 @@ fn one_master_holds_the_vip_hands_it_over_and_never_shares_it_needs_root() {
     });
     let failover = t.elapsed();
 
+    // Frozen: the holder's process stops (SIGSTOP), so its own timer cannot fence it; the
+    // address's kernel lifetime (the renew deadline, 2 s in whole seconds) removes it.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    cut_m.send("-STOP");
+    wait_for(10, "the frozen holder's VIP to expire", || {
+        (!cut_m.holds()).then_some(())
+    });
+    let expired = t.elapsed();
+    cut_m.send("-CONT");
+    assert!(
+        expired >= Duration::from_millis(1500),
+        "gone after {expired:?}: before its lifetime, so not the kernel's doing"
+    );
+
     println!(
-        "vip: graceful handover {} ms; partition: holder dropped at {} ms, peer took over at {} ms ({samples} samples, never two holders); crash failover (VIP answering from the survivor) {} ms",
+        "vip: graceful handover {} ms; partition: holder dropped at {} ms, peer took over at {} ms ({samples} samples, never two holders); crash failover (VIP answering from the survivor) {} ms; a frozen holder's VIP expired after {} ms",
         handover.as_millis(),
         dropped.as_millis(),
         taken.as_millis(),
-        failover.as_millis()
+        failover.as_millis(),
+        expired.as_millis()
     );
     let _ = up.kill();
     let _ = up.wait();

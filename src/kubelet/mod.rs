@@ -111,6 +111,8 @@ pub struct Kubelet {
     rt: Arc<dyn Runtime>,
     cfg: KubeletConfig,
     pods: Mutex<HashMap<String, PodHandle>>,
+    /// Signalled whenever a pod's state or a container's changes.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn uid_of(pod: &Pod) -> Result<String, KubeletError> {
@@ -146,7 +148,13 @@ impl Kubelet {
             rt,
             cfg,
             pods: Mutex::new(HashMap::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Notified when some pod's state changes (a status writer waits on it).
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// The resolv.conf of `pod`: cluster DNS with the Kubernetes search path for
@@ -222,6 +230,7 @@ impl Kubelet {
             log_dir: self.cfg.root_dir.join("logs").join(&uid),
             record: record.clone(),
             stop: stop_rx,
+            changed: self.changed.clone(),
         });
         let handle = tokio::spawn(worker.run());
         pods.insert(

@@ -82,6 +82,8 @@ pub(crate) struct Worker {
     pub log_dir: PathBuf,
     pub record: Arc<Mutex<PodRecord>>,
     pub stop: watch::Receiver<bool>,
+    /// Told of every state change, so the status reaches the API at once.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 pub(crate) fn now() -> i64 {
@@ -148,6 +150,7 @@ impl Worker {
                 r.state = s;
             }
         }
+        self.changed.notify_one();
     }
 
     /// A main container started: a pod still creating its containers is now Running.
@@ -157,6 +160,7 @@ impl Worker {
                 r.state = PodState::Running;
             }
         }
+        self.changed.notify_one();
     }
 
     fn with_container<T>(
@@ -164,12 +168,16 @@ impl Worker {
         kind: Kind,
         f: impl FnOnce(&mut ContainerRecord) -> T,
     ) -> Option<T> {
-        let mut r = self.record.lock().ok()?;
-        let c = match kind {
-            Kind::Init(i) => r.init.get_mut(i)?,
-            Kind::Main(i) => r.containers.get_mut(i)?,
+        let out = {
+            let mut r = self.record.lock().ok()?;
+            let c = match kind {
+                Kind::Init(i) => r.init.get_mut(i)?,
+                Kind::Main(i) => r.containers.get_mut(i)?,
+            };
+            f(c)
         };
-        Some(f(c))
+        self.changed.notify_one();
+        Some(out)
     }
 
     fn stopping(&self) -> bool {

@@ -11,9 +11,9 @@
 //! the node ([`Kubelet::delete_pod`]), then its API object is deleted with
 //! `gracePeriodSeconds=0` and a uid precondition — how a kubelet finishes a graceful
 //! delete. Pods that disappear from the API (a delete event, or missing from a re-list)
-//! are removed from the node as well. Every 250 ms the status of each running pod is
-//! compared with what was last written and, when it changed, merge-patched through
-//! `pods/status`. After a certificate rotation the watch is restarted with the new client.
+//! are removed from the node as well. Whenever the kubelet reports a state change (and
+//! every 250 ms, for probe results) the status of each running pod is compared with what
+//! was last written and, when it changed, merge-patched through `pods/status`. After a certificate rotation the watch is restarted with the new client.
 //!
 //! Limits: pods running before a kubelet restart are not adopted but started afresh (the
 //! agent clears the previous run first); referenced objects are read once, at pod start;
@@ -465,9 +465,15 @@ impl PodSync {
     pub async fn run(self: Arc<Self>) {
         let me = self.clone();
         tokio::spawn(async move {
+            // At once after a change, and every 250 ms for what changes without telling
+            // (probe results).
+            let changed = me.kubelet.changes();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = changed.notified() => {}
+                    _ = tick.tick() => {}
+                }
                 me.push_statuses().await;
             }
         });

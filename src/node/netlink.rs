@@ -22,6 +22,7 @@ const NLM_F_CREATE: u16 = 0x400;
 const IFF_UP: u32 = 0x1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_CACHEINFO: u16 = 6;
 const RTA_GATEWAY: u16 = 5;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
@@ -73,6 +74,26 @@ pub fn add_address_message(index: u32, addr: Ipv4Addr, prefix_len: u8, seq: u32)
     b.extend_from_slice(&index.to_ne_bytes());
     attr(&mut b, IFA_LOCAL, &addr.octets());
     attr(&mut b, IFA_ADDRESS, &addr.octets());
+    finish(b)
+}
+
+/// RTM_NEWADDR for `addr/prefix_len` on `index` that the kernel itself removes after
+/// `lifetime_secs` unless the same request refreshes it first (`valid_lft`/`preferred_lft`,
+/// as `ip addr replace … valid_lft N preferred_lft N` sets them).
+pub fn add_address_with_lifetime_message(
+    index: u32,
+    addr: Ipv4Addr,
+    prefix_len: u8,
+    lifetime_secs: u32,
+    seq: u32,
+) -> Vec<u8> {
+    let mut b = add_address_message(index, addr, prefix_len, seq);
+    // struct ifa_cacheinfo { ifa_prefered, ifa_valid, cstamp, tstamp }
+    let mut info = Vec::with_capacity(16);
+    info.extend_from_slice(&lifetime_secs.to_ne_bytes());
+    info.extend_from_slice(&lifetime_secs.to_ne_bytes());
+    info.extend_from_slice(&[0; 8]);
+    attr(&mut b, IFA_CACHEINFO, &info);
     finish(b)
 }
 
@@ -203,6 +224,19 @@ mod tests {
         assert_eq!(u32_at(&m, 8), 7);
         assert_eq!(u32_at(&m, 20), 3);
         assert_eq!((u32_at(&m, 24), u32_at(&m, 28)), (IFF_UP, IFF_UP));
+    }
+
+    #[test]
+    fn an_address_with_a_lifetime_carries_valid_and_preferred_lifetimes() {
+        let m = add_address_with_lifetime_message(2, Ipv4Addr::new(10, 77, 0, 100), 32, 3, 1);
+        assert_eq!(u32_at(&m, 0) as usize, m.len());
+        assert_eq!(m.len(), 16 + 8 + 8 + 8 + 20);
+        assert_eq!(
+            u16_at(&m, 6),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+        );
+        assert_eq!((u16_at(&m, 40), u16_at(&m, 42)), (20, IFA_CACHEINFO));
+        assert_eq!((u32_at(&m, 44), u32_at(&m, 48)), (3, 3));
     }
 
     #[test]

@@ -46,9 +46,16 @@ impl Link {
         Link::named(&name)
     }
 
-    /// Adds `vip/32`; an address that is already there counts as added.
-    pub fn hold(&self, vip: Ipv4Addr) -> io::Result<()> {
-        netlink::request(&netlink::add_address_message(self.index, vip, 32, 1))
+    /// Adds `vip/32`, or refreshes it, with a kernel lifetime: the kernel removes it by
+    /// itself `lifetime_secs` (rounded up to its next check) after the last call.
+    pub fn hold(&self, vip: Ipv4Addr, lifetime_secs: u32) -> io::Result<()> {
+        netlink::request(&netlink::add_address_with_lifetime_message(
+            self.index,
+            vip,
+            32,
+            lifetime_secs,
+            1,
+        ))
     }
 
     /// Removes `vip/32`; an address that is not there counts as removed.

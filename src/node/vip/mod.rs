@@ -32,13 +32,11 @@
 //! Failover after a holder crash takes about `lease_duration + retry_period` plus the
 //! takeover write: ~2.3 s with the defaults.
 //!
-//! Limits: the fence is the holder process's own timer, so a holder *process* that is
-//! frozen (not crashed, not its machine) keeps the address until it runs again. A kernel
-//! address lifetime (`valid_lft`, refreshed every renewal) would bound that; an earlier
-//! version had one and dropped it because new holders seemed to freeze in the QEMU
-//! scenarios. The cause was most likely not the lifetime but the test bridge changing its
-//! MAC when a tap left it (fixed in `qemu-tests`); restoring the lifetime is open work.
-//! IPv4 only.
+//! Limits: the fence is the holder process's own timer. A holder *process* that is frozen
+//! (not crashed, not its machine) is fenced by its kernel instead: the /32 carries a
+//! lifetime of the renew deadline in whole seconds (`valid_lft`, refreshed by every
+//! renewal), which the kernel enforces up to about a second late — so for a frozen holder
+//! the address may overlap a takeover by that much, and no longer. IPv4 only.
 
 pub mod elector;
 pub mod link;
@@ -238,6 +236,9 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
     } = opts;
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let mut e = Elector::new(&identity, timing);
+    // The address's kernel lifetime: the renew deadline, in the whole seconds the kernel
+    // counts (a backstop for a holder process that is frozen; the fence is the timer).
+    let lifetime = timing.renew_deadline.as_secs_f64().ceil().max(1.0) as u32;
     let mut holding = false;
     // What our last successful write returned; a holder renews over it without a read.
     let mut last: Option<Lease> = None;
@@ -270,10 +271,14 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
             () = &mut stop => break,
         };
         match outcome {
-            // A renewal needs nothing on the wire: the /32 is permanent while held.
-            Round::Won if holding => {}
+            // A renewal refreshes the address's kernel lifetime.
+            Round::Won if holding => {
+                if let Err(err) = link.hold(vip, lifetime) {
+                    tracing::warn!(%vip, error = %err, "cannot refresh the VIP's lifetime");
+                }
+            }
             Round::Won => {
-                match link.hold(vip) {
+                match link.hold(vip, lifetime) {
                     Ok(()) => holding = true,
                     Err(err) => tracing::error!(%vip, error = %err, "cannot add the VIP"),
                 }
