@@ -217,10 +217,13 @@ impl PodSync {
         &self.kubelet
     }
 
-    async fn resolve(&self, pod: &Pod) -> ResolvedData {
+    /// Fetches what `data` still lacks of what the pod references (a retry asks only for
+    /// the missing pieces, and never for a second token).
+    async fn resolve(&self, pod: &Pod, data: &mut ResolvedData) {
         let ns = pod_ref(pod).namespace;
-        let (cms, secrets) = referenced(pod);
-        let mut data = ResolvedData::default();
+        let (mut cms, mut secrets) = referenced(pod);
+        cms.retain(|n| !data.config_maps.contains_key(n));
+        secrets.retain(|n| !data.secrets.contains_key(n));
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.get(), &ns);
         for name in cms {
             match cm_api.get(&name).await {
@@ -250,14 +253,17 @@ impl PodSync {
             }
         }
         for (volume, t) in token_sources(pod) {
+            let key = token_key(&volume, &t.path);
+            if lock(&data.tokens).contains_key(&key) {
+                continue;
+            }
             match self.request_token(pod, &t).await {
                 Ok((token, _)) => {
-                    lock(&data.tokens).insert(token_key(&volume, &t.path), token);
+                    lock(&data.tokens).insert(key, token);
                 }
                 Err(e) => tracing::debug!(%volume, error = %e, "no service-account token yet"),
             }
         }
-        data
     }
 
     /// A bound token for the pod's service account (TokenRequest); with its lifetime.
@@ -356,7 +362,8 @@ impl PodSync {
             return;
         }
         lock(&self.known).insert(uid.clone(), r.clone());
-        let mut data = self.resolve(&pod).await;
+        let mut data = ResolvedData::default();
+        self.resolve(&pod, &mut data).await;
         let waiting_since = std::time::Instant::now();
         loop {
             let lacking = missing(&pod, &data);
@@ -368,7 +375,7 @@ impl PodSync {
             if !lock(&self.known).contains_key(&uid) {
                 return;
             }
-            data = self.resolve(&pod).await;
+            self.resolve(&pod, &mut data).await;
         }
         // A deletion that came while resolving wins; holding `known` makes the check and
         // the start one step for `finish_delete`, which reads `known` under the same lock.
