@@ -209,16 +209,15 @@ impl Runtime for ContainerdRuntime {
         }
         let started = std::time::Instant::now();
         let (puller, image) = (puller.clone(), name.to_string());
-        let pulled = tokio::task::spawn_blocking(move || puller.pull(&image))
-            .await
-            .map_err(|e| KubeletError::Pull {
-                image: name.into(),
-                reason: e.to_string(),
-            })?
-            .map_err(|e| KubeletError::Pull {
-                image: name.into(),
-                reason: e.to_string(),
-            })?;
+        let pulled =
+            tokio::task::spawn_blocking(move || puller.pull(&image).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+                .map_err(|reason| KubeletError::Pull {
+                    image: name.into(),
+                    reason,
+                })?;
         let info = self
             .client
             .import_image(&pulled, normalized.as_deref())
