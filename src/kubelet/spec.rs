@@ -119,6 +119,15 @@ pub fn token_key(volume: &str, path: &str) -> String {
 }
 
 impl ResolvedData {
+    /// ConfigMap `name`'s data as file contents.
+    pub fn config_map_bytes(&self, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+        let m = self.config_maps.get(name)?;
+        Some(
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
     fn config_map(&self, name: &str, key: &str) -> Option<String> {
         self.config_maps.get(name)?.get(key).cloned()
     }

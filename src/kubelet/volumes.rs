@@ -154,11 +154,8 @@ pub fn prepare(
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                 .map_err(KubeletError::io(&dir))?;
         } else if let Some(cm) = &v.config_map {
-            let src = match data.config_maps.get(&cm.name) {
-                Some(m) => m
-                    .iter()
-                    .map(|(k, s)| (k.clone(), s.as_bytes().to_vec()))
-                    .collect(),
+            let src = match data.config_map_bytes(&cm.name) {
+                Some(m) => m,
                 None if cm.optional == Some(true) => BTreeMap::new(),
                 None => {
                     return Err(KubeletError::InvalidSpec(format!(
@@ -232,14 +229,8 @@ fn projected_files(
     let missing = |what: String| KubeletError::InvalidSpec(format!("{what} is not available"));
     for src in p.sources.iter().flatten() {
         if let Some(cm) = &src.config_map {
-            match data.config_maps.get(&cm.name) {
-                Some(m) => {
-                    let m = m
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-                        .collect();
-                    select(&m, cm.items.as_ref(), mode, &mut files);
-                }
+            match data.config_map_bytes(&cm.name) {
+                Some(m) => select(&m, cm.items.as_ref(), mode, &mut files),
                 None if cm.optional == Some(true) => {}
                 None => return Err(missing(format!("configmap {}", cm.name))),
             }
