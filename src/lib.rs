@@ -13,6 +13,7 @@
 //! - [`scheduler`]: `kimg scheduler` — places pods on nodes.
 //! - [`controllers`]: `kimg controller-manager` — workload, node and cleanup controllers.
 //! - [`sim`]: `kimg sim nodes` — a simulated node fleet.
+//! - [`lab`]: `kimg lab` and the QEMU scenario runner's machines — QEMU on a private network.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
 pub mod apiserver;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod cluster;
 pub mod controllers;
 pub mod kubelet;
+pub mod lab;
 pub mod node;
 pub mod oci;
 pub mod pki;

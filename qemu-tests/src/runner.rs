@@ -119,7 +119,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Report> {
     println!("accelerator: {}", accel.name());
 
     let netns = Netns::create(&netns_name)?;
-    netns.add_bridge(scenario.network.host.get_ref())?;
+    netns.add_bridge(Some(scenario.network.host.get_ref()))?;
     let mut vms = Vec::new();
     for (i, spec) in scenario.vm.iter().enumerate() {
         let spec = spec.get_ref();

@@ -185,14 +185,7 @@ fn default_cpus() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AccelChoice {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
+pub use kimg::lab::qemu::AccelChoice;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -203,14 +196,7 @@ pub struct Build {
     pub commands: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BootMode {
-    #[default]
-    Kernel,
-    Uefi,
-    Pxe,
-}
+pub use kimg::lab::qemu::BootMode;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]

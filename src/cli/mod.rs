@@ -6,6 +6,7 @@ mod build;
 mod cluster;
 mod controller_manager;
 mod kubelet;
+mod lab;
 mod oci;
 mod proxy;
 mod scheduler;
@@ -105,6 +106,10 @@ pub enum Command {
     /// Run this machine as a node: join with a bootstrap token, register the Node, run
     /// its pods on containerd and serve logs/exec on :10250.
     Kubelet(kubelet::KubeletArgs),
+    /// A whole cluster under QEMU on this host in one command: `kimg lab up --topology
+    /// seeds`, then kubectl through the VIP; status, logs, stop/start a machine, down.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     /// Simulated resources for tests and benchmarks.
     #[command(subcommand)]
     Sim(sim::SimCommand),
@@ -166,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => scheduler::run(args),
         Command::ControllerManager(args) => controller_manager::run(args),
         Command::Kubelet(args) => kubelet::run(args),
+        Command::Lab(cmd) => lab::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
         Command::Proxy(args) => proxy::run(args),
         Command::Vip(args) => vip::run(args),

@@ -1,10 +1,15 @@
-//! The run's private network: a uniquely named network namespace holding one bridge (with
-//! the scenario's host-side address) and one tap per VM.
+//! A private network for machines: a network namespace holding one bridge and one tap per
+//! machine, and optionally an uplink to the host.
 //!
-//! Everything lives inside the namespace, so nothing the VMs or test commands do can listen
-//! on or reach the host's interfaces. Deleting the namespace (on drop) removes the bridge and
-//! the taps with it; QEMU processes must be gone first, or the kernel keeps the namespace
-//! alive until they exit. Shells out to `ip` (iproute2) and needs root.
+//! The QEMU scenarios give the bridge itself the host-side address, so nothing the VMs or
+//! test commands do can listen on or reach the host's interfaces. `kimg lab` instead adds an
+//! uplink ([`Netns::add_uplink`]): a veth pair whose host end carries the host-side address,
+//! so the host's own `kubectl` reaches the machines (and the API VIP) directly. Deleting the
+//! namespace removes the bridge, the taps and the veth pair with it; QEMU processes must be
+//! gone first, or the kernel keeps the namespace alive until they exit. A scenario's
+//! namespace is deleted when its guard drops; a lab's outlives the command that made it
+//! ([`Netns::persist`]) until `kimg lab down` ([`Netns::remove`]). Shells out to `ip`
+//! (iproute2) and needs root.
 
 use std::process::Command;
 
@@ -36,9 +41,14 @@ pub fn ip(args: &[&str]) -> Result<(), NetnsError> {
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// Left in place when dropped ([`Netns::persist`]).
+    persist: bool,
 }
 
 pub const BRIDGE: &str = "br0";
+
+/// The namespace's end of the uplink veth pair.
+pub const UPLINK: &str = "uplink0";
 
 /// The bridge's own MAC (locally administered). Set explicitly, because a bridge without
 /// one takes the lowest MAC among its ports and changes it whenever a port leaves: a
@@ -64,6 +74,7 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Netns {
             name: name.to_owned(),
+            persist: false,
         };
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -73,14 +84,49 @@ impl Netns {
         &self.name
     }
 
-    /// Adds the bridge with the host-side address (`a.b.c.d/prefix`).
-    pub fn add_bridge(&self, host_cidr: &str) -> Result<(), NetnsError> {
+    /// Adds the bridge, with the host-side address (`a.b.c.d/prefix`) if given.
+    pub fn add_bridge(&self, host_cidr: Option<&str>) -> Result<(), NetnsError> {
         let n = self.name.as_str();
         ip(&[
             "-n", n, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge",
         ])?;
-        ip(&["-n", n, "addr", "add", host_cidr, "dev", BRIDGE])?;
+        if let Some(cidr) = host_cidr {
+            ip(&["-n", n, "addr", "add", cidr, "dev", BRIDGE])?;
+        }
         ip(&["-n", n, "link", "set", BRIDGE, "up"])
+    }
+
+    /// Connects the bridge to the host: a veth pair, `host_if` in the host's namespace
+    /// with `host_cidr`, its peer a port of the bridge. The address is checked to be free
+    /// on the host by the caller (two labs on one subnet would fight over it).
+    pub fn add_uplink(&self, host_if: &str, host_cidr: &str) -> Result<(), NetnsError> {
+        let n = self.name.as_str();
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", UPLINK, "netns", n,
+        ])?;
+        ip(&["-n", n, "link", "set", UPLINK, "master", BRIDGE])?;
+        ip(&["-n", n, "link", "set", UPLINK, "up"])?;
+        ip(&["addr", "add", host_cidr, "dev", host_if])?;
+        ip(&["link", "set", host_if, "up"])
+    }
+
+    /// A guard for a namespace made earlier (by another process), which it never deletes.
+    pub fn adopt(name: &str) -> Netns {
+        Netns {
+            name: name.to_owned(),
+            persist: true,
+        }
+    }
+
+    /// Keeps the namespace when this guard is dropped; [`Netns::remove`] deletes it later.
+    pub fn persist(mut self) -> String {
+        self.persist = true;
+        self.name.clone()
+    }
+
+    /// Deletes a namespace by name (with its bridge, taps and uplink).
+    pub fn remove(name: &str) -> Result<(), NetnsError> {
+        ip(&["netns", "delete", name])
     }
 
     /// Adds a tap enslaved to the bridge, up.
@@ -112,6 +158,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.persist {
+            return;
+        }
         if let Err(err) = ip(&["netns", "delete", &self.name]) {
             eprintln!("warning: cleanup: {err}");
         }
@@ -135,7 +184,7 @@ mod tests {
         let name = Netns::unique_name();
         {
             let ns = Netns::create(&name).expect("create netns (needs root and iproute2)");
-            ns.add_bridge("10.213.0.1/24").expect("bridge");
+            ns.add_bridge(Some("10.213.0.1/24")).expect("bridge");
             ns.add_tap("tap0").expect("tap");
             ns.add_tap("tap1").expect("tap");
             let mac = |dev: &str| {
@@ -159,6 +208,42 @@ mod tests {
             assert!(Netns::exists(&name));
         }
         assert!(!Netns::exists(&name), "netns {name} left behind");
+    }
+
+    #[test]
+    fn an_uplink_joins_the_host_to_the_bridge_and_goes_with_the_namespace_needs_root() {
+        let name = Netns::unique_name();
+        let host_if = format!("klt{}", std::process::id() % 100_000);
+        let link_exists = || {
+            std::path::Path::new("/sys/class/net")
+                .join(&host_if)
+                .exists()
+        };
+        {
+            let ns = Netns::create(&name).expect("create netns (needs root)");
+            ns.add_bridge(None).expect("bridge");
+            ns.add_uplink(&host_if, "10.213.7.1/24").expect("uplink");
+            assert!(link_exists());
+            let out = Command::new("ip")
+                .args(["-n", &name, "-br", "link", "show", "master", BRIDGE])
+                .output()
+                .expect("ip link show master");
+            assert!(String::from_utf8_lossy(&out.stdout).contains(UPLINK));
+            // A guard for a namespace made elsewhere never deletes it.
+            drop(Netns::adopt(&name));
+            assert!(Netns::exists(&name));
+        }
+        assert!(!Netns::exists(&name));
+        // The kernel tears a namespace's devices down asynchronously (which is why
+        // `kimg lab down` deletes the uplink itself first); it must go within moments.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while link_exists() && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            !link_exists(),
+            "the host end {host_if} outlived its namespace"
+        );
     }
 
     #[test]

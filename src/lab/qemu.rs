@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::process::{Group, ProcessError};
-use crate::scenario::{AccelChoice, BootMode};
+use crate::lab::process::{Group, ProcessError};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
@@ -38,8 +37,35 @@ pub enum QemuError {
         #[source]
         source: ProcessError,
     },
+    #[error("vm {vm}: qemu did not start: {detail} (its output is in {})", log.display())]
+    DetachFailed {
+        vm: String,
+        log: PathBuf,
+        detail: String,
+    },
     #[error("accelerator probe failed")]
     ProbeFailed(#[source] std::io::Error),
+}
+
+/// How a machine boots: the image's kernel and initrd directly, its UEFI disk through
+/// OVMF, or the network (iPXE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootMode {
+    #[default]
+    Kernel,
+    Uefi,
+    Pxe,
+}
+
+/// Which accelerator to ask for: `auto` probes KVM and falls back to TCG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccelChoice {
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +115,7 @@ pub fn probe(accel: Accel, kernel: &Path, dir: &Path, limit: Duration) -> Result
         )) {
             break true;
         }
-        if Instant::now() >= end || group.has_exited() || crate::process::interrupted() {
+        if Instant::now() >= end || group.has_exited() || crate::lab::process::interrupted() {
             break false;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -344,6 +370,53 @@ impl VmProcess {
     }
 }
 
+/// Powers a VM on as a daemon that outlives this process (`kimg lab`): QEMU's own
+/// `-daemonize`, so it returns once QEMU has opened its devices, and `-pidfile`. Returns
+/// QEMU's PID. Output from before it detached is appended to `qemu_log`.
+pub fn start_detached(
+    netns: &str,
+    args: &[String],
+    qemu_log: &Path,
+    pidfile: &Path,
+    vm: &str,
+) -> Result<u32, QemuError> {
+    let failed = |detail: String| QemuError::DetachFailed {
+        vm: vm.to_owned(),
+        log: qemu_log.to_owned(),
+        detail,
+    };
+    let _ = std::fs::remove_file(pidfile);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .args(args)
+        .arg("-daemonize")
+        .arg("-pidfile")
+        .arg(pidfile);
+    let (code, output) = super::process::run_captured(
+        cmd,
+        &qemu_log.with_extension("start.log"),
+        Duration::from_secs(60),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    if let Ok(mut log) = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(qemu_log)
+    {
+        use std::io::Write;
+        let _ = log.write_all(output.as_bytes());
+    }
+    let _ = std::fs::remove_file(qemu_log.with_extension("start.log"));
+    if code != Some(0) {
+        let last = output.lines().last().unwrap_or("no output").to_owned();
+        return Err(failed(format!("exit {code:?}: {last}")));
+    }
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .ok_or_else(|| failed(format!("no PID in {}", pidfile.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,7 +507,10 @@ mod tests {
     fn the_probe_sees_a_kernel_boot_under_tcg_needs_qemu_and_the_host_mirror() {
         let kernel = cached_fixture_kernel().or_else(|| {
             let dir = tempfile::tempdir().ok()?.keep();
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/busybox-initrd.sh");
+            let script = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/qemu-tests/fixtures/busybox-initrd.sh"
+            );
             Command::new(script)
                 .arg(&dir)
                 .status()
