@@ -787,6 +787,21 @@ pub fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Machine names are node names (DNS labels); anything else is refused before it is
+/// used in a path.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        bail!("{name:?} is not a machine name (a node name such as node-1; `kimg lab status` lists them)")
+    }
+}
+
 fn machine_index(dir: &Path, state: &State, name: &str) -> Result<usize> {
     state
         .machines
@@ -804,6 +819,7 @@ fn machine_index(dir: &Path, state: &State, name: &str) -> Result<usize> {
 
 /// `kimg lab stop NODE`: a power cut.
 pub fn stop(dir: &Path, name: &str) -> Result<()> {
+    check_name(name)?;
     let dir = lab_dir(dir, false)?;
     let state = need_state(&dir)?;
     machine_index(&dir, &state, name)?;
@@ -815,6 +831,7 @@ pub fn stop(dir: &Path, name: &str) -> Result<()> {
 
 /// `kimg lab start NODE`: power on again, with the disk as it was.
 pub fn start(dir: &Path, name: &str) -> Result<()> {
+    check_name(name)?;
     let dir = lab_dir(dir, false)?;
     let state = need_state(&dir)?;
     let i = machine_index(&dir, &state, name)?;
@@ -828,10 +845,14 @@ pub fn start(dir: &Path, name: &str) -> Result<()> {
 
 /// `kimg lab logs NODE [-f]`: the serial console, all boots.
 pub fn logs(dir: &Path, name: &str, follow: bool) -> Result<()> {
+    check_name(name)?;
     let dir = lab_dir(dir, false)?;
-    let state = need_state(&dir)?;
-    machine_index(&dir, &state, name)?;
     let path = console_log(&dir, name);
+    // After `down` (or a failed `up`) the consoles stay: show them for a post-mortem.
+    if !path.is_file() {
+        let state = need_state(&dir)?;
+        machine_index(&dir, &state, name)?;
+    }
     let mut file =
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = std::io::stdout().lock();
@@ -894,6 +915,17 @@ mod tests {
         );
         let err = stop(dir.path(), "node-1").unwrap_err().to_string();
         assert!(err.contains("no lab is up"), "{err}");
+    }
+
+    #[test]
+    fn names_that_are_not_node_names_never_reach_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../../etc/passwd", "", "Node", "a/b", &"x".repeat(64)] {
+            let err = logs(dir.path(), bad, false).unwrap_err().to_string();
+            assert!(err.contains("is not a machine name"), "{bad}: {err}");
+            assert!(stop(dir.path(), bad).is_err());
+            assert!(start(dir.path(), bad).is_err());
+        }
     }
 
     #[test]
