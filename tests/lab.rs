@@ -208,3 +208,50 @@ fn lab_up_single_serves_kubectl_through_the_vip_and_down_leaves_nothing_needs_ro
     let after = text(&kimg(&["lab", "status", "--dir", dir_s]));
     assert!(after.contains("no lab is up"), "{after}");
 }
+
+/// Refusals come before anything is made: not root, no QEMU, too many workers.
+#[test]
+fn lab_up_refuses_without_root_or_qemu_and_makes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("lab");
+    let dir_s = dir.to_str().unwrap();
+    let kimg_bin = env!("CARGO_BIN_EXE_kimg");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let out = if root {
+        // As an unprivileged user (util-linux's setpriv drops the IDs).
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", kimg_bin])
+            .args(["lab", "up", "--dir", dir_s])
+            .output()
+            .expect("setpriv")
+    } else {
+        kimg(&["lab", "up", "--dir", dir_s])
+    };
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("kimg lab needs root"), "{msg}");
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(!dir.exists());
+    if !root {
+        return;
+    }
+    let no_qemu = Command::new(kimg_bin)
+        .args(["lab", "up", "--dir", dir_s])
+        .env("PATH", tmp.path())
+        .output()
+        .unwrap();
+    let msg = text(&no_qemu);
+    assert!(!no_qemu.status.success());
+    assert!(
+        msg.contains("qemu-system-x86_64 is not installed (apt-get install qemu-system-x86"),
+        "{msg}"
+    );
+    let many = kimg(&["lab", "up", "--workers", "51", "--dir", dir_s]);
+    assert!(
+        text(&many).contains("--workers 51: at most 50 workers"),
+        "{}",
+        text(&many)
+    );
+    assert!(!dir.exists(), "a refused up made {}", dir.display());
+}

@@ -122,8 +122,14 @@ pub enum Command {
 
 /// Starts `tracing` for the process: human-readable on stderr, or JSON with `--log-json`.
 pub fn init_tracing(cli: &Cli) {
+    // `kimg lab up` asks the API through the VIP while the machines boot: the client's
+    // connection errors then are expected, and its progress lines say what matters.
+    let default = match cli.command {
+        Command::Lab(_) => "info,kube_client=off",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KIMG_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
