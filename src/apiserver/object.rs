@@ -16,6 +16,97 @@ use crate::store::KeyValue;
 /// The largest request body accepted (Kubernetes' limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+/// How large a YAML body may become once its aliases are expanded, in bytes of strings
+/// plus 16 per node: 16 times what a body may hold. Aliases replay anchored subtrees, so a
+/// 2.5 MB body of aliases to one anchored list expands to gigabytes (serde_yaml's own
+/// limit counts jumps, not their size); kube-apiserver's YAML decoder refuses such
+/// "excessive aliasing" too.
+const MAX_YAML_EXPANSION: usize = 16 * MAX_BODY;
+
+/// Builds a JSON value from YAML, charging every node and string to a budget.
+struct YamlBudget<'a>(&'a std::cell::Cell<usize>);
+
+impl YamlBudget<'_> {
+    fn charge<E: serde::de::Error>(&self, n: usize) -> Result<(), E> {
+        let left = self.0.get().checked_sub(n + 16).ok_or_else(|| {
+            E::custom(format!(
+                "the document expands to more than {MAX_YAML_EXPANSION} bytes (excessive aliasing)"
+            ))
+        })?;
+        self.0.set(left);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for YamlBudget<'_> {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for YamlBudget<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        self.charge(v.len())?;
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        self.charge(v.len())?;
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.charge(0)?;
+        Ok(Value::Null)
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        self.visit_unit()
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.charge(0)?;
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(YamlBudget(self.0))? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.charge(0)?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key_seed(YamlBudget(self.0))? {
+            let key = match key {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let value = map.next_value_seed(YamlBudget(self.0))?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// Decodes a JSON or YAML body into an object (a JSON map).
 pub fn decode(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
     let media = content_type.split(';').next().unwrap_or_default().trim();
@@ -29,8 +120,12 @@ pub fn decode(bytes: &[u8], content_type: &str) -> Result<Value, ApiError> {
         });
     }
     let v: Value = if media.ends_with("yaml") {
-        serde_yaml::from_slice(bytes).map_err(|e| ApiError::DecodeBody {
-            reason: format!("error decoding YAML: {e}"),
+        let budget = std::cell::Cell::new(MAX_YAML_EXPANSION);
+        let de = serde_yaml::Deserializer::from_slice(bytes);
+        serde::de::DeserializeSeed::deserialize(YamlBudget(&budget), de).map_err(|e| {
+            ApiError::DecodeBody {
+                reason: format!("error decoding YAML: {e}"),
+            }
         })?
     } else {
         serde_json::from_slice(bytes).map_err(|e| ApiError::DecodeBody {
@@ -214,6 +309,29 @@ mod tests {
         assert_eq!(n.len(), 9);
         assert!(n.starts_with("web-"));
         assert_eq!(now().len(), 20);
+    }
+
+    #[test]
+    fn yaml_aliases_that_expand_past_the_budget_are_refused() {
+        // One anchored list of 1,000 strings, then 2,000 aliases to it (~20 KB of body,
+        // ~200 MB expanded): a 4xx, quickly, without the memory.
+        let mut body = String::from("apiVersion: v1\nkind: ConfigMap\nx: &a [");
+        body.push_str(&vec!["\"0123456789012345678901234567890123456789\""; 1000].join(","));
+        body.push_str("]\ny: [");
+        body.push_str(&vec!["*a"; 2000].join(","));
+        body.push_str("]\n");
+        let started = std::time::Instant::now();
+        let err = decode(body.as_bytes(), "application/yaml").unwrap_err();
+        assert!(err.to_string().contains("excessive aliasing"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        // Anchors and aliases within the budget work as YAML says; keys become strings.
+        let ok = "a: &n {x: 1}\nb: *n\n1: one\ntrue: yes\nf: 1.5\nz: ~\n";
+        let v = decode(ok.as_bytes(), "application/yaml").unwrap();
+        assert_eq!(v["b"], serde_json::json!({"x": 1}));
+        assert_eq!(v["1"], "one");
+        assert_eq!(v["true"], "yes");
+        assert_eq!(v["f"], 1.5);
+        assert!(v["z"].is_null());
     }
 }
 

@@ -42,6 +42,68 @@ impl PatchKind {
     }
 }
 
+/// How much a JSON patch's `copy` operations may add to an object in all: what one request
+/// body may carry. Without a bound, 40 `copy` ops that each copy the whole object double it
+/// 40 times (2^40 times its size) and take the server's memory.
+const MAX_COPIED: usize = super::object::MAX_BODY;
+
+/// The JSON size of `v`, counted only up to `budget` (returns more than `budget` once it
+/// is over, without looking further).
+fn json_size(v: &Value, budget: usize) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => {
+            let mut n = 2;
+            for i in items {
+                n += json_size(i, budget.saturating_sub(n)) + 1;
+                if n > budget {
+                    break;
+                }
+            }
+            n
+        }
+        Value::Object(map) => {
+            let mut n = 2;
+            for (k, i) in map {
+                n += k.len() + 4 + json_size(i, budget.saturating_sub(n));
+                if n > budget {
+                    break;
+                }
+            }
+            n
+        }
+    }
+}
+
+/// RFC 6902, all or nothing, with the `copy` growth bounded by [`MAX_COPIED`].
+fn apply_json_patch(doc: &mut Value, ops: &[json_patch::PatchOperation]) -> Result<(), ApiError> {
+    let original = doc.clone();
+    let mut copied = 0usize;
+    for op in ops {
+        if let json_patch::PatchOperation::Copy(c) = op {
+            if let Some(from) = doc.pointer(c.from.as_str()) {
+                copied += json_size(from, MAX_COPIED - copied.min(MAX_COPIED));
+            }
+            if copied > MAX_COPIED {
+                *doc = original;
+                return Err(ApiError::BadPatch {
+                    reason: format!(
+                        "the JSON patch's copy operations would add more than {MAX_COPIED} bytes to the object"
+                    ),
+                });
+            }
+        }
+        if let Err(e) = json_patch::patch(doc, std::slice::from_ref(op)) {
+            *doc = original;
+            return Err(ApiError::BadPatch {
+                reason: format!("the JSON patch could not be applied: {e}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Applies `patch` (already decoded) to `doc` in place.
 pub fn apply(kind: PatchKind, doc: &mut Value, patch: &Value) -> Result<(), ApiError> {
     match kind {
@@ -50,9 +112,7 @@ pub fn apply(kind: PatchKind, doc: &mut Value, patch: &Value) -> Result<(), ApiE
                 serde_json::from_value(patch.clone()).map_err(|e| ApiError::DecodeBody {
                     reason: format!("invalid JSON patch: {e}"),
                 })?;
-            json_patch::patch(doc, &ops).map_err(|e| ApiError::BadPatch {
-                reason: format!("the JSON patch could not be applied: {e}"),
-            })
+            apply_json_patch(doc, &ops.0)
         }
         PatchKind::Merge => {
             if !patch.is_object() {
@@ -193,6 +253,30 @@ fn strip_directives(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_operations_that_double_the_object_are_refused_and_nothing_is_changed() {
+        let mut doc = serde_json::json!({"data": {"a": "x".repeat(1000)}, "spec": {}});
+        let before = doc.clone();
+        // Each op copies the whole data map into itself: 2^40 times the object if allowed.
+        let ops: Vec<Value> = (0..40)
+            .map(|i| serde_json::json!({"op": "copy", "from": "/data", "path": format!("/data/c{i}")}))
+            .collect();
+        let err = apply(PatchKind::Json, &mut doc, &Value::Array(ops)).unwrap_err();
+        assert!(matches!(err, ApiError::BadPatch { .. }), "{err:?}");
+        assert_eq!(doc, before, "a refused patch changes nothing");
+        // Small copies, and a failing op after good ones, behave as RFC 6902 says.
+        let ok = serde_json::json!([{"op": "copy", "from": "/data/a", "path": "/spec/a"}]);
+        apply(PatchKind::Json, &mut doc, &ok).unwrap();
+        assert_eq!(doc["spec"]["a"], doc["data"]["a"]);
+        let before = doc.clone();
+        let bad = serde_json::json!([
+            {"op": "add", "path": "/spec/b", "value": 1},
+            {"op": "remove", "path": "/nope"}
+        ]);
+        assert!(apply(PatchKind::Json, &mut doc, &bad).is_err());
+        assert_eq!(doc, before, "all or nothing");
+    }
     use serde_json::json;
 
     fn deployment() -> Value {
