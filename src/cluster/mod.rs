@@ -16,4 +16,4 @@ pub use new::{
     create, file_from_options, NewOptions, DEFAULT_NODE_IP, DEFAULT_PREFIX, DEFAULT_VIP,
 };
 pub use profile::{Kernel, Outputs, Profile, BUILTIN as BUILTIN_PROFILES};
-pub use validate::{line_of_key, validate};
+pub use validate::{is_dns_label, line_of_key, validate};

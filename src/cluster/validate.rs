@@ -124,7 +124,8 @@ fn locate(root: &Table, field: &str) -> Option<usize> {
     offset
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// A DNS label (RFC 1123): node names, cluster names.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

@@ -35,6 +35,7 @@ use super::net::Netns;
 use super::plan::{self, Machine, Topology};
 use super::qemu::{self, AccelChoice, BootMode, VmConfig};
 use super::{console, process};
+use crate::build::debian::hash_file;
 use crate::cluster::Cluster;
 
 const STATE_FILE: &str = "lab.json";
@@ -136,10 +137,15 @@ fn running_pid(dir: &Path, name: &str) -> Option<i32> {
         && args
             .windows(2)
             .any(|w| w[0] == b"-pidfile" && w[1] == pidfile.as_os_str().as_encoded_bytes());
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-        .unwrap_or(true);
-    (ours && !zombie).then_some(pid)
+    (ours && alive(pid)).then_some(pid)
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, r)| !r.starts_with('Z'))
+    })
 }
 
 /// What `up` checks before making anything.
@@ -190,17 +196,11 @@ fn kimg(args: &[String], log: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Feeds a file's sha256 (the build's own [`hash_file`]) into `hasher`.
 fn file_digest(hasher: &mut Sha256, path: &Path) -> Result<()> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(());
-        }
-        hasher.update(&buf[..n]);
-    }
+    let (_, sha) = hash_file(path).with_context(|| format!("cannot read {}", path.display()))?;
+    hasher.update(sha.as_bytes());
+    Ok(())
 }
 
 /// Builds what the machines boot, skipping images whose inputs (the kimg binary, the
@@ -680,10 +680,7 @@ fn kill_and_wait(pid: i32) {
     }
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-            .unwrap_or(true);
-        if gone {
+        if !alive(pid) {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -790,11 +787,7 @@ pub fn status(dir: &Path) -> Result<()> {
 /// Machine names are node names (DNS labels); anything else is refused before it is
 /// used in a path.
 fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok = crate::cluster::is_dns_label(name);
     if ok {
         Ok(())
     } else {
