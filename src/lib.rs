@@ -21,6 +21,7 @@ pub mod build;
 pub mod cli;
 pub mod cluster;
 pub mod controllers;
+pub mod https;
 pub mod kubelet;
 pub mod lab;
 pub mod node;

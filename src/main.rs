@@ -10,6 +10,10 @@ fn main() -> ExitCode {
     }
     let cli = kimg::cli::Cli::parse();
     kimg::cli::init_tracing(&cli);
+    // Servers hold a socket per client: take the hard limit, as Go programs do.
+    if let Err(e) = kimg::https::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     match kimg::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

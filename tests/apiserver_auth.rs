@@ -138,6 +138,43 @@ groups = ["system:bootstrappers:kubeadm:default-node-token"]
         (code.trim().parse().expect("http code"), body.to_string())
     }
 
+    /// kubectl with a client certificate for `system:node:<node>` (what a kubelet holds),
+    /// signed by the cluster CA.
+    fn as_node(&self, node: &str, args: &[&str]) -> Output {
+        let pki = self.dir.join("secrets/pki");
+        let read = |f: &str| std::fs::read_to_string(pki.join(f)).expect("read CA");
+        let ca =
+            kimg::pki::issue::Authority::from_pem(&read("ca.crt"), &read("ca.key")).expect("CA");
+        let (cert, key) = kimg::pki::issue::new_leaf(
+            &ca,
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            &[],
+            kimg::pki::issue::Usage::Client,
+        )
+        .expect("node cert");
+        let (crt, k) = (
+            self.tmp.path().join(format!("{node}.crt")),
+            self.tmp.path().join(format!("{node}.key")),
+        );
+        std::fs::write(&crt, cert.pem()).expect("write cert");
+        std::fs::write(&k, key.serialize_pem()).expect("write key");
+        let empty = self.tmp.path().join("empty.conf");
+        std::fs::write(&empty, "apiVersion: v1\nkind: Config\n").expect("write");
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(empty)
+            .args(["--server", &self.url, "--certificate-authority"])
+            .arg(self.ca())
+            .arg("--client-certificate")
+            .arg(crt)
+            .arg("--client-key")
+            .arg(k)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
     fn apply(&self, token: Option<&str>, name: &str, yaml: &str) -> String {
         let p = self.tmp.path().join(name);
         std::fs::write(&p, yaml).expect("write manifest");
@@ -459,4 +496,238 @@ fn the_python_kubernetes_client_does_crud_watch_and_conflicts_with_a_venv_from_p
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("python client ok"));
+}
+
+const NODE_WORLD: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: w0
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: w1
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+  namespace: kube-system
+stringData:
+  password: hunter2
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: app-secret
+  namespace: default
+stringData:
+  key: value
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: app
+  namespace: default
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: other
+  namespace: default
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: p0
+  namespace: default
+spec:
+  nodeName: w0
+  serviceAccountName: app
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, 1d]
+    volumeMounts: [{name: s, mountPath: /s}]
+  volumes:
+  - name: s
+    secret: {secretName: app-secret}
+";
+
+const EVERYTHING_ROLE: &str = "apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: everything
+  namespace: team
+rules:
+- apiGroups: ['*']
+  resources: ['*']
+  verbs: ['*']
+";
+
+const VIP_LEASE: &str = "apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: kimg-vip
+  namespace: kube-system
+spec:
+  holderIdentity: w0
+";
+
+/// Issue 13: a kubelet's identity reaches only what its pods use, and a namespace admin
+/// cannot grant more than it holds.
+#[test]
+fn nodes_and_namespace_admins_cannot_take_over_the_cluster() {
+    let up = Up::start();
+    up.apply(None, "world.yaml", NODE_WORLD);
+
+    // The node w0 reads the Secret its pod mounts, and nothing else.
+    let node = |args: &[&str]| up.as_node("w0", args);
+    let ok = |out: Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let refused = |out: Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success() && err.to_lowercase().contains("forbidden"),
+            "{what} must be refused: {err}"
+        );
+    };
+    ok(
+        node(&["get", "secret", "app-secret", "-n", "default"]),
+        "its pod's Secret",
+    );
+    refused(
+        node(&["get", "secret", "db", "-n", "kube-system"]),
+        "an unrelated Secret",
+    );
+    refused(node(&["get", "secrets", "-A"]), "listing Secrets");
+    ok(
+        node(&["label", "node", "w0", "disk=ssd"]),
+        "labelling itself",
+    );
+    refused(
+        node(&["label", "node", "w1", "disk=ssd"]),
+        "labelling another Node",
+    );
+    ok(
+        node(&["create", "token", "app", "-n", "default"]),
+        "a token for its pod's account",
+    );
+    refused(
+        node(&["create", "token", "other", "-n", "default"]),
+        "a token for a foreign service account",
+    );
+    refused(
+        node(&["create", "token", "default", "-n", "kube-system"]),
+        "a token for kube-system/default",
+    );
+    let lease = up.tmp.path().join("vip.yaml");
+    std::fs::write(&lease, VIP_LEASE).expect("write");
+    refused(
+        node(&["apply", "-f", lease.to_str().expect("utf-8")]),
+        "writing the VIP Lease",
+    );
+    refused(
+        node(&["delete", "node", "w1", "--wait=false"]),
+        "deleting another Node",
+    );
+
+    // A service account that is admin of its namespace cannot bind cluster-admin.
+    up.ok(None, &["create", "namespace", "team"]);
+    up.ok(None, &["create", "serviceaccount", "boss", "-n", "team"]);
+    up.ok(
+        None,
+        &[
+            "create",
+            "rolebinding",
+            "boss-admin",
+            "--clusterrole=admin",
+            "--serviceaccount=team:boss",
+            "-n",
+            "team",
+        ],
+    );
+    let boss = up.ok(None, &["create", "token", "boss", "-n", "team"]);
+    let boss = Some(boss.trim());
+    let err = up.fails(
+        boss,
+        &[
+            "create",
+            "rolebinding",
+            "grab",
+            "--clusterrole=cluster-admin",
+            "--serviceaccount=team:boss",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(
+        err.contains("attempting to grant RBAC permissions not currently held"),
+        "{err}"
+    );
+    let err = up.fails(
+        boss,
+        &[
+            "create",
+            "role",
+            "everything",
+            "--verb=*",
+            "--resource=*",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(err.contains("not currently held"), "{err}");
+    let role = up.tmp.path().join("everything.yaml");
+    std::fs::write(&role, EVERYTHING_ROLE).expect("write");
+    let err = up.fails(boss, &["apply", "-f", role.to_str().expect("utf-8")]);
+    assert!(err.contains("not currently held"), "{err}");
+    assert!(up
+        .fails(
+            boss,
+            &[
+                "create",
+                "clusterrolebinding",
+                "grab",
+                "--clusterrole=cluster-admin",
+                "--serviceaccount=team:boss"
+            ]
+        )
+        .to_lowercase()
+        .contains("forbidden"));
+    // What it holds, it may grant.
+    up.ok(
+        boss,
+        &[
+            "create",
+            "role",
+            "cm-reader",
+            "--verb=get",
+            "--resource=configmaps",
+            "-n",
+            "team",
+        ],
+    );
+    up.ok(
+        boss,
+        &[
+            "create",
+            "rolebinding",
+            "readers",
+            "--role=cm-reader",
+            "--serviceaccount=team:boss",
+            "-n",
+            "team",
+        ],
+    );
+    assert_eq!(
+        up.can_i(boss, &["create", "clusterrolebindings"]),
+        "no",
+        "nothing it did widened its rights"
+    );
 }

@@ -77,6 +77,12 @@ pub enum ApiError {
     Store(#[source] StoreError),
     #[error("error dialing backend: {0}")]
     KubeletProxy(String),
+    /// An in-flight limit is reached; the client should retry after a second.
+    #[error("Too many requests, please try again later.")]
+    TooManyRequests,
+    /// The request did not finish within the apiserver's request timeout.
+    #[error("Timeout: request did not complete within the allotted timeout of {secs} s")]
+    Timeout { secs: u64 },
 }
 
 /// `deployments.apps`, or `pods` for the core group, as Kubernetes names resources in messages.
@@ -119,6 +125,8 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Gone { .. } => (StatusCode::GONE, "Expired"),
             Store(_) | KubeletProxy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         }
     }
 
@@ -162,6 +170,7 @@ impl ApiError {
             ApiError::Forbidden {
                 group, resource, ..
             } => Some(json!({"group": group, "kind": resource})),
+            ApiError::TooManyRequests => Some(json!({"retryAfterSeconds": RETRY_AFTER_SECS})),
             _ => None,
         };
         if let Some(d) = details {
@@ -173,12 +182,23 @@ impl ApiError {
     /// The one mapping of errors to HTTP responses.
     pub fn into_response(self) -> Response {
         let (code, _) = self.code_and_reason();
-        if code.is_server_error() {
+        // A timeout is the client's slowness as often as the server's.
+        if code.is_server_error() && !matches!(self, ApiError::Timeout { .. }) {
             tracing::error!(error = %self, "request failed");
         }
-        json_response(code, &self.status_object())
+        let mut r = json_response(code, &self.status_object());
+        if matches!(self, ApiError::TooManyRequests) {
+            r.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        r
     }
 }
+
+/// What a 429 asks the client to wait, in seconds (kube-apiserver's value).
+const RETRY_AFTER_SECS: u64 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -194,6 +214,16 @@ mod tests {
         let s = e.status_object();
         assert_eq!(s["code"], 410);
         assert_eq!(s["reason"], "Expired");
+    }
+
+    #[test]
+    fn too_many_requests_says_when_to_retry() {
+        let r = ApiError::TooManyRequests.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "1");
+        let s = ApiError::TooManyRequests.status_object();
+        assert_eq!(s["reason"], "TooManyRequests");
+        assert_eq!(s["details"]["retryAfterSeconds"], 1);
     }
 
     #[test]

@@ -18,7 +18,14 @@
 //! [`service`]). Errors are one [`ApiError`] mapped to a Kubernetes `Status` in one place.
 //!
 //! Authentication: x509, bootstrap tokens and service-account JWTs ([`authn`]);
-//! authorization: RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]).
+//! authorization: `system:masters`, then the Node authorizer for kubelets
+//! ([`node_authz`]), then RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]);
+//! admission ([`admission`]): RBAC escalation prevention and NodeRestriction.
+//!
+//! Bounds: connections, handshakes and request heads are bounded by [`crate::https`];
+//! in-flight requests (429 past 400 read-only / 200 mutating) and a per-request deadline
+//! (504) by [`Limits`]; bodies by size and by decoding budgets ([`object`], [`protobuf`],
+//! [`patch`]).
 //!
 //! Lists and watches are served by one shared watch cache ([`cache`]).
 //!
@@ -30,6 +37,7 @@
 //! finalizers for the controllers); server-side apply is a strategic merge without field
 //! ownership or conflicts.
 
+mod admission;
 mod authn;
 mod bootstrap;
 mod cache;
@@ -40,6 +48,7 @@ mod error;
 pub mod jwt;
 mod kubelet_proxy;
 mod list;
+mod node_authz;
 mod object;
 mod openapi;
 mod patch;
@@ -67,6 +76,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 pub use selector::Selector;
+pub use server::Limits;
 pub use tls::{server_config, user_from_cert, TlsError, User};
 
 use crate::pki::token::Token;
@@ -138,6 +148,7 @@ pub enum StartError {
 pub struct ApiServer {
     state: Arc<State>,
     tls: Arc<rustls::ServerConfig>,
+    limits: Limits,
 }
 
 impl ApiServer {
@@ -188,7 +199,17 @@ impl ApiServer {
                 .map_err(|e| StartError::Bootstrap(e.into()))?,
         );
         let state = Arc::new(state);
-        Ok(ApiServer { state, tls })
+        Ok(ApiServer {
+            state,
+            tls,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Replaces the default request and connection bounds ([`Limits::default`]).
+    pub fn with_limits(mut self, limits: Limits) -> ApiServer {
+        self.limits = limits;
+        self
     }
 
     /// Serves HTTPS on `listener` until `shutdown` completes.
@@ -197,6 +218,6 @@ impl ApiServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(listener, self.tls, self.state, shutdown).await
+        server::serve(listener, self.tls, self.state, self.limits, shutdown).await
     }
 }

@@ -466,8 +466,11 @@ fn message(b: &[u8], fields: &[F]) -> Result<Value, ApiError> {
             _ => return Err(unsupported(format!("field {num} has wire type {wire}"))),
         };
         // Go's generated marshallers write every non-pointer field, even when empty; the
-        // JSON form omits them, so zero scalars are dropped.
-        if value.is_null() || value == json!("") || value == json!(0) || value == json!(false) {
+        // JSON form omits them, so zero scalars are dropped. An element of a repeated field
+        // is kept as it is: `apiGroups: [""]` names the core group.
+        if value.is_null()
+            || (!repeated && (value == json!("") || value == json!(0) || value == json!(false)))
+        {
             continue;
         }
         if repeated {
@@ -553,6 +556,20 @@ mod tests {
             obj,
             json!({"apiVersion": "v1", "kind": "ConfigMap",
                    "metadata": {"name": "cfg", "namespace": "demo"}, "data": {"foo": "bar"}})
+        );
+    }
+
+    #[test]
+    fn empty_strings_in_repeated_fields_are_kept() {
+        // `kubectl create role r --verb=get --resource=configmaps`: apiGroups [""].
+        let rule = [field(1, b"get"), field(2, b""), field(3, b"configmaps")].concat();
+        let raw = [field(1, &field(1, b"r")), field(2, &rule)].concat();
+        let type_meta = [field(1, b"rbac.authorization.k8s.io/v1"), field(2, b"Role")].concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &raw)].concat();
+        let obj = decode(&body).expect("decode");
+        assert_eq!(
+            obj["rules"],
+            json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"]}])
         );
     }
 

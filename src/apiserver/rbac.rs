@@ -9,9 +9,11 @@
 //! from the watch cache (a consistent read) and the roles they name from the store; rules match with
 //! `*` wildcards, `resource/subresource` and `*/subresource` forms, `resourceNames` (never
 //! for create or collection verbs), and non-resource URLs with a trailing `*` prefix
-//! match. Limits: ClusterRole `aggregationRule` is not evaluated (the default `admin`,
-//! `edit` and `view` carry their rules directly, see [`super::rbac_defaults`]); no
-//! escalation checks on role writes.
+//! match. Escalation is prevented on writes of roles and bindings ([`uncovered`], used by
+//! [`super::admission`]): one may only grant what one holds, unless RBAC gives one the
+//! `escalate` (roles) or `bind` (bindings) verb. Limits: ClusterRole `aggregationRule` is
+//! not evaluated (the default `admin`, `edit` and `view` carry their rules directly, see
+//! [`super::rbac_defaults`]).
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -141,10 +143,19 @@ async fn bindings_allow(
     Ok(false)
 }
 
-/// Whether RBAC allows `user` to do `a`.
+/// Whether the authorizer chain allows `user` to do `a`: `system:masters` may do
+/// everything; a node is first judged by the Node authorizer ([`super::node_authz`]); RBAC
+/// decides the rest.
 pub async fn allowed(st: &State, user: &User, a: &Attributes) -> Result<bool, ApiError> {
     if user.is_master() {
         return Ok(true);
+    }
+    if let Some(node) = super::node_authz::node_name(user) {
+        match super::node_authz::decide(st, node, a).await? {
+            super::node_authz::Decision::Allow => return Ok(true),
+            super::node_authz::Decision::Deny => return Ok(false),
+            super::node_authz::Decision::NoOpinion => {}
+        }
     }
     if bindings_allow(st, "/registry/clusterrolebindings/", user, a).await? {
         return Ok(true);
@@ -154,6 +165,116 @@ pub async fn allowed(st: &State, user: &User, a: &Attributes) -> Result<bool, Ap
         return bindings_allow(st, &prefix, user, a).await;
     }
     Ok(false)
+}
+
+/// Every rule `user` holds where `namespace` is concerned: its ClusterRoleBindings' and, for
+/// a namespace, that namespace's RoleBindings'. `system:masters` holds everything.
+pub async fn user_rules(st: &State, user: &User, namespace: &str) -> Result<Vec<Value>, ApiError> {
+    if user.is_master() {
+        return Ok(vec![
+            json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}),
+            json!({"verbs": ["*"], "nonResourceURLs": ["*"]}),
+        ]);
+    }
+    let mut prefixes = vec!["/registry/clusterrolebindings/".to_string()];
+    if !namespace.is_empty() {
+        prefixes.push(format!("/registry/rolebindings/{namespace}/"));
+    }
+    let mut rules = Vec::new();
+    for prefix in prefixes {
+        let page = st.list(&prefix, Default::default(), false).await?;
+        for kv in &page.items {
+            let b = from_kv(kv)?;
+            let ns = b
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if b["subjects"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &ns)))
+            {
+                rules.extend(rules_of(st, &b["roleRef"], &ns).await?);
+            }
+        }
+    }
+    Ok(rules)
+}
+
+/// The rules of the role a binding's `roleRef` names (none when it does not exist).
+pub async fn role_rules(
+    st: &State,
+    role_ref: &Value,
+    namespace: &str,
+) -> Result<Vec<Value>, ApiError> {
+    rules_of(st, role_ref, namespace).await
+}
+
+/// The parts of `rule` that no rule of `owner` covers, each as `{verb group resource name}`
+/// or `{verb url}`; empty when `owner` holds all of it. Wildcards are literal on the
+/// granted side (asking to grant `*` needs `*`), as in kube-apiserver's escalation check.
+pub fn uncovered(owner: &[Value], rule: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let one = |v: &str| vec![v.to_string()];
+    let list = |v: &Value| -> Vec<String> { strs(v).into_iter().map(str::to_string).collect() };
+    let verbs = list(&rule["verbs"]);
+    for url in list(&rule["nonResourceURLs"]) {
+        for verb in &verbs {
+            let held = owner.iter().any(|o| {
+                strs(&o["verbs"]).iter().any(|v| *v == "*" || v == verb)
+                    && strs(&o["nonResourceURLs"]).iter().any(|u| {
+                        *u == "*"
+                            || *u == url
+                            || u.strip_suffix('*').is_some_and(|p| url.starts_with(p))
+                    })
+            });
+            if !held {
+                out.push(format!("{{verb={verb} url={url}}}"));
+            }
+        }
+    }
+    let resources = list(&rule["resources"]);
+    if resources.is_empty() {
+        return out;
+    }
+    let mut names = list(&rule["resourceNames"]);
+    if names.is_empty() {
+        names = one("");
+    }
+    for verb in &verbs {
+        for group in list(&rule["apiGroups"]) {
+            for resource in &resources {
+                for name in &names {
+                    let held = owner.iter().any(|o| {
+                        let on = strs(&o["resourceNames"]);
+                        strs(&o["verbs"]).iter().any(|v| *v == "*" || v == verb)
+                            && strs(&o["apiGroups"])
+                                .iter()
+                                .any(|g| *g == "*" || *g == group)
+                            && strs(&o["resources"]).iter().any(|r| {
+                                *r == "*"
+                                    || r == resource
+                                    || r.strip_prefix("*/").is_some_and(|sub| {
+                                        resource.split_once('/').is_some_and(|(_, s)| s == sub)
+                                    })
+                            })
+                            && (on.is_empty() || (!name.is_empty() && on.contains(&name.as_str())))
+                    });
+                    if !held {
+                        let named = if name.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" name={name}")
+                        };
+                        out.push(format!(
+                            "{{verb={verb} group={group:?} resource={resource}{named}}}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The 403 for a refused resource request, worded like Kubernetes'.
@@ -286,6 +407,40 @@ mod tests {
         assert!(rule_allows(&urls, &path("/apis/apps/v1")));
         assert!(rule_allows(&urls, &path("/version")));
         assert!(!rule_allows(&urls, &path("/metrics")));
+    }
+
+    #[test]
+    fn granting_needs_every_part_held_and_wildcards_only_by_wildcards() {
+        let admin = vec![
+            json!({"verbs": ["get", "list", "create"], "apiGroups": ["", "apps"],
+                   "resources": ["pods", "deployments", "*/scale"]}),
+            json!({"verbs": ["get"], "apiGroups": [""], "resources": ["secrets"],
+                   "resourceNames": ["mine"]}),
+            json!({"verbs": ["get"], "nonResourceURLs": ["/apis/*"]}),
+        ];
+        let fits =
+            json!({"verbs": ["get", "list"], "apiGroups": ["apps"], "resources": ["deployments"]});
+        assert!(uncovered(&admin, &fits).is_empty());
+        let sub =
+            json!({"verbs": ["create"], "apiGroups": ["apps"], "resources": ["deployments/scale"]});
+        assert!(uncovered(&admin, &sub).is_empty());
+        let star = json!({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]});
+        assert_eq!(
+            uncovered(&admin, &star),
+            ["{verb=* group=\"*\" resource=*}"]
+        );
+        let more = json!({"verbs": ["get", "delete"], "apiGroups": [""], "resources": ["pods"]});
+        assert_eq!(
+            uncovered(&admin, &more),
+            ["{verb=delete group=\"\" resource=pods}"]
+        );
+        let named = json!({"verbs": ["get"], "apiGroups": [""], "resources": ["secrets"],
+                           "resourceNames": ["mine"]});
+        assert!(uncovered(&admin, &named).is_empty());
+        let all_secrets = json!({"verbs": ["get"], "apiGroups": [""], "resources": ["secrets"]});
+        assert_eq!(uncovered(&admin, &all_secrets).len(), 1);
+        let urls = json!({"verbs": ["get"], "nonResourceURLs": ["/apis/apps", "/metrics"]});
+        assert_eq!(uncovered(&admin, &urls), ["{verb=get url=/metrics}"]);
     }
 
     #[tokio::test]

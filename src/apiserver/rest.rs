@@ -22,7 +22,7 @@ use super::object::{
 use super::patch::{self, PatchKind};
 use super::resources::{self, Resource};
 use super::server::{full_response, json_response, Req, Response, Target};
-use super::{defaults, table, State};
+use super::{admission, defaults, table, State};
 use crate::store::StoreError;
 
 pub(super) fn name_of(t: &Target) -> &str {
@@ -266,6 +266,7 @@ async fn create_object(
     if res.kind == "CertificateSigningRequest" {
         stamp_requester(&mut obj, req);
     }
+    admission::admit(st, req.user.as_ref(), t, None, &obj).await?;
     if req.q("dryRun").is_some() {
         return Ok(obj);
     }
@@ -399,6 +400,7 @@ async fn commit(
     let name = name_of(t).to_string();
     let mut new = merge_update(t, &old, new);
     defaults::on_update(st, res, &old, &mut new).await?;
+    admission::admit(st, req.user.as_ref(), t, Some(&old), &new).await?;
     let key = res.key(t.namespace.as_deref(), &name);
     if to_bytes(&new) == to_bytes(&old) && rv_of(&old)? == Some(expected) {
         return Ok(old);

@@ -18,17 +18,14 @@ use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 
 use super::error::ApiError;
 use super::resources::{self, Resource};
-use super::tls::{user_from_cert, User};
+use super::tls::User;
 use super::{
     authn, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, subresource, watch, State,
 };
@@ -346,6 +343,7 @@ const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 async fn dispatch(
     state: &State,
+    gate: &Gate,
     user: Option<User>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response, ApiError> {
@@ -380,13 +378,21 @@ async fn dispatch(
     let user = authn::authenticate(state, user, authorization)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    let user = Some(impersonate(state, user, req.headers()).await?);
+    let user = impersonate(state, user, req.headers()).await?;
     if let Ok(Route::Resource(t)) = &route {
         if let Some(v) = kubelet_proxy::verb_of(t) {
-            authorize(state, user.as_ref(), &attributes(t, v)).await?;
+            authorize(state, Some(&user), &attributes(t, v)).await?;
             return kubelet_proxy::serve(state, t, req).await;
         }
     }
+    let watch = method == Method::GET
+        && matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    let _permit = if watch {
+        None
+    } else {
+        gate.admit(&user, &method)?
+    };
+    let user = Some(user);
     if too_big {
         return Err(ApiError::BodyTooLarge {
             limit: object::MAX_BODY,
@@ -455,6 +461,7 @@ async fn dispatch(
 
 async fn handle(
     state: Arc<State>,
+    gate: Arc<Gate>,
     user: Option<User>,
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
@@ -462,9 +469,15 @@ async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let who = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-    let resp = dispatch(&state, user, req)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    // Streaming responses (watch, log, exec) are returned as soon as they start, so the
+    // deadline bounds only the work before the first byte.
+    let resp = match tokio::time::timeout(gate.timeout, dispatch(&state, &gate, user, req)).await {
+        Ok(r) => r.unwrap_or_else(ApiError::into_response),
+        Err(_) => ApiError::Timeout {
+            secs: gate.timeout.as_secs(),
+        }
+        .into_response(),
+    };
     tracing::debug!(
         %method, uri = %uri, user = %who, status = resp.status().as_u16(),
         micros = start.elapsed().as_micros() as u64, "request"
@@ -472,53 +485,86 @@ async fn handle(
     Ok(resp)
 }
 
+/// Request-level bounds of the apiserver, named after kube-apiserver's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Read-only requests (`get`, `list`, discovery…) being served at once; more get 429.
+    pub max_requests_inflight: usize,
+    /// Mutating requests being served at once; more get 429.
+    pub max_mutating_requests_inflight: usize,
+    /// How long a non-streaming request may take (body upload included); then 504.
+    pub request_timeout: std::time::Duration,
+    /// Connection-level bounds.
+    pub connections: crate::https::Limits,
+}
+
+impl Default for Limits {
+    /// kube-apiserver's defaults: 400 read-only, 200 mutating, 60 s.
+    fn default() -> Self {
+        Limits {
+            max_requests_inflight: 400,
+            max_mutating_requests_inflight: 200,
+            request_timeout: std::time::Duration::from_secs(60),
+            connections: crate::https::Limits::default(),
+        }
+    }
+}
+
+/// The in-flight limits and deadline every request passes.
+///
+/// Watches and the kubelet relays (`log`, `exec`) are long-running and not counted, as in
+/// kube-apiserver; members of `system:masters` are exempt, so the cluster admin and the
+/// components that hold a masters certificate are never turned away.
+struct Gate {
+    read: Arc<tokio::sync::Semaphore>,
+    mutating: Arc<tokio::sync::Semaphore>,
+    timeout: std::time::Duration,
+}
+
+impl Gate {
+    fn new(l: &Limits) -> Gate {
+        Gate {
+            read: Arc::new(tokio::sync::Semaphore::new(l.max_requests_inflight)),
+            mutating: Arc::new(tokio::sync::Semaphore::new(
+                l.max_mutating_requests_inflight,
+            )),
+            timeout: l.request_timeout,
+        }
+    }
+
+    /// A permit for a counted request, held until it is answered; 429 when none is left.
+    fn admit(
+        &self,
+        user: &User,
+        method: &Method,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        if user.is_master() {
+            return Ok(None);
+        }
+        let pool = if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            &self.read
+        } else {
+            &self.mutating
+        };
+        pool.clone()
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| ApiError::TooManyRequests)
+    }
+}
+
 /// Accepts TLS connections on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: Arc<State>,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return Ok(()),
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
-            };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| user_from_cert(c));
-            let svc = service_fn(move |req| handle(state.clone(), user.clone(), req));
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
+    let gate = Arc::new(Gate::new(&limits));
+    let handler = move |user, req| handle(state.clone(), gate.clone(), user, req);
+    crate::https::serve(listener, tls, limits.connections, shutdown, handler).await;
+    Ok(())
 }
 
 #[cfg(test)]

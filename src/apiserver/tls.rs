@@ -3,7 +3,7 @@
 //! The server presents the cluster's `apiserver.crt` and asks every client for a
 //! certificate, verified against the cluster CA (`ca.crt`). A verified certificate
 //! authenticates its Common Name as the user and its Organizations as groups, as in
-//! Kubernetes. Clients without a certificate still complete the handshake (so they get a
+//! Kubernetes ([`crate::https::user_from_cert`]). Clients without a certificate still complete the handshake (so they get a
 //! 401 `Status`, not a TLS alert). ALPN offers `h2` and `http/1.1`.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+
+pub use crate::https::{user_from_cert, User};
 
 /// Why the TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -27,20 +29,6 @@ pub enum TlsError {
     ServingCert(#[source] rustls::Error),
     #[error("the apiserver-kubelet-client certificate and key are unusable")]
     ClientCert(#[source] rustls::Error),
-}
-
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-impl User {
-    /// Members of `system:masters` may do everything (phase 1 has no RBAC).
-    pub fn is_master(&self) -> bool {
-        self.groups.iter().any(|g| g == "system:masters")
-    }
 }
 
 fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -82,44 +70,4 @@ pub fn server_config(pki_dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
         .map_err(TlsError::ServingCert)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// The user a verified client certificate names: CN → user, O → groups.
-pub fn user_from_cert(der: &[u8]) -> Option<User> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())?
-        .to_string();
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
-        .collect();
-    groups.push("system:authenticated".into());
-    Some(User { name, groups })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_common_name_is_the_user_and_organizations_are_groups() {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "kubernetes-admin");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::OrganizationName, "system:masters");
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params.self_signed(&key).expect("cert");
-        let user = user_from_cert(cert.der()).expect("user");
-        assert_eq!(user.name, "kubernetes-admin");
-        assert!(user.is_master());
-        assert!(user.groups.contains(&"system:authenticated".to_string()));
-        assert_eq!(user_from_cert(b"garbage"), None);
-    }
 }

@@ -31,6 +31,8 @@ pub struct ApiserverArgs {
     /// Where the local components' kubeconfigs are written.
     #[arg(long, default_value = "/run/kimg")]
     pub kubeconfig_dir: PathBuf,
+    #[command(flatten)]
+    pub serving: super::up::ServingArgs,
 }
 
 /// The etcd endpoints of a cluster: `etcd=https://<ip>:2379,…`.
@@ -64,6 +66,7 @@ pub fn run(a: ApiserverArgs) -> anyhow::Result<()> {
         a.listen,
         Some(server),
         &store,
+        a.serving.limits(),
         Components::none(),
     ))
 }

@@ -87,6 +87,8 @@ pub enum Command {
         controllers: controller_manager::ControllerArgs,
         #[command(flatten)]
         lease: scheduler::LeaseArgs,
+        #[command(flatten)]
+        serving: up::ServingArgs,
     },
     /// Serve the Kubernetes API of a master machine from its image config (/etc/kimg)
     /// over the cluster's etcd (kube-apiserver).
@@ -162,10 +164,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             no_controller_manager,
             controllers,
             lease,
+            serving,
         } => up::run(
             &dir,
             listen,
             &store,
+            serving.limits(),
             up::Components {
                 scheduler: !no_scheduler,
                 controller_manager: !no_controller_manager,

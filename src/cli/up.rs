@@ -51,6 +51,34 @@ pub(super) async fn open_store(spec: &str, pki_dir: &Path) -> anyhow::Result<Arc
     Ok(Arc::new(store))
 }
 
+/// The apiserver's request bounds (kube-apiserver's flags of the same names).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServingArgs {
+    /// Read-only requests served at once before others get 429 (members of
+    /// system:masters, watches and log/exec are not counted).
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_inflight: u32,
+    /// Mutating requests served at once before others get 429.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_mutating_requests_inflight: u32,
+    /// How long a non-streaming request may take, body upload included (then 504), e.g.
+    /// `60s`, `2m`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+}
+
+impl ServingArgs {
+    /// The apiserver limits these flags set.
+    pub fn limits(&self) -> crate::apiserver::Limits {
+        crate::apiserver::Limits {
+            max_requests_inflight: self.max_requests_inflight as usize,
+            max_mutating_requests_inflight: self.max_mutating_requests_inflight as usize,
+            request_timeout: self.request_timeout,
+            ..Default::default()
+        }
+    }
+}
+
 /// Which components run in-process besides the apiserver, and their settings.
 pub struct Components {
     pub scheduler: bool,
@@ -211,16 +239,17 @@ pub(super) async fn serve(
     listen: SocketAddr,
     server: Option<String>,
     store: &str,
+    limits: crate::apiserver::Limits,
     components: Components,
 ) -> anyhow::Result<()> {
     let store = open_store(store, &l.pki_dir).await?;
     let api =
         ApiServer::start_with_tokens(store, l.cluster.service_cidr, &l.pki_dir, l.tokens.clone())
             .await
-            .context("cannot start the apiserver")?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+            .context("cannot start the apiserver")?
+            .with_limits(limits);
+    let listener =
+        crate::https::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let server = server.unwrap_or_else(|| format!("https://{addr}"));
     let path = write_conf(
@@ -256,6 +285,7 @@ pub fn run(
     dir: &Path,
     listen: SocketAddr,
     store: &str,
+    limits: crate::apiserver::Limits,
     components: Components,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -264,6 +294,6 @@ pub fn run(
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let layout = Layout::cluster_dir(dir)?;
-        serve(layout, listen, None, store, components).await
+        serve(layout, listen, None, store, limits, components).await
     })
 }

@@ -7,8 +7,16 @@
 //! `Approved` condition is written through the `approval` subresource. Signing covers
 //! approved CSRs for `kube-apiserver-client-kubelet` and `kube-apiserver-client`: the
 //! request's public key and subject are kept, usages become digital signature + key
-//! encipherment + client auth, validity `spec.expirationSeconds` (default one year), and the
-//! PEM goes to `status.certificate`.
+//! encipherment + client auth, validity `spec.expirationSeconds` clamped to 10 minutes ..
+//! one year (kube-controller-manager's `--cluster-signing-duration`), and the PEM goes to
+//! `status.certificate`.
+//!
+//! Refusals, written as a `Denied` or `Failed` condition so the requester learns why:
+//! - a bootstrap token asking for the name of a Node whose kubelet is alive (its Lease or
+//!   Ready heartbeat is within the node monitor grace period) is denied (`NodeNameInUse`):
+//!   a token baked into an image must not let its holder become an existing node;
+//! - a subject in `system:masters` is never signed (`SignerValidationFailure`), nor a
+//!   `kube-apiserver-client-kubelet` request whose subject is not a node.
 //!
 //! Limits: no SubjectAccessReview (the group membership alone decides), no
 //! `kubelet-serving` signer.
@@ -77,6 +85,31 @@ fn decoded_request(csr: &CertificateSigningRequest) -> Option<String> {
     String::from_utf8(csr.spec.request.0.clone()).ok()
 }
 
+/// The longest and shortest certificate the signer issues.
+const MAX_VALIDITY_SECS: i64 = 365 * 24 * 3600;
+const MIN_VALIDITY_SECS: i64 = 600;
+
+/// The validity the signer gives a request for `expiration` seconds.
+fn validity_secs(expiration: Option<i32>) -> i64 {
+    expiration
+        .map(i64::from)
+        .unwrap_or(MAX_VALIDITY_SECS)
+        .clamp(MIN_VALIDITY_SECS, MAX_VALIDITY_SECS)
+}
+
+/// Why the signer will not sign a request for this subject, if it will not.
+pub fn signer_refusal(signer: &str, cn: &str, orgs: &[String]) -> Option<String> {
+    if orgs.iter().any(|o| o == "system:masters") {
+        return Some("the signer does not issue certificates for system:masters".into());
+    }
+    if signer == KUBELET_CLIENT && !(cn.starts_with("system:node:") && orgs == ["system:nodes"]) {
+        return Some(format!(
+            "{KUBELET_CLIENT} signs only O=system:nodes, CN=system:node:<name>, not {cn:?} {orgs:?}"
+        ));
+    }
+    None
+}
+
 fn sign(files: &SigningFiles, pem: &str, expiration: Option<i32>) -> Option<String> {
     let ca = Authority::from_pem(
         &std::fs::read_to_string(&files.cert).ok()?,
@@ -85,7 +118,7 @@ fn sign(files: &SigningFiles, pem: &str, expiration: Option<i32>) -> Option<Stri
     .ok()?;
     let mut req = CertificateSigningRequestParams::from_pem(pem).ok()?;
     let now = time::OffsetDateTime::now_utc();
-    let secs = i64::from(expiration.unwrap_or(365 * 24 * 3600).max(600));
+    let secs = validity_secs(expiration);
     req.params.not_before = now - time::Duration::minutes(5);
     req.params.not_after = now + time::Duration::seconds(secs);
     req.params.is_ca = IsCa::ExplicitNoCa;
@@ -137,35 +170,24 @@ pub async fn reconcile(
         };
         let groups = spec.groups.clone().unwrap_or_default();
         let usages = spec.usages.clone().unwrap_or_default();
-        if approvable(
-            &spec.signer_name,
-            spec.username.as_deref().unwrap_or_default(),
-            &groups,
-            &usages,
-            &cn,
-            &orgs,
-        ) {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let mut all: Vec<_> = conds
-                .iter()
-                .filter_map(|c| serde_json::to_value(c).ok())
-                .collect();
-            all.push(
-                json!({"type": "Approved", "status": "True", "reason": "AutoApproved",
-                "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
-                "lastUpdateTime": now, "lastTransitionTime": now}),
+        let username = spec.username.as_deref().unwrap_or_default();
+        if approvable(&spec.signer_name, username, &groups, &usages, &cn, &orgs) {
+            let node = cn.trim_start_matches("system:node:");
+            if let Some(age) = live_node(ctx, node).filter(|_| username != cn) {
+                let message = format!(
+                    "node {node} is alive (heartbeat {age} s ago): a bootstrap token cannot \
+                     take over its name"
+                );
+                tracing::warn!(csr = key, %node, "denied: the node name is in use");
+                let c = condition("Denied", "NodeNameInUse", &message);
+                return set_condition(&api, key, &conds, c).await.map(|()| None);
+            }
+            let c = condition(
+                "Approved",
+                "AutoApproved",
+                "Auto approving kubelet client certificate after SubjectAccessReview.",
             );
-            api.patch_approval(
-                key,
-                &PatchParams::default(),
-                &Patch::Merge(&json!({"status": {"conditions": all}})),
-            )
-            .await
-            .map_err(|source| ReconcileError::Status {
-                kind: "CertificateSigningRequest",
-                key: key.into(),
-                source,
-            })?;
+            set_condition(&api, key, &conds, c).await?;
             tracing::info!(csr = key, %cn, "approved");
         }
         return Ok(None);
@@ -176,6 +198,16 @@ pub async fn reconcile(
     let Some(files) = &ctx.opts.signing else {
         return Ok(None);
     };
+    if let Some(why) =
+        subject(&pem).and_then(|(cn, orgs)| signer_refusal(&spec.signer_name, &cn, &orgs))
+    {
+        tracing::warn!(csr = key, %why, "not signed");
+        let c = condition("Failed", "SignerValidationFailure", &why);
+        let api_status = api.clone();
+        return set_status_condition(&api_status, key, &conds, c)
+            .await
+            .map(|()| None);
+    }
     let Some(cert) = sign(files, &pem, spec.expiration_seconds) else {
         tracing::warn!(csr = key, "cannot sign: bad request or CA files");
         return Ok(None);
@@ -196,8 +228,109 @@ pub async fn reconcile(
     Ok(None)
 }
 
+/// How long ago the Node `name`'s kubelet last showed life, when that is within the node
+/// monitor grace period.
+fn live_node(ctx: &Ctx, name: &str) -> Option<i64> {
+    let node = get(&ctx.nodes, name)?;
+    let last = super::nodelifecycle::last_heartbeat(ctx, &node)?;
+    let age = (chrono::Utc::now() - last).num_seconds();
+    let grace = ctx.opts.node_monitor_grace_period.as_secs() as i64;
+    (age <= grace).then_some(age)
+}
+
+fn condition(type_: &str, reason: &str, message: &str) -> serde_json::Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({"type": type_, "status": "True", "reason": reason, "message": message,
+           "lastUpdateTime": now, "lastTransitionTime": now})
+}
+
+fn merged(
+    conds: &[k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition],
+    c: serde_json::Value,
+) -> serde_json::Value {
+    let mut all: Vec<_> = conds
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    all.push(c);
+    json!({"status": {"conditions": all}})
+}
+
+fn status_err(key: &str, source: kube::Error) -> ReconcileError {
+    ReconcileError::Status {
+        kind: "CertificateSigningRequest",
+        key: key.into(),
+        source,
+    }
+}
+
+/// Adds an `Approved` or `Denied` condition (the `approval` subresource).
+async fn set_condition(
+    api: &Api<CertificateSigningRequest>,
+    key: &str,
+    conds: &[k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition],
+    c: serde_json::Value,
+) -> Result<(), ReconcileError> {
+    api.patch_approval(
+        key,
+        &PatchParams::default(),
+        &Patch::Merge(&merged(conds, c)),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| status_err(key, e))
+}
+
+/// Adds a `Failed` condition (the `status` subresource, where signers write).
+async fn set_status_condition(
+    api: &Api<CertificateSigningRequest>,
+    key: &str,
+    conds: &[k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition],
+    c: serde_json::Value,
+) -> Result<(), ReconcileError> {
+    api.patch_status(
+        key,
+        &PatchParams::default(),
+        &Patch::Merge(&merged(conds, c)),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| status_err(key, e))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn validity_is_clamped_to_ten_minutes_through_a_year() {
+        assert_eq!(super::validity_secs(None), 365 * 24 * 3600);
+        assert_eq!(super::validity_secs(Some(i32::MAX)), 365 * 24 * 3600);
+        assert_eq!(super::validity_secs(Some(60)), 600);
+        assert_eq!(super::validity_secs(Some(-5)), 600);
+        assert_eq!(super::validity_secs(Some(3600)), 3600);
+    }
+
+    #[test]
+    fn the_signer_refuses_masters_and_non_node_kubelet_subjects() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(super::signer_refusal(super::CLIENT, "eve", &s(&["system:masters"])).is_some());
+        assert!(super::signer_refusal(
+            super::KUBELET_CLIENT,
+            "system:node:w1",
+            &s(&["system:nodes", "system:masters"])
+        )
+        .is_some());
+        assert!(
+            super::signer_refusal(super::KUBELET_CLIENT, "eve", &s(&["system:nodes"])).is_some()
+        );
+        assert!(super::signer_refusal(
+            super::KUBELET_CLIENT,
+            "system:node:w1",
+            &s(&["system:nodes"])
+        )
+        .is_none());
+        assert!(super::signer_refusal(super::CLIENT, "alice", &s(&["dev"])).is_none());
+    }
+
     use super::*;
 
     fn s(v: &[&str]) -> Vec<String> {

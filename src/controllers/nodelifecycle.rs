@@ -114,7 +114,9 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<DateTime<Utc>> {
     at
 }
 
-fn last_heartbeat(ctx: &Ctx, node: &Node) -> Option<DateTime<Utc>> {
+/// When the node's kubelet last showed life: its Lease's `renewTime` or its Ready
+/// condition's heartbeat, whichever is newer.
+pub(super) fn last_heartbeat(ctx: &Ctx, node: &Node) -> Option<DateTime<Utc>> {
     let name = node.metadata.name.as_deref().unwrap_or_default();
     let lease = get(&ctx.leases, &format!("kube-node-lease/{name}")).and_then(|l| {
         l.spec

@@ -37,22 +37,20 @@ use futures::{SinkExt, StreamExt};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderValue;
-use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::sync::PodSync;
 use super::{ExecIo, ExecStream};
-use crate::apiserver::{user_from_cert, User};
+use crate::https::User;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 type Response = hyper::Response<Body>;
@@ -464,40 +462,17 @@ async fn handle(
 
 /// Binds `addr`; the caller then runs [`serve`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Listen { addr, source })
+    crate::https::bind(addr).map_err(|source| ServeError::Listen { addr, source })
 }
 
-/// Serves the kubelet API on `listener` forever.
+/// Serves the kubelet API on `listener` forever, with the bounds of [`crate::https`].
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, sync: Arc<PodSync>) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let (acceptor, sync) = (acceptor.clone(), sync.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "tls handshake failed");
-                    return;
-                }
-            };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| user_from_cert(c));
-            let svc = service_fn(move |req| handle(sync.clone(), user.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    let limits = crate::https::Limits {
+        max_connections: 1024,
+        ..Default::default()
+    };
+    let handler = move |user, req| handle(sync.clone(), user, req);
+    crate::https::serve(listener, tls, limits, std::future::pending(), handler).await
 }
 
 #[cfg(test)]

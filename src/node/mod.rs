@@ -64,6 +64,17 @@ pub fn run_init() -> ! {
                 .field("location", location)
         );
     }));
+    // The services PID 1 starts (apiserver, etcd, kubelet) hold a socket per client and a
+    // file per watch; the kernel's default of 1,024 is far too low for them. 2^20 is the
+    // kernel's default ceiling (fs.nr_open).
+    if let Err(e) = crate::https::set_fd_limit(1 << 20) {
+        println!(
+            "{}",
+            Event::new("warning")
+                .field("message", "cannot raise the open-file limit for services")
+                .field("error", e.to_string())
+        );
+    }
     let mut init = Init::new(host::Host::new(), Timings::default());
     let action = init.run();
     // Only reached when reboot(2) failed: PID 1 must never exit (the kernel would panic).

@@ -1,0 +1,227 @@
+//! Admission: the checks a write passes after it is decoded, merged and defaulted and
+//! before it is stored — the one place for rules that need the object itself, not just
+//! the request's attributes (those are the authorizers': [`super::rbac`],
+//! [`super::node_authz`]).
+//!
+//! What:
+//! - RBAC escalation prevention, as kube-apiserver: writing a Role or ClusterRole needs
+//!   every one of its rules to be held by the writer (in the role's namespace, or
+//!   cluster-wide), or the `escalate` verb on it; writing a RoleBinding or
+//!   ClusterRoleBinding needs the referenced role's rules to be held (in the binding's
+//!   namespace), or the `bind` verb on that role. Updates that leave the rules, the
+//!   `roleRef` and the subjects as they were pass (finalizers, labels). Role rules are
+//!   validated first, as kube-apiserver does (a resource rule without `apiGroups` is 422).
+//! - NodeRestriction's body checks: a node creates only its own Node, its own Lease in
+//!   `kube-node-lease`, and pods bound to itself.
+//!
+//! `system:masters` passes everything.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::node_authz::node_name;
+use super::rbac::{self, Attributes};
+use super::server::Target;
+use super::tls::User;
+use super::State;
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Admits the write of `new` (replacing `old` on updates) by `user` at `t`.
+pub async fn admit(
+    st: &State,
+    user: Option<&User>,
+    t: &Target,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let Some(user) = user.filter(|u| !u.is_master()) else {
+        return Ok(());
+    };
+    if let Some(node) = node_name(user) {
+        node_restriction(user, node, t, old, new)?;
+    }
+    if t.res.group == RBAC_GROUP && t.sub.is_none() {
+        no_escalation(st, user, t, old, new).await?;
+    }
+    Ok(())
+}
+
+fn forbidden(user: &User, t: &Target, new: &Value, why: String) -> ApiError {
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let resource = if t.res.group.is_empty() {
+        t.res.plural.to_string()
+    } else {
+        format!("{}.{}", t.res.plural, t.res.group)
+    };
+    ApiError::Forbidden {
+        message: format!(
+            "{resource} \"{name}\" is forbidden: user \"{}\" {why}",
+            user.name
+        ),
+        group: t.res.group.to_string(),
+        resource: t.res.plural.to_string(),
+    }
+}
+
+fn node_restriction(
+    user: &User,
+    node: &str,
+    t: &Target,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    if old.is_some() {
+        return Ok(()); // updates are judged by name in the Node authorizer
+    }
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let refuse = |what: &str| Err(forbidden(user, t, new, format!("(a node) may only {what}")));
+    match (t.res.group, t.res.plural) {
+        ("", "nodes") if name != node => refuse("create its own Node"),
+        ("coordination.k8s.io", "leases") if name != node => {
+            refuse("create its own Lease in kube-node-lease")
+        }
+        ("", "pods") if new.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) => {
+            refuse("create pods bound to itself")
+        }
+        _ => Ok(()),
+    }
+}
+
+/// kube-apiserver's PolicyRule validation: verbs always; resource rules name API groups
+/// and resources; only ClusterRoles may hold `nonResourceURLs`, and never mixed with
+/// resources in one rule.
+fn validate_rules(t: &Target, name: &str, role: &Value) -> Result<(), ApiError> {
+    let rules = role["rules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for (i, r) in rules.iter().enumerate() {
+        let has = |f: &str| r[f].as_array().is_some_and(|a| !a.is_empty());
+        let why = if !has("verbs") {
+            Some((
+                "verbs",
+                "Required value: verbs must contain at least one value",
+            ))
+        } else if has("nonResourceURLs") && t.res.plural == "roles" {
+            Some((
+                "nonResourceURLs",
+                "Invalid value: namespaced rules cannot apply to non-resource URLs",
+            ))
+        } else if has("nonResourceURLs") && (has("resources") || has("apiGroups")) {
+            Some((
+                "nonResourceURLs",
+                "Invalid value: rules cannot apply to both regular resources and non-resource URLs",
+            ))
+        } else if !has("nonResourceURLs") && !has("apiGroups") {
+            Some((
+                "apiGroups",
+                "Required value: resource rules must supply at least one api group",
+            ))
+        } else if !has("nonResourceURLs") && !has("resources") {
+            Some((
+                "resources",
+                "Required value: resource rules must supply at least one resource",
+            ))
+        } else {
+            None
+        };
+        if let Some((field, why)) = why {
+            return Err(ApiError::Invalid {
+                kind: t.res.kind.to_string(),
+                name: name.to_string(),
+                reason: format!("rules[{i}].{field}: {why}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn no_escalation(
+    st: &State,
+    user: &User,
+    t: &Target,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let ns = t.namespace.clone().unwrap_or_default();
+    let name = new
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let may = |verb: &str, resource: &str, name: &str| Attributes {
+        verb: verb.into(),
+        group: RBAC_GROUP.into(),
+        resource: resource.into(),
+        namespace: ns.clone(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let (granted, verb) = match t.res.plural {
+        "roles" | "clusterroles" => {
+            validate_rules(t, &name, new)?;
+            if old.is_some_and(|o| o.get("rules") == new.get("rules")) {
+                return Ok(());
+            }
+            if rbac::allowed(st, user, &may("escalate", t.res.plural, &name)).await? {
+                return Ok(());
+            }
+            let rules = new["rules"].as_array().cloned().unwrap_or_default();
+            (rules, "create or update")
+        }
+        "rolebindings" | "clusterrolebindings" => {
+            if old.is_some_and(|o| {
+                o.get("roleRef") == new.get("roleRef") && o.get("subjects") == new.get("subjects")
+            }) {
+                return Ok(());
+            }
+            let role_ref = &new["roleRef"];
+            let role_resource = match role_ref["kind"].as_str() {
+                Some("Role") => "roles",
+                _ => "clusterroles",
+            };
+            let role_name = role_ref["name"].as_str().unwrap_or_default();
+            if rbac::allowed(st, user, &may("bind", role_resource, role_name)).await? {
+                return Ok(());
+            }
+            (rbac::role_rules(st, role_ref, &ns).await?, "bind")
+        }
+        _ => return Ok(()),
+    };
+    let held = rbac::user_rules(st, user, &ns).await?;
+    let missing: Vec<String> = granted
+        .iter()
+        .flat_map(|r| rbac::uncovered(&held, r))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 10;
+    let mut list = missing
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if missing.len() > SHOWN {
+        list.push_str(&format!(" and {} more", missing.len() - SHOWN));
+    }
+    Err(forbidden(
+        user,
+        t,
+        new,
+        format!(
+            "(groups={:?}) is attempting to grant RBAC permissions not currently held ({verb} \
+             needs the `{}` verb otherwise): {list}",
+            user.groups,
+            if verb == "bind" { "bind" } else { "escalate" }
+        ),
+    ))
+}
