@@ -41,6 +41,7 @@ mod admission;
 mod authn;
 mod bootstrap;
 mod cache;
+pub mod compactor;
 mod defaults;
 mod delete;
 mod discovery;

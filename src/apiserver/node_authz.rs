@@ -72,7 +72,8 @@ pub async fn decide(st: &State, node: &str, a: &Attributes) -> Result<Decision, 
                 allow_if(a.verb == "create" && runs_as(st, node, &a.namespace, &a.name).await?)
             }
             ("", "nodes", _) if write => {
-                if own {
+                // A create names the Node in its body: admission checks it.
+                if own || (a.verb == "create" && a.name.is_empty()) {
                     Decision::NoOpinion
                 } else {
                     Decision::Deny
@@ -413,6 +414,7 @@ mod tests {
             Deny
         );
         assert_eq!(d(attrs("patch", "", "nodes", "", "", "w1")).await, Deny);
+        assert_eq!(d(attrs("create", "", "nodes", "", "", "")).await, NoOpinion);
         assert_eq!(
             d(attrs("patch", "", "nodes", "status", "", "w0")).await,
             NoOpinion

@@ -66,7 +66,7 @@ pub fn run(a: ApiserverArgs) -> anyhow::Result<()> {
         a.listen,
         Some(server),
         &store,
-        a.serving.limits(),
+        &a.serving,
         Components::none(),
     ))
 }

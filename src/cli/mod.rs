@@ -169,7 +169,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             &dir,
             listen,
             &store,
-            serving.limits(),
+            &serving,
             up::Components {
                 scheduler: !no_scheduler,
                 controller_manager: !no_controller_manager,

@@ -65,6 +65,10 @@ pub struct ServingArgs {
     /// `60s`, `2m`.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// How often the store is compacted (one apiserver per interval keeps one interval of
+    /// history); `0s` turns compaction off.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub etcd_compaction_interval: Duration,
 }
 
 impl ServingArgs {
@@ -239,15 +243,21 @@ pub(super) async fn serve(
     listen: SocketAddr,
     server: Option<String>,
     store: &str,
-    limits: crate::apiserver::Limits,
+    serving: &ServingArgs,
     components: Components,
 ) -> anyhow::Result<()> {
     let store = open_store(store, &l.pki_dir).await?;
+    if !serving.etcd_compaction_interval.is_zero() {
+        tokio::spawn(crate::apiserver::compactor::run(
+            store.clone(),
+            serving.etcd_compaction_interval,
+        ));
+    }
     let api =
         ApiServer::start_with_tokens(store, l.cluster.service_cidr, &l.pki_dir, l.tokens.clone())
             .await
             .context("cannot start the apiserver")?
-            .with_limits(limits);
+            .with_limits(serving.limits());
     let listener =
         crate::https::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
@@ -285,7 +295,7 @@ pub fn run(
     dir: &Path,
     listen: SocketAddr,
     store: &str,
-    limits: crate::apiserver::Limits,
+    serving: &ServingArgs,
     components: Components,
 ) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -294,6 +304,6 @@ pub fn run(
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let layout = Layout::cluster_dir(dir)?;
-        serve(layout, listen, None, store, limits, components).await
+        serve(layout, listen, None, store, serving, components).await
     })
 }

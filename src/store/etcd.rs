@@ -49,28 +49,36 @@ pub struct EtcdTls {
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// Each member's own client, for maintenance that must reach every member.
+    config: EtcdConfig,
 }
 
 impl EtcdStore {
     /// Connects to the cluster; fails if no endpoint answers within the connect timeout.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        if let Some(tls) = &config.tls {
-            let identity = Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
-            let tls = TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(read_pem(&tls.ca)?))
-                .identity(identity);
-            options = options.with_tls(tls);
-        }
-        let client = Client::connect(&config.endpoints, Some(options))
+        let client = Client::connect(&config.endpoints, Some(connect_options(config)?))
             .await
             .map_err(StoreError::Connect)?;
-        let store = EtcdStore { client };
+        let store = EtcdStore {
+            client,
+            config: config.clone(),
+        };
         // The client connects lazily; one read proves an endpoint answers.
         store.current_revision().await?;
         Ok(store)
+    }
+
+    /// One client per member (a maintenance call through the balanced client reaches
+    /// only the member it is balanced onto).
+    async fn members(&self) -> Result<Vec<(String, Client)>, StoreError> {
+        let mut out = Vec::new();
+        for ep in &self.config.endpoints {
+            let c = Client::connect([ep], Some(connect_options(&self.config)?))
+                .await
+                .map_err(StoreError::Connect)?;
+            out.push((ep.clone(), c));
+        }
+        Ok(out)
     }
 
     /// The underlying client, for what the trait does not cover (benchmarks, maintenance).
@@ -112,6 +120,20 @@ impl EtcdStore {
         };
         Ok(Err(current))
     }
+}
+
+fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.connect_timeout)
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+    if let Some(tls) = &config.tls {
+        let identity = Identity::from_pem(read_pem(&tls.cert)?, read_pem(&tls.key)?);
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read_pem(&tls.ca)?))
+            .identity(identity);
+        options = options.with_tls(tls);
+    }
+    Ok(options)
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -156,6 +178,12 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 impl From<etcd_client::Error> for StoreError {
     fn from(error: etcd_client::Error) -> Self {
         match &error {
+            etcd_client::Error::GRpcStatus(status)
+                if status.code() == tonic::Code::ResourceExhausted
+                    && status.message().contains("space exceeded") =>
+            {
+                StoreError::NoSpace(error)
+            }
             etcd_client::Error::GRpcStatus(status) if !is_retryable(status.code()) => {
                 StoreError::Rejected(error)
             }
@@ -394,6 +422,57 @@ impl Store for EtcdStore {
             .await
             .map_err(|e| revision_error(e, revision))?;
         Ok(())
+    }
+
+    async fn defragment(&self, only_fragmented: bool) -> Result<(), StoreError> {
+        for (ep, client) in self.members().await? {
+            if only_fragmented {
+                let st = client.maintenance_client().status().await?;
+                if st.raft_used_db_size() * 2 > st.db_size() {
+                    continue;
+                }
+            }
+            let t = std::time::Instant::now();
+            client.maintenance_client().defragment().await?;
+            tracing::info!(member = %ep, ms = t.elapsed().as_millis() as u64, "etcd defragmented");
+        }
+        Ok(())
+    }
+
+    async fn disarm_nospace(&self) -> Result<bool, StoreError> {
+        let mut m = self.client.maintenance_client();
+        let alarms = m
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await?;
+        let mut disarmed = false;
+        for a in alarms.alarms() {
+            if a.alarm() != etcd_client::AlarmType::Nospace {
+                continue;
+            }
+            let mut o = etcd_client::AlarmOptions::new();
+            o.with_member(a.member_id());
+            m.alarm(
+                etcd_client::AlarmAction::Deactivate,
+                etcd_client::AlarmType::Nospace,
+                Some(o),
+            )
+            .await?;
+            tracing::warn!(member = a.member_id(), "etcd NOSPACE alarm disarmed");
+            disarmed = true;
+        }
+        Ok(disarmed)
+    }
+
+    async fn db_size(&self) -> Result<Option<i64>, StoreError> {
+        let mut size = 0;
+        for (_, client) in self.members().await? {
+            size = size.max(client.maintenance_client().status().await?.db_size());
+        }
+        Ok(Some(size))
     }
 }
 

@@ -59,12 +59,18 @@ pub struct LocalEtcd {
 impl LocalEtcd {
     /// Starts etcd serving plain HTTP on loopback.
     pub async fn start() -> Result<Self, LocalEtcdError> {
-        Self::spawn(false).await
+        Self::spawn(false, &[]).await
+    }
+
+    /// Starts etcd serving plain HTTP on loopback with extra flags (such as
+    /// `--quota-backend-bytes=…`).
+    pub async fn start_with_args(args: &[&str]) -> Result<Self, LocalEtcdError> {
+        Self::spawn(false, args).await
     }
 
     /// Starts etcd serving HTTPS on loopback and requiring client certificates.
     pub async fn start_with_tls() -> Result<Self, LocalEtcdError> {
-        Self::spawn(true).await
+        Self::spawn(true, &[]).await
     }
 
     /// How to reach this etcd (with the client certificate when it uses TLS).
@@ -86,7 +92,7 @@ impl LocalEtcd {
         &self.dir
     }
 
-    async fn spawn(tls: bool) -> Result<Self, LocalEtcdError> {
+    async fn spawn(tls: bool, extra: &[&str]) -> Result<Self, LocalEtcdError> {
         let dir = std::env::temp_dir().join(format!(
             "kimg-etcd-{}-{:016x}",
             std::process::id(),
@@ -115,6 +121,7 @@ impl LocalEtcd {
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=kimg-test={peer_url}"))
             .arg("--logger=zap")
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);

@@ -124,6 +124,10 @@ pub enum StoreError {
     Unavailable(#[source] etcd_client::Error),
     #[error("etcd rejected the request")]
     Rejected(#[source] etcd_client::Error),
+    /// etcd's backend quota is full (the NOSPACE alarm): only reads, deletes and
+    /// maintenance are accepted until space is freed and the alarm disarmed.
+    #[error("etcd's database space is exceeded")]
+    NoSpace(#[source] etcd_client::Error),
     #[error("cannot connect to etcd")]
     Connect(#[source] etcd_client::Error),
     #[error("cannot read the etcd tls file {path}")]
@@ -173,4 +177,23 @@ pub trait Store: Send + Sync {
 
     /// Forgets history before `revision`; reads and watches before it fail with `Compacted`.
     async fn compact(&self, revision: i64) -> Result<(), StoreError>;
+
+    /// Gives the space compaction freed back to the file system, one member at a time
+    /// (etcd's defragmentation; it blocks that member meanwhile). With `only_fragmented`,
+    /// only members whose file is at least half free. Nothing to do for the memory store.
+    async fn defragment(&self, only_fragmented: bool) -> Result<(), StoreError> {
+        let _ = only_fragmented;
+        Ok(())
+    }
+
+    /// Clears a raised "database space exceeded" alarm on every member; true if one was.
+    /// Compact and defragment first, or it is raised again at the next write.
+    async fn disarm_nospace(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// The largest backend size of any member, in bytes, when the store has one.
+    async fn db_size(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
 }
