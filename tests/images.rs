@@ -58,21 +58,24 @@ fn fixture() -> &'static Fixture {
 
 /// Builds `profile` into `<root>/<out>` (serialised: builds share the cache).
 fn build(profile: &str, out: &str) -> PathBuf {
+    build_with(profile, out, &[])
+}
+
+fn build_with(profile: &str, out: &str, extra: &[&str]) -> PathBuf {
     let f = fixture();
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    kimg_ok(
-        &f.root,
-        &[
-            "build",
-            "--profile",
-            profile,
-            "--cluster",
-            "c",
-            "--out",
-            out,
-            "--quiet",
-        ],
-    );
+    let mut args = vec![
+        "build",
+        "--profile",
+        profile,
+        "--cluster",
+        "c",
+        "--out",
+        out,
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    kimg_ok(&f.root, &args);
     f.root.join(out)
 }
 
@@ -82,7 +85,8 @@ fn built(profile: &str) -> PathBuf {
     let path = fixture().root.join(&out);
     let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
     if !done.contains(&profile.to_string()) {
-        build(profile, &out);
+        // The tests read the initrd of every role.
+        build_with(profile, &out, &["--allow-secrets-in-pxe"]);
         done.push(profile.to_string());
     }
     path
@@ -220,6 +224,41 @@ fn the_master_image_has_no_etcd_ca_key_and_the_etcd_image_no_cluster_ca_key() {
             "etcd image carries {forbidden}"
         );
     }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Issue 13: outputs holding keys are private, and a master gets no PXE bundle (whose
+/// initrd anyone on the PXE network could download) unless asked for explicitly.
+#[test]
+fn build_outputs_keep_the_cluster_keys_private() {
+    let out = build("master", "out/master-private");
+    assert_eq!(mode(&out), 0o700, "the output directory");
+    for f in ["disk.raw", "disk.qcow2"] {
+        assert_eq!(mode(&out.join(f)), 0o600, "{f}");
+    }
+    for f in ["initrd.img", "boot.ipxe", "cmdline"] {
+        assert!(
+            !out.join(f).exists(),
+            "{f} written without --allow-secrets-in-pxe"
+        );
+    }
+    assert!(out.join("vmlinuz").exists(), "the kernel holds no secret");
+    let flagged = built("master");
+    assert_eq!(mode(&flagged), 0o700);
+    assert_eq!(mode(&flagged.join("initrd.img")), 0o600);
+    assert!(flagged.join("boot.ipxe").exists());
+    // Workers are what PXE fleets boot: their bundle is written by default, private too.
+    let worker = built("worker");
+    assert_eq!(mode(&worker.join("initrd.img")), 0o600);
+    assert!(worker.join("boot.ipxe").exists());
 }
 
 #[test]

@@ -47,6 +47,10 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// OCI image archives to bake in, besides the profile's `oci-images`.
     pub oci_archives: Vec<PathBuf>,
+    /// Write the PXE bundle's `initrd.img` (and `boot.ipxe`) even for roles whose image
+    /// carries the cluster's private keys (master, etcd): anyone who can reach a PXE server
+    /// can download them.
+    pub allow_secrets_in_pxe: bool,
 }
 
 /// One output file in `manifest.json`.
@@ -330,6 +334,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|source| BuildError::from_io(&staging, source))?;
+    // The images carry keys or a bootstrap token: only the builder may read them.
+    set_mode(&staging, 0o700)?;
     let result = write_outputs(
         opts, &profile, &cluster, &staging, &initrd, &vmlinuz, &config, &steps, &source, &pkgs,
     );
@@ -398,6 +404,7 @@ fn write_outputs(
     let mut put = |name: &str, data: &[u8]| -> Result<(), BuildError> {
         let path = dir.join(name);
         std::fs::write(&path, data).map_err(|source| BuildError::from_io(&path, source))?;
+        set_mode(&path, output_mode(name))?;
         outputs.insert(
             name.to_string(),
             OutputRecord {
@@ -408,7 +415,17 @@ fn write_outputs(
         Ok(())
     };
     let cmdline = format!("{}\n", profile.cmdline.trim());
-    if profile.outputs.pxe {
+    let keys_in_pxe = pxe_carries_keys(profile) && !opts.allow_secrets_in_pxe;
+    if profile.outputs.pxe && keys_in_pxe {
+        // The kernel holds nothing secret (and QEMU's KVM probe boots it).
+        put("vmlinuz", vmlinuz)?;
+        steps.note(&format!(
+            "no PXE bundle (initrd.img, boot.ipxe) for {}: its initrd carries the cluster's \
+             private keys, which anyone who reaches a PXE server can download; boot it from \
+             disk.raw, or pass --allow-secrets-in-pxe on a network you trust",
+            profile.name
+        ));
+    } else if profile.outputs.pxe {
         put("vmlinuz", vmlinuz)?;
         put("initrd.img", initrd)?;
         put("cmdline", cmdline.as_bytes())?;
@@ -448,6 +465,7 @@ fn write_outputs(
         };
         let raw = dir.join("disk.raw");
         disk::write_disk(&spec, &raw)?;
+        set_mode(&raw, output_mode("disk.raw"))?;
         outputs.insert("disk.raw".into(), hash_file(&raw)?);
         step.done(&format!(
             "{} MiB",
@@ -457,12 +475,35 @@ fn write_outputs(
             let step = steps.start("write disk.qcow2");
             let q = dir.join("disk.qcow2");
             disk::qcow2::write_qcow2(&raw, &q)?;
+            set_mode(&q, output_mode("disk.qcow2"))?;
             let rec = hash_file(&q)?;
             step.done(&format!("{} MiB", rec.size >> 20));
             outputs.insert("disk.qcow2".into(), rec);
         }
     }
     Ok(outputs)
+}
+
+/// Whether a role's initrd carries private keys of the cluster (masters: the CAs' and the
+/// service-account key; etcd members: their serving and peer keys). A worker's carries
+/// only the CA certificate and its bootstrap token, which PXE fleets are made for.
+pub fn pxe_carries_keys(profile: &Profile) -> bool {
+    profile.has(crate::cluster::Role::Master) || profile.has(crate::cluster::Role::Etcd)
+}
+
+/// The mode of an output file: 0600 for those holding the machine's configuration (keys,
+/// token), 0644 for the rest (in a 0700 directory either way).
+pub fn output_mode(name: &str) -> u32 {
+    match name {
+        "initrd.img" | "disk.raw" | "disk.qcow2" => 0o600,
+        _ => 0o644,
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| BuildError::from_io(path, source))
 }
 
 fn hash_file(path: &Path) -> Result<OutputRecord, BuildError> {

@@ -52,12 +52,19 @@ pub struct BuildArgs {
     /// to import at start (repeatable; adds to the profile's `oci-images`).
     #[arg(long = "oci-archive", value_name = "FILE")]
     oci_archive: Vec<PathBuf>,
+    /// Also write initrd.img and boot.ipxe for master and etcd profiles. Their initrd
+    /// carries the cluster's private keys (CA, service-account and etcd keys), which anyone
+    /// who can reach a PXE server can download; without this flag those roles boot from
+    /// disk.raw / disk.qcow2 only.
+    #[arg(long)]
+    allow_secrets_in_pxe: bool,
     /// Timestamp of every file in the image.
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = build::DEFAULT_EPOCH)]
     source_date_epoch: u64,
 }
 
 pub fn run(args: BuildArgs) -> anyhow::Result<()> {
+    let allow_secrets_in_pxe = args.allow_secrets_in_pxe;
     let opts = BuildOptions {
         profile: args.profile,
         profiles_dir: Some(args.profiles_dir),
@@ -71,6 +78,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<()> {
         cache_dir: args.cache_dir,
         epoch: args.source_date_epoch,
         oci_archives: args.oci_archive,
+        allow_secrets_in_pxe,
     };
     let manifest = build::build(&opts)?;
     if !opts.quiet {

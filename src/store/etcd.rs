@@ -87,7 +87,9 @@ impl EtcdStore {
     }
 
     fn kv(&self) -> KvClient {
-        self.client.kv_client()
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
     }
 
     /// Runs `txn`, returning its revision on success and the key's current value otherwise.
@@ -194,6 +196,10 @@ impl From<etcd_client::Error> for StoreError {
         }
     }
 }
+
+/// The largest response accepted from etcd (gRPC's default is 4 MiB, less than one list of
+/// a busy namespace); kube-apiserver's etcd client also takes up to 2 GiB.
+const MAX_RESPONSE: usize = i32::MAX as usize;
 
 /// How long a request keeps being retried while etcd is unreachable, and the pause between.
 const RETRY_FOR: Duration = Duration::from_secs(5);
@@ -396,6 +402,7 @@ impl Store for EtcdStore {
         let stream = self
             .client
             .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE)
             .watch(prefix, Some(options))
             .await?;
         let state = EtcdWatch {
