@@ -730,4 +730,21 @@ fn nodes_and_namespace_admins_cannot_take_over_the_cluster() {
         "no",
         "nothing it did widened its rights"
     );
+
+    // `kimg token delete --kubeconfig` revokes a bootstrap token in the running cluster.
+    up.ok(Some(TOKEN), &["get", "csr"]);
+    let out = kimg_ok(
+        up.tmp.path(),
+        &[
+            "token",
+            "delete",
+            up.dir.to_str().expect("utf-8"),
+            "abcdef",
+            "--kubeconfig",
+            up.kubeconfig.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.contains("the cluster refuses the token"), "{out}");
+    let err = up.fails(Some(TOKEN), &["get", "csr"]);
+    assert!(err.contains("must be logged in"), "{err}");
 }

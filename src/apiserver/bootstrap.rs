@@ -3,7 +3,9 @@
 //! `kubernetes` Service in `default` on the first address of the service CIDR. Several
 //! masters may race to create them; `AlreadyExists` counts as success.
 //! Also the default RBAC ClusterRoles and ClusterRoleBindings ([`super::rbac_defaults`])
-//! and the `bootstrap-token-<id>` Secrets of the cluster's tokens. Limits: an existing
+//! and the `bootstrap-token-<id>` Secrets of the cluster's tokens — each once per cluster
+//! ([`BAKED_TOKENS`] remembers it), so a token revoked by deleting its Secret stays
+//! revoked when masters restart from their immutable images. Limits: an existing
 //! object is never updated (a changed default role is not reconciled); no `kubernetes`
 //! Endpoints.
 
@@ -74,6 +76,12 @@ pub async fn run(st: &State) -> Result<(), ApiError> {
         ensure(st, "clusterrolebindings", None, binding).await?;
     }
     for t in &st.tokens {
+        // A token baked into the image is installed once per cluster: once its Secret has
+        // been deleted (revoked), a restarting master must not bring it back.
+        let marker = format!("{BAKED_TOKENS}{}", t.id);
+        if st.store.get(&marker).await?.is_some() {
+            continue;
+        }
         ensure(
             st,
             "secrets",
@@ -81,15 +89,52 @@ pub async fn run(st: &State) -> Result<(), ApiError> {
             super::authn::token_secret(t),
         )
         .await?;
+        match st.store.create(&marker, b"installed".to_vec()).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
+
+/// Where the apiserver records which baked bootstrap tokens it installed (by id).
+pub const BAKED_TOKENS: &str = "/registry/kimg/baked-tokens/";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::{MemoryStore, Store};
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_deleted_baked_token_stays_deleted_across_restarts() {
+        let store = Arc::new(MemoryStore::new());
+        let mut st = State::for_tests(store.clone());
+        st.tokens = vec![crate::pki::token::Token {
+            id: "abcdef".into(),
+            secret: "0123456789abcdef".into(),
+            description: String::new(),
+            expires: None,
+            usages: vec!["authentication".into(), "signing".into()],
+            groups: vec!["system:bootstrappers:kubeadm:default-node-token".into()],
+        }];
+        run(&st).await.expect("first start");
+        let key = "/registry/secrets/kube-system/bootstrap-token-abcdef";
+        let kv = store
+            .get(key)
+            .await
+            .expect("get")
+            .expect("the token's Secret");
+        store
+            .delete(key, Some(kv.mod_revision))
+            .await
+            .expect("revoke");
+        run(&st).await.expect("restart");
+        assert!(
+            store.get(key).await.expect("get").is_none(),
+            "revoked token came back"
+        );
+    }
 
     #[tokio::test]
     async fn bootstrap_is_idempotent_and_gives_kubernetes_the_first_service_ip() {

@@ -26,8 +26,38 @@ pub enum TokenCommand {
     },
     /// List bootstrap tokens with TTL, expiry, usages and groups.
     List { dir: PathBuf },
-    /// Delete (revoke) a token by its id or full value.
-    Delete { dir: PathBuf, id: String },
+    /// Delete (revoke) a token by its id or full value: from DIR/secrets/tokens.toml (so
+    /// images built later lack it) and, with a kubeconfig, from the running cluster (its
+    /// `kube-system/bootstrap-token-<id>` Secret), which refuses it from then on, also
+    /// after masters restart from images that still carry it.
+    Delete {
+        dir: PathBuf,
+        id: String,
+        /// The running cluster's admin kubeconfig (e.g. from `kimg kubeconfig`).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
+}
+
+/// Deletes the token's Secret through the API (absent already counts as done).
+fn revoke_in_cluster(kubeconfig: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, DeleteParams};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let client = crate::controllers::client_from_kubeconfig(kubeconfig).await?;
+        let api: Api<Secret> = Api::namespaced(client, "kube-system");
+        match api.delete(secret, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "cannot delete kube-system/{secret} in the running cluster"
+            ))),
+        }
+    })
 }
 
 /// Parses `24h`, `90m`, `7d`, `1h30m` or `0` (never).
@@ -91,10 +121,25 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        TokenCommand::Delete { dir, id } => {
+        TokenCommand::Delete {
+            dir,
+            id,
+            kubeconfig,
+        } => {
             Cluster::load(&dir)?;
             let t = token::delete(&dir, &id)?;
-            println!("bootstrap token {:?} deleted", t.id);
+            println!("bootstrap token {:?} deleted from {}", t.id, dir.display());
+            let secret = format!("bootstrap-token-{}", t.id);
+            match kubeconfig {
+                Some(k) => {
+                    revoke_in_cluster(&k, &secret)?;
+                    println!("secret kube-system/{secret} deleted: the cluster refuses the token");
+                }
+                None => println!(
+                    "the running cluster accepts it until its Secret is deleted: pass \
+                     --kubeconfig, or kubectl -n kube-system delete secret {secret}"
+                ),
+            }
             Ok(())
         }
     }
