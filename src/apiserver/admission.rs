@@ -13,6 +13,10 @@
 //!   validated first, as kube-apiserver does (a resource rule without `apiGroups` is 422).
 //! - NodeRestriction's body checks: a node creates only its own Node, its own Lease in
 //!   `kube-node-lease`, and pods bound to itself.
+//! - Pod volumes, in pods and in the pod templates of workloads: volume names are unique
+//!   RFC 1123 labels (a volume named `/etc` would otherwise name a host path), every
+//!   volume mount names a volume and has a `mountPath`, and `subPath` stays inside its
+//!   volume (relative, no `..`). Refusals are 422 with the field path, as kube-apiserver's.
 //!
 //! `system:masters` passes everything.
 
@@ -35,6 +39,17 @@ pub async fn admit(
     old: Option<&Value>,
     new: &Value,
 ) -> Result<(), ApiError> {
+    if let Some(spec) = pod_spec_of(t.res.kind, new).filter(|_| t.sub.is_none()) {
+        let name = new
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        validate_volumes(spec.1, spec.0).map_err(|reason| ApiError::Invalid {
+            kind: t.res.kind.to_string(),
+            name: name.to_string(),
+            reason,
+        })?;
+    }
     let Some(user) = user.filter(|u| !u.is_master()) else {
         return Ok(());
     };
@@ -43,6 +58,77 @@ pub async fn admit(
     }
     if t.res.group == RBAC_GROUP && t.sub.is_none() {
         no_escalation(st, user, t, old, new).await?;
+    }
+    Ok(())
+}
+
+/// The pod spec an object of `kind` carries, with its field path.
+fn pod_spec_of<'a>(kind: &str, obj: &'a Value) -> Option<(&'static str, &'a Value)> {
+    let (path, ptr) = match kind {
+        "Pod" => ("spec", "/spec"),
+        "Deployment"
+        | "ReplicaSet"
+        | "DaemonSet"
+        | "StatefulSet"
+        | "Job"
+        | "ReplicationController" => ("spec.template.spec", "/spec/template/spec"),
+        "CronJob" => (
+            "spec.jobTemplate.spec.template.spec",
+            "/spec/jobTemplate/spec/template/spec",
+        ),
+        _ => return None,
+    };
+    obj.pointer(ptr)
+        .filter(|v| v.is_object())
+        .map(|v| (path, v))
+}
+
+/// See the module docs; the error is `<field path>: <why>`.
+pub fn validate_volumes(spec: &Value, at: &str) -> Result<(), String> {
+    let mut names = Vec::new();
+    for (i, v) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let name = v["name"].as_str().unwrap_or_default();
+        let field = format!("{at}.volumes[{i}].name");
+        if name.is_empty() {
+            return Err(format!("{field}: Required value"));
+        }
+        if !crate::cluster::is_dns_label(name) {
+            return Err(format!(
+                "{field}: Invalid value: {name:?}: a lowercase RFC 1123 label must consist of \
+                 lower case alphanumeric characters or '-', and must start and end with an \
+                 alphanumeric character"
+            ));
+        }
+        if names.contains(&name) {
+            return Err(format!("{field}: Duplicate value: {name:?}"));
+        }
+        names.push(name);
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        for (c, ctr) in spec[list].as_array().into_iter().flatten().enumerate() {
+            for (m, mount) in ctr["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let field = format!("{at}.{list}[{c}].volumeMounts[{m}]");
+                let name = mount["name"].as_str().unwrap_or_default();
+                if !names.contains(&name) {
+                    return Err(format!("{field}.name: Not found: {name:?}"));
+                }
+                if mount["mountPath"].as_str().unwrap_or_default().is_empty() {
+                    return Err(format!("{field}.mountPath: Required value"));
+                }
+                let sub = mount["subPath"].as_str().unwrap_or_default();
+                if sub.starts_with('/') || sub.split('/').any(|s| s == "..") {
+                    return Err(format!(
+                        "{field}.subPath: Invalid value: {sub:?}: must be a relative path \
+                         without '..'"
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -224,4 +310,39 @@ async fn no_escalation(
             if verb == "bind" { "bind" } else { "escalate" }
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_volumes;
+    use serde_json::json;
+
+    #[test]
+    fn volume_names_mounts_and_sub_paths_are_checked() {
+        let ok = json!({"volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [{"name": "c", "volumeMounts": [
+                {"name": "data", "mountPath": "/d", "subPath": "a/b"}]}]});
+        assert_eq!(validate_volumes(&ok, "spec"), Ok(()));
+        let abs = json!({"volumes": [{"name": "/etc", "emptyDir": {}}]});
+        let err = validate_volumes(&abs, "spec").unwrap_err();
+        assert!(
+            err.starts_with("spec.volumes[0].name: Invalid value: \"/etc\""),
+            "{err}"
+        );
+        let dup = json!({"volumes": [{"name": "a"}, {"name": "a"}]});
+        assert!(validate_volumes(&dup, "spec")
+            .unwrap_err()
+            .contains("Duplicate"));
+        let missing = json!({"volumes": [], "containers": [{"volumeMounts": [
+            {"name": "x", "mountPath": "/x"}]}]});
+        assert_eq!(
+            validate_volumes(&missing, "spec.template.spec").unwrap_err(),
+            "spec.template.spec.containers[0].volumeMounts[0].name: Not found: \"x\""
+        );
+        let escape = json!({"volumes": [{"name": "a"}], "containers": [{"volumeMounts": [
+            {"name": "a", "mountPath": "/x", "subPath": "../../etc"}]}]});
+        assert!(validate_volumes(&escape, "spec")
+            .unwrap_err()
+            .contains("subPath"));
+    }
 }

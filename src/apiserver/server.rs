@@ -1,8 +1,10 @@
 //! HTTPS serving, request routing and authorization.
 //!
-//! How: one tokio task per TLS connection (HTTP/1.1 or HTTP/2 by ALPN, hyper-util's auto
-//! builder); the client certificate authenticates the connection ([`super::tls`]). Each
-//! request is parsed into a [`Route`], authenticated (certificate, else bearer token:
+//! How: connections come from the shared accept loop ([`crate::https`]: connection cap,
+//! handshake and header deadlines, HTTP/1.1 or HTTP/2 by ALPN); the client certificate
+//! authenticates the connection ([`super::tls`]). Each request passes the in-flight limits
+//! and the request deadline ([`Limits`]), is parsed into a [`Route`], authenticated
+//! (certificate, else bearer token:
 //! [`super::authn`]), optionally impersonated (`Impersonate-User`/`-Group`, which needs
 //! the `impersonate` verb), authorized by RBAC ([`super::rbac`]) and dispatched to
 //! discovery or to a verb on a resource. Anonymous clients may read only `/healthz`,

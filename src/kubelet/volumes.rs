@@ -148,6 +148,14 @@ pub fn prepare(
     let mut out = BTreeMap::new();
     let vols = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     for v in vols.into_iter().flatten() {
+        // The apiserver refuses such names; a pod stored before it did must not reach
+        // outside its directory (`/etc` joined to a path is `/etc`).
+        if !crate::cluster::is_dns_label(&v.name) {
+            return Err(KubeletError::InvalidSpec(format!(
+                "volume name {:?} is not an RFC 1123 label",
+                v.name
+            )));
+        }
         let dir = pod_dir.join("volumes").join(&v.name);
         if v.empty_dir.is_some() {
             std::fs::create_dir_all(&dir).map_err(KubeletError::io(&dir))?;
