@@ -110,7 +110,7 @@ pub fn bootstrap_token_user(
 
 async fn bootstrap_user(st: &State, id: &str, secret: &str) -> Result<Option<User>, ApiError> {
     let key = format!("/registry/secrets/kube-system/bootstrap-token-{id}");
-    let Some(kv) = st.store.get(&key).await? else {
+    let Some(kv) = st.get_cached(&key).await? else {
         return Ok(None);
     };
     let obj = from_kv(&kv)?;
@@ -130,7 +130,7 @@ async fn service_account_user(st: &State, token: &str) -> Result<Option<User>, A
         return Ok(None);
     };
     let key = format!("/registry/serviceaccounts/{}/{}", sa.namespace, sa.name);
-    let Some(kv) = st.store.get(&key).await? else {
+    let Some(kv) = st.get_cached(&key).await? else {
         return Ok(None);
     };
     let obj = from_kv(&kv)?;

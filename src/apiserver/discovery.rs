@@ -22,14 +22,37 @@ pub const KUBE_MINOR: &str = "32";
 
 /// `/healthz`, `/livez`, `/readyz` (the last also asks the store for its revision).
 pub async fn health(state: &State, path: &str) -> Result<Response, ApiError> {
-    if path.starts_with("/readyz") {
-        state.store.current_revision().await?;
+    if path.starts_with("/readyz") && !store_answers(state).await {
+        return Ok(full_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            b"[-]etcd failed: the store does not answer\nreadyz check failed".to_vec(),
+        ));
     }
     Ok(full_response(
         StatusCode::OK,
         "text/plain; charset=utf-8",
         b"ok".to_vec(),
     ))
+}
+
+/// How long one answer of the store serves `/readyz` probes.
+const READY_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the store answered a read within the last [`READY_FOR`]; one probe at a time
+/// asks it again, so a flood of probes costs the store at most one read a second.
+async fn store_answers(state: &State) -> bool {
+    let mut last = state.ready.lock().await;
+    if let Some((at, ok)) = *last {
+        if at.elapsed() < READY_FOR {
+            return ok;
+        }
+    }
+    let ok = tokio::time::timeout(READY_FOR * 2, state.store.current_revision())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    *last = Some((std::time::Instant::now(), ok));
+    ok
 }
 
 /// `/version`.

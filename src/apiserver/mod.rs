@@ -95,6 +95,8 @@ pub(crate) struct State {
     pub cache: Option<Arc<cache::WatchCache>>,
     /// Dials kubelets for `pods/log` and `pods/exec` (the `apiserver-kubelet-client` cert).
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
+    /// When the store last answered `/readyz`'s check, and whether it did.
+    pub ready: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl State {
@@ -109,6 +111,21 @@ impl State {
             Some(c) => c.list(prefix, options, any).await,
             None => self.store.list(prefix, options).await,
         }
+    }
+
+    /// One object as the watch cache holds it (the store when there is no cache): what
+    /// authentication and authorization read on every request, so they cost no etcd
+    /// round trip. The cache trails etcd by the watch latency (milliseconds), as the
+    /// informer caches of kube-apiserver's authorizers do.
+    pub async fn get_cached(
+        &self,
+        key: &str,
+    ) -> Result<Option<crate::store::KeyValue>, StoreError> {
+        let Some(c) = &self.cache else {
+            return self.store.get(key).await;
+        };
+        let page = c.list(key, ListOptions::default(), true).await?;
+        Ok(page.items.into_iter().find(|kv| kv.key == key))
     }
 
     /// A watch, from the watch cache when there is one.
@@ -130,6 +147,7 @@ impl State {
             tokens: Vec::new(),
             cache: None,
             kubelet_tls: None,
+            ready: Default::default(),
         }
     }
 }
@@ -190,6 +208,7 @@ impl ApiServer {
             tokens,
             cache: None,
             kubelet_tls,
+            ready: Default::default(),
         };
         bootstrap::run(&state)
             .await

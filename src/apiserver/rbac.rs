@@ -5,8 +5,9 @@
 //! namespace, name — or a non-resource path). It is allowed when some ClusterRoleBinding,
 //! or some RoleBinding in the request's namespace, names the user (by `User`, `Group` or
 //! `ServiceAccount` subject) and refers to a role with a rule that covers the request.
-//! `system:masters` is allowed everything without a lookup. How: the bindings are read
-//! from the watch cache (a consistent read) and the roles they name from the store; rules match with
+//! `system:masters` is allowed everything without a lookup. How: bindings and roles are
+//! read from the watch cache as it stands (no etcd round trip per request; changes arrive
+//! within the watch latency, as with kube-apiserver's informers); rules match with
 //! `*` wildcards, `resource/subresource` and `*/subresource` forms, `resourceNames` (never
 //! for create or collection verbs), and non-resource URLs with a trailing `*` prefix
 //! match. Escalation is prevented on writes of roles and bindings ([`uncovered`], used by
@@ -103,7 +104,7 @@ async fn rules_of(st: &State, role_ref: &Value, ns: &str) -> Result<Vec<Value>, 
         Some("Role") if !ns.is_empty() => format!("/registry/roles/{ns}/{name}"),
         _ => return Ok(Vec::new()),
     };
-    Ok(match st.store.get(&key).await? {
+    Ok(match st.get_cached(&key).await? {
         Some(kv) => from_kv(&kv)?["rules"]
             .as_array()
             .cloned()
@@ -118,7 +119,7 @@ async fn bindings_allow(
     user: &User,
     a: &Attributes,
 ) -> Result<bool, ApiError> {
-    let page = st.list(prefix, Default::default(), false).await?;
+    let page = st.list(prefix, Default::default(), true).await?;
     for kv in &page.items {
         let b = from_kv(kv)?;
         let ns = b
@@ -182,7 +183,7 @@ pub async fn user_rules(st: &State, user: &User, namespace: &str) -> Result<Vec<
     }
     let mut rules = Vec::new();
     for prefix in prefixes {
-        let page = st.list(&prefix, Default::default(), false).await?;
+        let page = st.list(&prefix, Default::default(), true).await?;
         for kv in &page.items {
             let b = from_kv(kv)?;
             let ns = b
