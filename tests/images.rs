@@ -255,9 +255,10 @@ fn build_outputs_keep_the_cluster_keys_private() {
     assert_eq!(mode(&flagged), 0o700);
     assert_eq!(mode(&flagged.join("initrd.img")), 0o600);
     assert!(flagged.join("boot.ipxe").exists());
-    // Workers are what PXE fleets boot: their bundle is written by default, private too.
+    // Workers are what PXE fleets boot: their bundle (no private key) is written by
+    // default and world-readable, as TFTP servers serve only such files.
     let worker = built("worker");
-    assert_eq!(mode(&worker.join("initrd.img")), 0o600);
+    assert_eq!(mode(&worker.join("initrd.img")), 0o644);
     assert!(worker.join("boot.ipxe").exists());
 }
 

@@ -5,8 +5,14 @@
 //! first usable address of the CIDR is reserved for the `kubernetes` Service, so automatic
 //! allocation starts at the second; NodePorts are taken lowest-free-first. On update,
 //! `clusterIP` is immutable (an empty value keeps the old one) and ports keep their
-//! NodePort when the request leaves it out. Limits (phase 1): two Services created at the
-//! same instant may be given the same address (no allocation bitmap in the store yet).
+//! NodePort when the request leaves it out.
+//!
+//! Every address and NodePort is also claimed by an atomic create of one key per value
+//! ([`CLAIMS`], the idea of kube-apiserver's `IPAddress` objects), so two Services created
+//! at the same instant, through the same or different apiservers, never get the same one.
+//! A claim names its Service; a claim whose Service no longer uses the value (deleted,
+//! changed type, or never stored: a failed or dry-run create) is taken over once it is
+//! older than [`CLAIM_GRACE`], so nothing leaks and no release step is needed.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -15,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::State;
+use crate::store::StoreError;
 
 /// The NodePort range, as on a default cluster (and in the seeds).
 pub const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
@@ -29,6 +36,79 @@ fn invalid(svc: &Value, reason: String) -> ApiError {
             .into(),
         reason,
     }
+}
+
+/// Where claims live: `<CLAIMS>ip/<address>` and `<CLAIMS>nodeport/<port>`.
+pub const CLAIMS: &str = "/registry/kimg/serviceclaims/";
+
+/// How old a claim must be before a Service that does not use its value loses it (a
+/// create in flight has claimed but not yet stored its Service).
+pub const CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Whether the stored Service `owner` (`namespace/name`) uses `value` of `kind`.
+async fn owner_uses(st: &State, owner: &str, kind: &str, value: &str) -> Result<bool, ApiError> {
+    let Some(kv) = st.store.get(&format!("/registry/services/{owner}")).await? else {
+        return Ok(false);
+    };
+    let svc: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    Ok(match kind {
+        "ip" => svc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(value),
+        _ => svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|p| {
+                p.get("nodePort")
+                    .and_then(Value::as_i64)
+                    .map(|n| n.to_string())
+                    .as_deref()
+                    == Some(value)
+            }),
+    })
+}
+
+/// Claims `value` (an address or a NodePort, by `kind`) for the Service `owner`; false
+/// when another Service holds it.
+async fn claim(st: &State, kind: &str, value: &str, owner: &str) -> Result<bool, ApiError> {
+    let key = format!("{CLAIMS}{kind}/{value}");
+    let body = || {
+        json!({"owner": owner, "at": unix_now()})
+            .to_string()
+            .into_bytes()
+    };
+    for _ in 0..3 {
+        match st.store.create(&key, body()).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let Some(kv) = st.store.get(&key).await? else {
+            continue; // released meanwhile: create again
+        };
+        let held: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let holder = held["owner"].as_str().unwrap_or_default();
+        if holder == owner {
+            return Ok(true);
+        }
+        let age = unix_now().saturating_sub(held["at"].as_u64().unwrap_or(0));
+        if age < CLAIM_GRACE.as_secs() || owner_uses(st, holder, kind, value).await? {
+            return Ok(false);
+        }
+        match st.store.update(&key, body(), kv.mod_revision).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
 }
 
 /// ClusterIPs and NodePorts of every stored Service except `skip` (namespace/name).
@@ -93,6 +173,7 @@ pub async fn allocate(st: &State, svc: &mut Value, old: Option<&Value>) -> Resul
         .and_then(Value::as_str)
         .unwrap_or_default();
     let (used_ips, used_ports) = in_use(st, &format!("/{ns}/{name}")).await?;
+    let owner = format!("{ns}/{name}");
     let wants_node_ports = typ == "NodePort" || typ == "LoadBalancer";
     let old_ports: Vec<Value> = old
         .and_then(|o| o.pointer("/spec/ports"))
@@ -137,19 +218,28 @@ pub async fn allocate(st: &State, svc: &mut Value, old: Option<&Value>) -> Resul
             Some(np) if !NODE_PORTS.contains(&np) => {
                 return Err(invalid(svc, format!("spec.ports[{i}].nodePort: Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-32767")));
             }
-            Some(np) if taken.contains(&np) => {
+            Some(np)
+                if taken.contains(&np)
+                    || !claim(st, "nodeport", &np.to_string(), &owner).await? =>
+            {
                 return Err(invalid(svc, format!("spec.ports[{i}].nodePort: Invalid value: {np}: provided port is already allocated")));
             }
             Some(np) => np,
-            None => NODE_PORTS
-                .clone()
-                .find(|np| !taken.contains(np))
-                .ok_or_else(|| {
+            None => {
+                let mut found = None;
+                for np in NODE_PORTS.clone().filter(|np| !taken.contains(np)) {
+                    if claim(st, "nodeport", &np.to_string(), &owner).await? {
+                        found = Some(np);
+                        break;
+                    }
+                }
+                found.ok_or_else(|| {
                     invalid(
                         svc,
                         format!("spec.ports[{i}].nodePort: Internal error: range is full"),
                     )
-                })?,
+                })?
+            }
         };
         taken.insert(node_port);
         p["nodePort"] = json!(node_port);
@@ -184,10 +274,19 @@ pub async fn allocate(st: &State, svc: &mut Value, old: Option<&Value>) -> Resul
         }
         (Some(old_ip), _) => old_ip.to_string(),
         (None, "") => {
-            let net = st.service_cidr;
-            net.hosts()
+            let mut found = None;
+            for a in st
+                .service_cidr
+                .hosts()
                 .skip(1)
-                .find(|a| !used_ips.contains(a))
+                .filter(|a| !used_ips.contains(a))
+            {
+                if claim(st, "ip", &a.to_string(), &owner).await? {
+                    found = Some(a);
+                    break;
+                }
+            }
+            found
                 .ok_or_else(|| {
                     invalid(
                         svc,
@@ -209,7 +308,7 @@ pub async fn allocate(st: &State, svc: &mut Value, old: Option<&Value>) -> Resul
             {
                 return Err(invalid(svc, format!("spec.clusterIP: Invalid value: \"{r}\": provided IP is not in the valid range. The range of valid IPs is {}", st.service_cidr)));
             }
-            if used_ips.contains(&addr) {
+            if used_ips.contains(&addr) || !claim(st, "ip", r, &owner).await? {
                 return Err(invalid(
                     svc,
                     format!(
@@ -232,7 +331,69 @@ pub async fn allocate(st: &State, svc: &mut Value, old: Option<&Value>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Store};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn services_created_at_the_same_instant_get_distinct_addresses_and_ports() {
+        let store = Arc::new(MemoryStore::new());
+        let st = Arc::new(State::for_tests(store.clone()));
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let st = st.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut svc = svc(
+                    &format!("s{i}"),
+                    json!({"type": "NodePort", "ports": [{"port": 80}]}),
+                );
+                allocate(&st, &mut svc, None).await.expect("allocate");
+                stored(&st, &svc).await;
+                (
+                    svc["spec"]["clusterIP"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    svc["spec"]["ports"][0]["nodePort"]
+                        .as_i64()
+                        .unwrap_or_default(),
+                )
+            }));
+        }
+        let mut ips = HashSet::new();
+        let mut ports = HashSet::new();
+        for t in tasks {
+            let (ip, port) = t.await.expect("task");
+            assert!(ips.insert(ip.clone()), "{ip} handed out twice");
+            assert!(ports.insert(port), "{port} handed out twice");
+        }
+        // A Service that was never stored (a failed create) loses its claim after the
+        // grace period, and only then.
+        let mut ghost = svc(
+            "ghost",
+            json!({"clusterIP": "10.96.1.1", "ports": [{"port": 1}]}),
+        );
+        allocate(&st, &mut ghost, None).await.expect("claim");
+        let mut late = svc(
+            "late",
+            json!({"clusterIP": "10.96.1.1", "ports": [{"port": 1}]}),
+        );
+        assert!(
+            allocate(&st, &mut late, None).await.is_err(),
+            "a fresh claim holds"
+        );
+        let key = format!("{CLAIMS}ip/10.96.1.1");
+        let kv = store.get(&key).await.expect("get").expect("claim");
+        let old = json!({"owner": "default/ghost", "at": 0})
+            .to_string()
+            .into_bytes();
+        store
+            .update(&key, old, kv.mod_revision)
+            .await
+            .expect("age the claim");
+        allocate(&st, &mut late, None)
+            .await
+            .expect("a stale claim is taken over");
+        assert_eq!(late["spec"]["clusterIP"], "10.96.1.1");
+    }
     use std::sync::Arc;
 
     async fn stored(st: &State, svc: &Value) {

@@ -334,8 +334,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|source| BuildError::from_io(&staging, source))?;
-    // The images carry keys or a bootstrap token: only the builder may read them.
-    set_mode(&staging, 0o700)?;
+    // Master and etcd images carry the cluster's private keys: only the builder may read
+    // them. A worker's outputs (CA certificate, bootstrap token) stay readable, as TFTP
+    // and HTTP servers serve only world-readable files.
+    set_mode(
+        &staging,
+        if pxe_carries_keys(&profile) {
+            0o700
+        } else {
+            0o755
+        },
+    )?;
     let result = write_outputs(
         opts, &profile, &cluster, &staging, &initrd, &vmlinuz, &config, &steps, &source, &pkgs,
     );
@@ -404,7 +413,7 @@ fn write_outputs(
     let mut put = |name: &str, data: &[u8]| -> Result<(), BuildError> {
         let path = dir.join(name);
         std::fs::write(&path, data).map_err(|source| BuildError::from_io(&path, source))?;
-        set_mode(&path, output_mode(name))?;
+        set_mode(&path, output_mode(profile, name))?;
         outputs.insert(
             name.to_string(),
             OutputRecord {
@@ -465,7 +474,7 @@ fn write_outputs(
         };
         let raw = dir.join("disk.raw");
         disk::write_disk(&spec, &raw)?;
-        set_mode(&raw, output_mode("disk.raw"))?;
+        set_mode(&raw, output_mode(profile, "disk.raw"))?;
         outputs.insert("disk.raw".into(), hash_file(&raw)?);
         step.done(&format!(
             "{} MiB",
@@ -475,7 +484,7 @@ fn write_outputs(
             let step = steps.start("write disk.qcow2");
             let q = dir.join("disk.qcow2");
             disk::qcow2::write_qcow2(&raw, &q)?;
-            set_mode(&q, output_mode("disk.qcow2"))?;
+            set_mode(&q, output_mode(profile, "disk.qcow2"))?;
             let rec = hash_file(&q)?;
             step.done(&format!("{} MiB", rec.size >> 20));
             outputs.insert("disk.qcow2".into(), rec);
@@ -491,11 +500,11 @@ pub fn pxe_carries_keys(profile: &Profile) -> bool {
     profile.has(crate::cluster::Role::Master) || profile.has(crate::cluster::Role::Etcd)
 }
 
-/// The mode of an output file: 0600 for those holding the machine's configuration (keys,
-/// token), 0644 for the rest (in a 0700 directory either way).
-pub fn output_mode(name: &str) -> u32 {
+/// The mode of an output file: 0600 for those holding a master's or etcd member's keys
+/// (in a 0700 directory), 0644 for the rest.
+pub fn output_mode(profile: &Profile, name: &str) -> u32 {
     match name {
-        "initrd.img" | "disk.raw" | "disk.qcow2" => 0o600,
+        "initrd.img" | "disk.raw" | "disk.qcow2" if pxe_carries_keys(profile) => 0o600,
         _ => 0o644,
     }
 }
