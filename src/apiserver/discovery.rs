@@ -235,6 +235,76 @@ pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
 mod tests {
     use super::*;
 
+    /// A memory store that counts how often its revision is asked.
+    struct Counting(crate::store::MemoryStore, std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl crate::store::Store for Counting {
+        async fn get(
+            &self,
+            k: &str,
+        ) -> Result<Option<crate::store::KeyValue>, crate::store::StoreError> {
+            self.0.get(k).await
+        }
+        async fn list(
+            &self,
+            p: &str,
+            o: crate::store::ListOptions,
+        ) -> Result<crate::store::ListResult, crate::store::StoreError> {
+            self.0.list(p, o).await
+        }
+        async fn create(&self, k: &str, v: Vec<u8>) -> Result<i64, crate::store::StoreError> {
+            self.0.create(k, v).await
+        }
+        async fn update(
+            &self,
+            k: &str,
+            v: Vec<u8>,
+            e: i64,
+        ) -> Result<i64, crate::store::StoreError> {
+            self.0.update(k, v, e).await
+        }
+        async fn delete(
+            &self,
+            k: &str,
+            e: Option<i64>,
+        ) -> Result<(i64, crate::store::KeyValue), crate::store::StoreError> {
+            self.0.delete(k, e).await
+        }
+        async fn watch(
+            &self,
+            p: &str,
+            r: i64,
+        ) -> Result<crate::store::WatchStream, crate::store::StoreError> {
+            self.0.watch(p, r).await
+        }
+        async fn current_revision(&self) -> Result<i64, crate::store::StoreError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.current_revision().await
+        }
+        async fn compact(&self, r: i64) -> Result<(), crate::store::StoreError> {
+            self.0.compact(r).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_readyz_probes_reads_the_store_once_a_second() {
+        let store = std::sync::Arc::new(Counting(Default::default(), Default::default()));
+        let st = State::for_tests(store.clone());
+        for _ in 0..200 {
+            let r = health(&st, "/readyz").await.expect("readyz");
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        assert_eq!(store.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let r = health(&st, "/livez").await.expect("livez");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            store.1.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "livez reads nothing"
+        );
+    }
+
     #[test]
     fn aggregated_discovery_lists_every_group_with_scale_subresources() {
         let apps = aggregated_group("apps", "v1");
