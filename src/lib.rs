@@ -9,6 +9,7 @@
 //! - [`oci`]: OCI image archives built from Debian packages, and read back for import.
 //! - [`kubelet`]: pods on containerd: images, CNI sandbox, OCI spec, lifecycle, probes, status.
 //! - [`store`]: the storage trait with its etcd and memory backends.
+//! - [`https`]: the one bounded TLS accept loop the apiserver and the kubelet serve on.
 //! - [`apiserver`]: the Kubernetes REST API over the store.
 //! - [`scheduler`]: `kimg scheduler` — places pods on nodes.
 //! - [`controllers`]: `kimg controller-manager` — workload, node and cleanup controllers.
