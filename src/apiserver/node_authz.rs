@@ -131,11 +131,10 @@ async fn pods_on(st: &State, node: &str, namespace: &str) -> Result<Vec<Value>, 
 /// The node a stored pod is bound to ("" when unbound), or `None` when there is no pod.
 async fn pod_node(st: &State, namespace: &str, name: &str) -> Result<Option<String>, ApiError> {
     let key = format!("/registry/pods/{namespace}/{name}");
-    let page = st.list(&key, Default::default(), true).await?;
-    let Some(kv) = page.items.iter().find(|kv| kv.key == key) else {
+    let Some(kv) = st.get_cached(&key).await? else {
         return Ok(None);
     };
-    let pod = from_kv(kv)?;
+    let pod = from_kv(&kv)?;
     Ok(Some(
         pod.pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -175,9 +174,8 @@ async fn uses_volume(st: &State, node: &str, pv: &str) -> Result<bool, ApiError>
             .unwrap_or_default();
         for claim in referenced(&pod, "persistentvolumeclaims") {
             let key = format!("/registry/persistentvolumeclaims/{ns}/{claim}");
-            let page = st.list(&key, Default::default(), true).await?;
-            if let Some(kv) = page.items.iter().find(|kv| kv.key == key) {
-                if from_kv(kv)?
+            if let Some(kv) = st.get_cached(&key).await? {
+                if from_kv(&kv)?
                     .pointer("/spec/volumeName")
                     .and_then(Value::as_str)
                     == Some(pv)

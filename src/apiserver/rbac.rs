@@ -113,13 +113,10 @@ async fn rules_of(st: &State, role_ref: &Value, ns: &str) -> Result<Vec<Value>, 
     })
 }
 
-async fn bindings_allow(
-    st: &State,
-    prefix: &str,
-    user: &User,
-    a: &Attributes,
-) -> Result<bool, ApiError> {
+/// The rules of every binding under `prefix` that names `user`.
+async fn bound_rules(st: &State, prefix: &str, user: &User) -> Result<Vec<Value>, ApiError> {
     let page = st.list(prefix, Default::default(), true).await?;
+    let mut rules = Vec::new();
     for kv in &page.items {
         let b = from_kv(kv)?;
         let ns = b
@@ -127,21 +124,26 @@ async fn bindings_allow(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let named = b["subjects"]
+        if b["subjects"]
             .as_array()
-            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &ns)));
-        if !named {
-            continue;
-        }
-        if rules_of(st, &b["roleRef"], &ns)
-            .await?
-            .iter()
-            .any(|r| rule_allows(r, a))
+            .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &ns)))
         {
-            return Ok(true);
+            rules.extend(rules_of(st, &b["roleRef"], &ns).await?);
         }
     }
-    Ok(false)
+    Ok(rules)
+}
+
+async fn bindings_allow(
+    st: &State,
+    prefix: &str,
+    user: &User,
+    a: &Attributes,
+) -> Result<bool, ApiError> {
+    Ok(bound_rules(st, prefix, user)
+        .await?
+        .iter()
+        .any(|r| rule_allows(r, a)))
 }
 
 /// Whether the authorizer chain allows `user` to do `a`: `system:masters` may do
@@ -183,21 +185,7 @@ pub async fn user_rules(st: &State, user: &User, namespace: &str) -> Result<Vec<
     }
     let mut rules = Vec::new();
     for prefix in prefixes {
-        let page = st.list(&prefix, Default::default(), true).await?;
-        for kv in &page.items {
-            let b = from_kv(kv)?;
-            let ns = b
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if b["subjects"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|s| subject_matches(s, user, &ns)))
-            {
-                rules.extend(rules_of(st, &b["roleRef"], &ns).await?);
-            }
-        }
+        rules.extend(bound_rules(st, &prefix, user).await?);
     }
     Ok(rules)
 }

@@ -180,14 +180,16 @@ pub async fn reconcile(
                 );
                 tracing::warn!(csr = key, %node, "denied: the node name is in use");
                 let c = condition("Denied", "NodeNameInUse", &message);
-                return set_condition(&api, key, &conds, c).await.map(|()| None);
+                return add_condition(&api, "approval", key, &conds, c)
+                    .await
+                    .map(|()| None);
             }
             let c = condition(
                 "Approved",
                 "AutoApproved",
                 "Auto approving kubelet client certificate after SubjectAccessReview.",
             );
-            set_condition(&api, key, &conds, c).await?;
+            add_condition(&api, "approval", key, &conds, c).await?;
             tracing::info!(csr = key, %cn, "approved");
         }
         return Ok(None);
@@ -203,8 +205,7 @@ pub async fn reconcile(
     {
         tracing::warn!(csr = key, %why, "not signed");
         let c = condition("Failed", "SignerValidationFailure", &why);
-        let api_status = api.clone();
-        return set_status_condition(&api_status, key, &conds, c)
+        return add_condition(&api, "status", key, &conds, c)
             .await
             .map(|()| None);
     }
@@ -264,38 +265,20 @@ fn status_err(key: &str, source: kube::Error) -> ReconcileError {
     }
 }
 
-/// Adds an `Approved` or `Denied` condition (the `approval` subresource).
-async fn set_condition(
+/// Adds a condition through `subresource`: `approval` for `Approved`/`Denied`, `status`
+/// (where signers write) for `Failed`.
+async fn add_condition(
     api: &Api<CertificateSigningRequest>,
+    subresource: &str,
     key: &str,
     conds: &[k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition],
     c: serde_json::Value,
 ) -> Result<(), ReconcileError> {
-    api.patch_approval(
-        key,
-        &PatchParams::default(),
-        &Patch::Merge(&merged(conds, c)),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| status_err(key, e))
-}
-
-/// Adds a `Failed` condition (the `status` subresource, where signers write).
-async fn set_status_condition(
-    api: &Api<CertificateSigningRequest>,
-    key: &str,
-    conds: &[k8s_openapi::api::certificates::v1::CertificateSigningRequestCondition],
-    c: serde_json::Value,
-) -> Result<(), ReconcileError> {
-    api.patch_status(
-        key,
-        &PatchParams::default(),
-        &Patch::Merge(&merged(conds, c)),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| status_err(key, e))
+    let patch = Patch::Merge(merged(conds, c));
+    api.patch_subresource(subresource, key, &PatchParams::default(), &patch)
+        .await
+        .map(|_| ())
+        .map_err(|e| status_err(key, e))
 }
 
 #[cfg(test)]
