@@ -14,8 +14,10 @@
 //! ([`HISTORY`] events) and is published on a `tokio::sync::broadcast` channel of
 //! [`FANOUT`] slots. Publishing never waits: a watcher that falls more than [`FANOUT`]
 //! events behind finds its receiver lagged and its stream ends with 410 (`Compacted`), so
-//! one slow client can never hold back the others. If the store watch fails, the feeder
-//! re-lists and every open watch ends with 410 (clients then re-list).
+//! one slow client can never hold back the others. If the store watch breaks (its etcd
+//! member went away), the feeder watches again from the cache's revision and no client
+//! notices; only a compacted start makes it re-list, and then every open watch ends with 410
+//! (clients then re-list).
 //! Limits: objects are kept as stored bytes (decoded again for each list and watcher);
 //! reads stay consistent only if every store write is under `/registry/` (a read that
 //! cannot catch up in [`CATCH_UP`] falls back to the store).
@@ -261,7 +263,7 @@ async fn feed(cache: Weak<WatchCache>) {
             Err(e) => {
                 tracing::warn!(error = %e, "watch cache: cannot watch the store");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Some(c) = cache.upgrade() {
+                if let (Some(c), StoreError::Compacted { .. }) = (cache.upgrade(), e) {
                     let _ = c.relist().await;
                 }
                 continue;
@@ -271,10 +273,18 @@ async fn feed(cache: Weak<WatchCache>) {
             let Some(c) = cache.upgrade() else { return };
             match ev {
                 Ok(ev) => c.apply(ev),
-                Err(e) => {
+                // Only a compacted start loses events: re-list. Otherwise (the store's
+                // member went away, the stream broke) watch again from the cache's own
+                // revision: nothing is missed and no client watch is disturbed.
+                Err(e @ StoreError::Compacted { .. }) => {
                     tracing::warn!(error = %e, "watch cache: store watch ended; re-listing");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     let _ = c.relist().await;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch cache: store watch ended; watching again");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     break;
                 }
             }

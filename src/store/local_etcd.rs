@@ -8,6 +8,9 @@
 //! the guard kills the process (by its PID, through its `Child` handle) and removes the
 //! directory.
 //!
+//! [`LocalEtcd::start_cluster`] starts several members that form one cluster (for failover
+//! tests: stopping one member's process with SIGSTOP is a machine that lost power).
+//!
 //! Limits: free ports are found by binding port 0 and releasing it, so another process may
 //! grab one before etcd does (startup then fails with `ExitedEarly`). Peer traffic is plain.
 
@@ -73,6 +76,43 @@ impl LocalEtcd {
         Self::spawn(true, &[]).await
     }
 
+    /// Starts a cluster of `size` members on loopback (plain HTTP), each with `extra`
+    /// flags, and waits until every one answers. [`LocalEtcd::cluster_config`] reaches all.
+    pub async fn start_cluster(size: usize, extra: &[&str]) -> Result<Vec<Self>, LocalEtcdError> {
+        let ports = (0..size)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<Vec<_>, LocalEtcdError>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.into_iter().enumerate() {
+            let member = Member {
+                name: format!("m{i}"),
+                client_port: client,
+                peer_port: peer,
+                initial_cluster: initial.clone(),
+            };
+            members.push(Self::launch(false, extra, Some(member))?);
+        }
+        for m in &mut members {
+            m.wait_ready().await?;
+        }
+        Ok(members)
+    }
+
+    /// How to reach every member of a cluster started by [`LocalEtcd::start_cluster`].
+    pub fn cluster_config(members: &[Self]) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: members.iter().map(|m| m.client_url.clone()).collect(),
+            tls: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
     /// How to reach this etcd (with the client certificate when it uses TLS).
     pub fn config(&self) -> EtcdConfig {
         EtcdConfig {
@@ -93,6 +133,13 @@ impl LocalEtcd {
     }
 
     async fn spawn(tls: bool, extra: &[&str]) -> Result<Self, LocalEtcdError> {
+        let mut etcd = Self::launch(tls, extra, None)?;
+        etcd.wait_ready().await?;
+        Ok(etcd)
+    }
+
+    /// Starts the process (a single-member cluster unless `member` says otherwise).
+    fn launch(tls: bool, extra: &[&str], member: Option<Member>) -> Result<Self, LocalEtcdError> {
         let dir = std::env::temp_dir().join(format!(
             "kimg-etcd-{}-{:016x}",
             std::process::id(),
@@ -103,8 +150,19 @@ impl LocalEtcd {
             source,
         };
         std::fs::create_dir_all(&dir).map_err(prepare)?;
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
+        let member = match member {
+            Some(m) => m,
+            None => {
+                let (client_port, peer_port) = (free_port()?, free_port()?);
+                Member {
+                    name: "kimg-test".into(),
+                    client_port,
+                    peer_port,
+                    initial_cluster: format!("kimg-test=http://127.0.0.1:{peer_port}"),
+                }
+            }
+        };
+        let (client_port, peer_port) = (member.client_port, member.peer_port);
         let scheme = if tls { "https" } else { "http" };
         let client_url = format!("{scheme}://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -113,13 +171,13 @@ impl LocalEtcd {
 
         let mut command = Command::new("etcd");
         command
-            .arg("--name=kimg-test")
+            .arg(format!("--name={}", member.name))
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster=kimg-test={peer_url}"))
+            .arg(format!("--initial-cluster={}", member.initial_cluster))
             .arg("--logger=zap")
             .args(extra)
             .stdin(Stdio::null())
@@ -140,14 +198,12 @@ impl LocalEtcd {
             None
         };
         let child = command.spawn().map_err(LocalEtcdError::Spawn)?;
-        let mut etcd = LocalEtcd {
+        Ok(LocalEtcd {
             child,
             dir,
             client_url,
             tls: tls_files,
-        };
-        etcd.wait_ready().await?;
-        Ok(etcd)
+        })
     }
 
     async fn wait_ready(&mut self) -> Result<(), LocalEtcdError> {
@@ -187,6 +243,15 @@ impl Drop for LocalEtcd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One member of a local cluster.
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    /// etcd's `--initial-cluster`: every member's name and peer URL.
+    initial_cluster: String,
 }
 
 fn free_port() -> Result<u16, LocalEtcdError> {
