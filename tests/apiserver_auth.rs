@@ -32,6 +32,11 @@ impl Drop for Up {
 
 impl Up {
     fn start() -> Up {
+        Self::start_with(&[])
+    }
+
+    /// `kimg up` with extra flags.
+    fn start_with(extra: &[&str]) -> Up {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("dev");
         kimg_ok(
@@ -58,6 +63,7 @@ groups = ["system:bootstrappers:kubeadm:default-node-token"]
         let listen = format!("127.0.0.1:{}", common::free_port());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
         cmd.args(["up", dir.to_str().expect("utf-8"), "--listen", &listen]);
+        cmd.args(extra);
         let (child, kubeconfig) = common::start_up(cmd);
         Up {
             child,
@@ -747,4 +753,173 @@ fn nodes_and_namespace_admins_cannot_take_over_the_cluster() {
     assert!(out.contains("the cluster refuses the token"), "{out}");
     let err = up.fails(Some(TOKEN), &["get", "csr"]);
     assert!(err.contains("must be logged in"), "{err}");
+}
+
+/// Pod Security with the real kubectl: `baseline` by default (a privileged pod or a
+/// hostPath volume is refused with kube-apiserver's message, admins included), the
+/// namespace label raises or lowers the level, `kube-system` is privileged, unknown levels
+/// are refused.
+#[test]
+fn pod_security_enforces_baseline_by_default_and_the_namespace_label_decides() {
+    let up = Up::start();
+    let privileged = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"root"},
+        "spec":{"containers":[{"name":"c","image":"busybox","securityContext":{"privileged":true}}],
+        "volumes":[{"name":"host","hostPath":{"path":"/"}}]}}"#;
+    let apply = |ns: &str, body: &str| {
+        let file = up.tmp.path().join(format!("pod-{ns}.json"));
+        std::fs::write(&file, body).expect("write pod");
+        let file = file.display().to_string();
+        up.kubectl(None, &["-n", ns, "create", "-f", &file])
+    };
+    let out = apply("default", privileged);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a privileged pod was admitted");
+    assert!(
+        err.contains(r#"pods "root" is forbidden: violates PodSecurity "baseline:latest""#)
+            && err.contains(
+                r#"privileged (container "c" must not set securityContext.privileged=true)"#
+            )
+            && err.contains(r#"hostPath volumes (volume "host")"#),
+        "{err}"
+    );
+    // A plain pod is fine at baseline; kube-system runs privileged agents.
+    up.ok(
+        None,
+        &["run", "plain", "--image=busybox", "--", "sleep", "60"],
+    );
+    assert!(apply("kube-system", privileged).status.success());
+
+    up.ok(None, &["create", "namespace", "agents"]);
+    up.ok(
+        None,
+        &[
+            "label",
+            "namespace",
+            "agents",
+            "pod-security.kubernetes.io/enforce=privileged",
+        ],
+    );
+    assert!(apply("agents", privileged).status.success());
+
+    up.ok(None, &["create", "namespace", "tight"]);
+    up.ok(
+        None,
+        &[
+            "label",
+            "namespace",
+            "tight",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+    );
+    let err = up.fails(None, &["-n", "tight", "run", "plain", "--image=busybox"]);
+    assert!(
+        err.contains(r#"violates PodSecurity "restricted:latest""#)
+            && err.contains("allowPrivilegeEscalation != false"),
+        "{err}"
+    );
+    let err = up.fails(
+        None,
+        &[
+            "label",
+            "namespace",
+            "tight",
+            "--overwrite",
+            "pod-security.kubernetes.io/enforce=strict",
+        ],
+    );
+    assert!(err.contains(r#"The Namespace "tight" is invalid"#), "{err}");
+    let level = up.ok(
+        None,
+        &[
+            "get",
+            "namespace",
+            "tight",
+            "-o",
+            r"jsonpath={.metadata.labels.pod-security\.kubernetes\.io/enforce}",
+        ],
+    );
+    assert_eq!(level, "restricted");
+}
+
+/// The audit log with the default policy, judged from what the real kubectl does: JSON
+/// lines in kube-apiserver's format; a Secret's create is recorded without its contents,
+/// a pod's create with its body, a forbidden request with its 403; Lease churn and probes
+/// are not recorded; the file is private.
+#[test]
+fn the_audit_log_records_who_did_what_without_secret_contents() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = tmp.path().join("audit/audit.log");
+    let up = Up::start_with(&["--audit-log-path", log.to_str().expect("utf-8")]);
+    up.ok(
+        None,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "--from-literal=pw=open-sesame-42",
+        ],
+    );
+    up.ok(
+        None,
+        &["run", "web", "--image=busybox", "--labels=audited=yes"],
+    );
+    up.ok(None, &["create", "serviceaccount", "nobody"]);
+    let token = up.ok(None, &["create", "token", "nobody"]);
+    up.fails(Some(token.trim()), &["get", "secrets"]);
+    let _ = up.kubectl(None, &["get", "--raw", "/readyz"]);
+
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        events = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .collect();
+        if events.iter().any(|e| e["responseStatus"]["code"] == 403) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let find = |verb: &str, resource: &str| {
+        events
+            .iter()
+            .find(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+            .unwrap_or_else(|| panic!("no {verb} {resource} event in {events:#?}"))
+    };
+    let secret = find("create", "secrets");
+    assert_eq!(secret["level"], "Metadata");
+    assert_eq!(secret["user"]["username"], "kubernetes-admin");
+    assert_eq!(secret["objectRef"]["namespace"], "default");
+    assert_eq!(secret["responseStatus"]["code"], 201);
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !text.contains("open-sesame-42"),
+        "a secret's value reached the audit log"
+    );
+    let b64 = "b3Blbi1zZXNhbWUtNDI="; // base64 of the value
+    assert!(
+        !text.contains(b64),
+        "a secret's value reached the audit log"
+    );
+    let pod = find("create", "pods");
+    assert_eq!(pod["level"], "Request");
+    assert_eq!(pod["requestObject"]["metadata"]["labels"]["audited"], "yes");
+    let denied = find("list", "secrets");
+    assert_eq!(denied["responseStatus"]["code"], 403);
+    assert_eq!(
+        denied["user"]["username"],
+        "system:serviceaccount:default:nobody"
+    );
+    assert!(
+        !events.iter().any(|e| e["objectRef"]["resource"] == "leases"
+            || e["requestURI"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("/readyz"))),
+        "noise was recorded"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&log).expect("log").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
 }

@@ -337,6 +337,54 @@ fn hostile_clients_do_not_take_the_apiserver_down() {
     assert_eq!(code, 413, "oversized body: {text}");
     up.get_ns("a 4 MiB body");
 
+    // Bodies under the 3 MiB limit whose object etcd could not take (1.5 MiB per request).
+    let cm = |name: &str, size: usize| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"a":"{}"}}}}"#,
+            "x".repeat(size)
+        )
+        .into_bytes()
+    };
+    let (code, text) = rt.block_on(request(
+        &admin,
+        addr,
+        "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nContent-Type: application/json",
+        &cm("huge", 2 * 1024 * 1024),
+    ));
+    assert_eq!(code, 413, "a 2 MiB object: {text}");
+    assert!(text.contains("too large to store"), "{text}");
+    let (code, text) = rt.block_on(request(
+        &admin,
+        addr,
+        "PATCH /api/v1/namespaces/default/configmaps/grow HTTP/1.1\r\nContent-Type: application/merge-patch+json",
+        format!(r#"{{"data":{{"b":"{}"}}}}"#, "y".repeat(1600 * 1024)).as_bytes(),
+    ));
+    assert_eq!(
+        code, 413,
+        "a patch that grows the object past the limit: {text}"
+    );
+    let (code, _) = rt.block_on(request(
+        &admin,
+        addr,
+        "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nContent-Type: application/json",
+        &cm("just-fits", 1024 * 1024),
+    ));
+    assert_eq!(code, 201, "a 1 MiB object is stored");
+
+    // A selector is checked against every object of a list: its length is bounded.
+    let long = format!("a in ({})", vec!["v"; 5000].join(","));
+    let (code, text) = rt.block_on(request(
+        &admin,
+        addr,
+        &format!(
+            "GET /api/v1/pods?labelSelector={} HTTP/1.1",
+            long.replace(' ', "%20")
+        ),
+        b"",
+    ));
+    assert_eq!(code, 400, "a 10 KB selector: {text}");
+    assert!(text.contains("selector is too long"), "{text}");
+
     // 1,100 connections that never start TLS, 1,100 that finished it and say nothing.
     let held = rt.block_on(async {
         let mut held = Vec::new();

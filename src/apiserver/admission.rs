@@ -18,12 +18,17 @@
 //!   volume mount names a volume and has a `mountPath`, and `subPath` stays inside its
 //!   volume (relative, no `..`). Refusals are 422 with the field path, as kube-apiserver's.
 //!
-//! `system:masters` passes everything.
+//! - Pod Security ([`super::pod_security`]): pods meet their namespace's level, and
+//!   namespace labels name known levels. This one applies to every user, `system:masters`
+//!   included (as kube-apiserver's PodSecurity plugin without exemptions).
+//!
+//! `system:masters` passes everything else.
 
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::node_authz::node_name;
+use super::pod_security;
 use super::rbac::{self, Attributes};
 use super::server::Target;
 use super::tls::User;
@@ -50,6 +55,9 @@ pub async fn admit(
             reason,
         })?;
     }
+    if t.sub.is_none() {
+        pod_security(st, t, old, new).await?;
+    }
     let Some(user) = user.filter(|u| !u.is_master()) else {
         return Ok(());
     };
@@ -60,6 +68,53 @@ pub async fn admit(
         no_escalation(st, user, t, old, new).await?;
     }
     Ok(())
+}
+
+/// Pods meet the level their namespace enforces; namespaces label known levels.
+async fn pod_security(
+    st: &State,
+    t: &Target,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let name = || {
+        new.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    match (t.res.group, t.res.plural) {
+        ("", "namespaces") => pod_security::validate_namespace_labels(
+            new.pointer("/metadata/labels"),
+        )
+        .map_err(|reason| ApiError::Invalid {
+            kind: "Namespace".into(),
+            name: name(),
+            reason,
+        }),
+        ("", "pods") => {
+            if old.is_some_and(|o| o.get("spec") == new.get("spec")) {
+                return Ok(()); // status, labels and finalizers change nothing checked
+            }
+            let ns = t.namespace.as_deref().unwrap_or_default();
+            let labels = match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
+                Some(kv) => serde_json::from_slice::<Value>(&kv.value)
+                    .ok()
+                    .and_then(|v| v.pointer("/metadata/labels").cloned()),
+                None => None,
+            };
+            let level = pod_security::enforced_level(ns, labels.as_ref());
+            match pod_security::violations(level, new) {
+                None => Ok(()),
+                Some(why) => Err(ApiError::Forbidden {
+                    message: format!("pods \"{}\" is forbidden: {why}", name()),
+                    group: String::new(),
+                    resource: "pods".into(),
+                }),
+            }
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The pod spec an object of `kind` carries, with its field path.

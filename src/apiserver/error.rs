@@ -53,6 +53,8 @@ pub enum ApiError {
     UnsupportedMediaType { accepted: &'static str },
     #[error("request entity too large: limit is {limit}")]
     BodyTooLarge { limit: usize },
+    #[error("the object is too large to store: {size} bytes, the limit is {limit}")]
+    ObjectTooLarge { size: usize, limit: usize },
     #[error("cannot read the request body: {0}")]
     ReadBody(String),
     #[error("Unauthorized")]
@@ -119,7 +121,9 @@ impl ApiError {
             UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
             }
-            BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            BodyTooLarge { .. } | ObjectTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge")
+            }
             Unauthenticated => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Forbidden { .. } | ForbiddenPath { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),

@@ -20,7 +20,8 @@
 //! Authentication: x509, bootstrap tokens and service-account JWTs ([`authn`]);
 //! authorization: `system:masters`, then the Node authorizer for kubelets
 //! ([`node_authz`]), then RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]);
-//! admission ([`admission`]): RBAC escalation prevention and NodeRestriction.
+//! admission ([`admission`]): RBAC escalation prevention, NodeRestriction and Pod Security
+//! ([`pod_security`]). Every request can be recorded in an audit log ([`audit`]).
 //!
 //! Bounds: connections, handshakes and request heads are bounded by [`crate::https`];
 //! in-flight requests (429 past 400 read-only / 200 mutating) and a per-request deadline
@@ -38,6 +39,7 @@
 //! ownership or conflicts.
 
 mod admission;
+pub mod audit;
 mod authn;
 mod bootstrap;
 mod cache;
@@ -53,6 +55,7 @@ mod node_authz;
 mod object;
 mod openapi;
 mod patch;
+mod pod_security;
 mod protobuf;
 mod rbac;
 mod rbac_defaults;
@@ -168,6 +171,7 @@ pub struct ApiServer {
     state: Arc<State>,
     tls: Arc<rustls::ServerConfig>,
     limits: Limits,
+    audit: Option<Arc<audit::Auditor>>,
 }
 
 impl ApiServer {
@@ -223,6 +227,7 @@ impl ApiServer {
             state,
             tls,
             limits: Limits::default(),
+            audit: None,
         })
     }
 
@@ -232,12 +237,26 @@ impl ApiServer {
         self
     }
 
+    /// Records requests in an audit log ([`audit`]).
+    pub fn with_audit(mut self, auditor: Arc<audit::Auditor>) -> ApiServer {
+        self.audit = Some(auditor);
+        self
+    }
+
     /// Serves HTTPS on `listener` until `shutdown` completes.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(listener, self.tls, self.state, self.limits, shutdown).await
+        server::serve(
+            listener,
+            self.tls,
+            self.state,
+            self.limits,
+            self.audit,
+            shutdown,
+        )
+        .await
     }
 }

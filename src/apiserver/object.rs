@@ -242,6 +242,23 @@ pub fn from_kv(kv: &KeyValue) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// The largest object the apiserver stores, in bytes of its stored form: etcd refuses a
+/// request over 1.5 MiB (its `--max-request-bytes` default), and the request also carries the
+/// key and the transaction around the value.
+pub const MAX_OBJECT: usize = 1536 * 1024 - 4096;
+
+/// The bytes to store for `obj`, refused with 413 if etcd could not take them.
+pub fn to_stored(obj: &Value) -> Result<Vec<u8>, ApiError> {
+    let bytes = to_bytes(obj);
+    if bytes.len() > MAX_OBJECT {
+        return Err(ApiError::ObjectTooLarge {
+            size: bytes.len(),
+            limit: MAX_OBJECT,
+        });
+    }
+    Ok(bytes)
+}
+
 /// The bytes to store for `obj` (without `resourceVersion`).
 pub fn to_bytes(obj: &Value) -> Vec<u8> {
     let mut o = obj.clone();

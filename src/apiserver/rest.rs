@@ -18,6 +18,7 @@ use super::error::ApiError;
 use super::list::{list_objects, visit_objects, ListQuery};
 use super::object::{
     self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
+    to_stored,
 };
 use super::patch::{self, PatchKind};
 use super::resources::{self, Resource};
@@ -271,9 +272,10 @@ async fn create_object(
         return Ok(obj);
     }
     let key = res.key(t.namespace.as_deref(), &name);
+    let bytes = to_stored(&obj)?;
     let rev = st
         .store
-        .create(&key, to_bytes(&obj))
+        .create(&key, bytes)
         .await
         .map_err(|e| store_err(res, &name, e))?;
     set_rv(&mut obj, rev);
@@ -417,9 +419,10 @@ async fn commit(
         set_rv(&mut new, rev);
         return Ok(new);
     }
+    let bytes = to_stored(&new)?;
     let rev = st
         .store
-        .update(&key, to_bytes(&new), expected)
+        .update(&key, bytes, expected)
         .await
         .map_err(|e| store_err(res, &name, e))?;
     set_rv(&mut new, rev);

@@ -100,9 +100,25 @@ fn parse_set(rest: &str, whole: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// The longest selector accepted, in bytes: each requirement is checked against every
+/// object of a list, so the selector's size bounds a list's cost (kube-apiserver bounds it
+/// only through the URL's length).
+pub const MAX_SELECTOR: usize = 8 * 1024;
+
+fn check_length(s: &str) -> Result<(), String> {
+    if s.len() > MAX_SELECTOR {
+        return Err(format!(
+            "the selector is too long: {} bytes, the limit is {MAX_SELECTOR}",
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
 impl Selector {
     /// Parses a label selector.
     pub fn labels(s: &str) -> Result<Selector, String> {
+        check_length(s)?;
         let mut reqs = Vec::new();
         for part in split_top(s)? {
             let part = part.trim();
@@ -154,6 +170,7 @@ impl Selector {
 
     /// Parses a field selector (only `=`, `==` and `!=` over [`FIELDS`]).
     pub fn fields(s: &str) -> Result<Selector, String> {
+        check_length(s)?;
         let mut reqs = Vec::new();
         for part in s.split(',') {
             let part = part.trim();

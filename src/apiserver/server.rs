@@ -25,6 +25,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::audit;
 use super::error::ApiError;
 use super::resources::{self, Resource};
 use super::tls::User;
@@ -348,6 +349,7 @@ async fn dispatch(
     gate: &Gate,
     user: Option<User>,
     req: hyper::Request<Incoming>,
+    note: &mut audit::Note,
 ) -> Result<Response, ApiError> {
     let header = |name| {
         req.headers()
@@ -381,8 +383,11 @@ async fn dispatch(
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let user = impersonate(state, user, req.headers()).await?;
+    note.user = Some(user.clone());
     if let Ok(Route::Resource(t)) = &route {
+        note.target = Some(t.clone());
         if let Some(v) = kubelet_proxy::verb_of(t) {
+            note.verb = v.to_string();
             authorize(state, Some(&user), &attributes(t, v)).await?;
             return kubelet_proxy::serve(state, t, req).await;
         }
@@ -405,6 +410,9 @@ async fn dispatch(
     } else {
         read_body(req.into_body()).await?
     };
+    if gate.audit.is_some() && !body.is_empty() {
+        note.body = Some(body.clone());
+    }
     let r = Req {
         method,
         query,
@@ -441,6 +449,7 @@ async fn dispatch(
         }
         Route::Resource(t) => {
             let verb = verb(&r.method, &t, &r)?;
+            note.verb = verb.to_string();
             authorize(state, r.user.as_ref(), &attributes(&t, verb)).await?;
             match verb {
                 "get" => rest::get(state, &t, &r).await,
@@ -468,20 +477,42 @@ async fn handle(
     req: hyper::Request<Incoming>,
 ) -> Result<Response, Infallible> {
     let start = Instant::now();
+    let received = time::OffsetDateTime::now_utc();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let who = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
+    let mut note = audit::Note {
+        user_agent: req
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .chars()
+            .take(256)
+            .collect(),
+        ..Default::default()
+    };
     // Streaming responses (watch, log, exec) are returned as soon as they start, so the
     // deadline bounds only the work before the first byte.
-    let resp = match tokio::time::timeout(gate.timeout, dispatch(&state, &gate, user, req)).await {
+    let work = dispatch(&state, &gate, user, req, &mut note);
+    let resp = match tokio::time::timeout(gate.timeout, work).await {
         Ok(r) => r.unwrap_or_else(ApiError::into_response),
         Err(_) => ApiError::Timeout {
             secs: gate.timeout.as_secs(),
         }
         .into_response(),
     };
+    let code = resp.status().as_u16();
+    if let Some(a) = &gate.audit {
+        let streaming = matches!(note.verb.as_str(), "watch")
+            || note
+                .target
+                .as_ref()
+                .is_some_and(|t| kubelet_proxy::verb_of(t).is_some());
+        a.record(&note, &method, &uri, code, received, streaming);
+    }
     tracing::debug!(
-        %method, uri = %uri, user = %who, status = resp.status().as_u16(),
+        %method, uri = %uri, user = %who, status = code,
         micros = start.elapsed().as_micros() as u64, "request"
     );
     Ok(resp)
@@ -521,11 +552,14 @@ struct Gate {
     read: Arc<tokio::sync::Semaphore>,
     mutating: Arc<tokio::sync::Semaphore>,
     timeout: std::time::Duration,
+    /// Where finished requests are recorded, if anywhere.
+    audit: Option<Arc<audit::Auditor>>,
 }
 
 impl Gate {
-    fn new(l: &Limits) -> Gate {
+    fn new(l: &Limits, audit: Option<Arc<audit::Auditor>>) -> Gate {
         Gate {
+            audit,
             read: Arc::new(tokio::sync::Semaphore::new(l.max_requests_inflight)),
             mutating: Arc::new(tokio::sync::Semaphore::new(
                 l.max_mutating_requests_inflight,
@@ -561,9 +595,10 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     state: Arc<State>,
     limits: Limits,
+    audit: Option<Arc<audit::Auditor>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let gate = Arc::new(Gate::new(&limits));
+    let gate = Arc::new(Gate::new(&limits, audit));
     let handler = move |user, req| handle(state.clone(), gate.clone(), user, req);
     crate::https::serve(listener, tls, limits.connections, shutdown, handler).await;
     Ok(())

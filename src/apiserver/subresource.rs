@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::delete::{delete_object, DeleteOptions};
 use super::error::ApiError;
 use super::jwt::SaClaims;
-use super::object::{decode, meta_mut, now, timestamp, to_bytes};
+use super::object::{decode, meta_mut, now, timestamp, to_stored};
 use super::resources::Resource;
 use super::rest::{conflict, name_of, read, store_err};
 use super::server::{json_response, Req, Response, Target};
@@ -180,7 +180,7 @@ pub async fn bind(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErro
         if req.q("dryRun").is_some() {
             return Ok(success());
         }
-        match st.store.update(&key, to_bytes(&pod), rev).await {
+        match st.store.update(&key, to_stored(&pod)?, rev).await {
             Ok(_) => return Ok(success()),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(store_err(t.res, name_of(t), e)),

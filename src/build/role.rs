@@ -187,6 +187,7 @@ pub fn pki_files(cluster: &Cluster, profile: &Profile) -> Vec<String> {
             "admin.crt",
             "admin.key",
             "etcd/ca.crt",
+            crate::pki::ENCRYPTION_KEY,
         ] {
             add(f.into());
         }

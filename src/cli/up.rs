@@ -21,9 +21,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::apiserver::ApiServer;
 use crate::cluster::Cluster;
 use crate::pki;
-use crate::store::{EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store};
+use crate::store::{
+    EncryptedStore, EncryptionKeys, EtcdConfig, EtcdStore, EtcdTls, MemoryStore, Store,
+};
 
-/// Opens `memory` or `etcd=URL,…`; https URLs use `pki_dir`'s etcd client certificate.
+/// What is encrypted at rest in etcd (kube-apiserver's usual EncryptionConfiguration).
+const ENCRYPTED_PREFIXES: [&str; 1] = ["/registry/secrets/"];
+
+/// Opens `memory` or `etcd=URL,…`; https URLs use `pki_dir`'s etcd client certificate. With
+/// `pki_dir/encryption.key`, Secrets are encrypted at rest in etcd (the memory store keeps
+/// nothing at rest).
 pub(super) async fn open_store(spec: &str, pki_dir: &Path) -> anyhow::Result<Arc<dyn Store>> {
     if spec == "memory" {
         return Ok(Arc::new(MemoryStore::new()));
@@ -48,7 +55,21 @@ pub(super) async fn open_store(spec: &str, pki_dir: &Path) -> anyhow::Result<Arc
     let store = EtcdStore::connect(&config)
         .await
         .with_context(|| format!("cannot reach etcd at {urls}"))?;
-    Ok(Arc::new(store))
+    let key_file = pki_dir.join(pki::ENCRYPTION_KEY);
+    if !key_file.exists() {
+        tracing::warn!(
+            file = %key_file.display(),
+            "no encryption key: Secrets are stored in etcd unencrypted \
+             (`kimg cluster certs DIR --issue` creates one)"
+        );
+        return Ok(Arc::new(store));
+    }
+    let keys = EncryptionKeys::load(&key_file).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(EncryptedStore::new(
+        Arc::new(store),
+        keys,
+        &ENCRYPTED_PREFIXES,
+    )))
 }
 
 /// The apiserver's request bounds (kube-apiserver's flags of the same names).
@@ -69,9 +90,44 @@ pub struct ServingArgs {
     /// history); `0s` turns compaction off.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub etcd_compaction_interval: Duration,
+    /// Write an audit log here (JSON lines, kube-apiserver's audit.k8s.io/v1 events); off
+    /// when unset. Masters write /var/lib/kimg/audit/audit.log on their STATE disk.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log_path: Option<std::path::PathBuf>,
+    /// Which requests the audit log records and how much (kube-apiserver's audit Policy
+    /// format: levels None, Metadata, Request); default: no probes, Leases or Events,
+    /// metadata only for Secrets and ConfigMaps, request bodies for other writes.
+    #[arg(long, value_name = "FILE", requires = "audit_log_path")]
+    pub audit_policy_file: Option<std::path::PathBuf>,
+    /// Rotate the audit log past this many MiB.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub audit_log_maxsize: u64,
+    /// Rotated audit logs kept (audit.log.1 …).
+    #[arg(long, default_value_t = 10)]
+    pub audit_log_maxbackup: usize,
 }
 
 impl ServingArgs {
+    /// The audit log these flags ask for, started; `None` when off.
+    pub fn auditor(&self) -> anyhow::Result<Option<Arc<crate::apiserver::audit::Auditor>>> {
+        use crate::apiserver::audit::{Auditor, LogFile, Policy, DEFAULT_POLICY};
+        let Some(path) = &self.audit_log_path else {
+            return Ok(None);
+        };
+        let policy = match &self.audit_policy_file {
+            Some(f) => Policy::load(f).map_err(anyhow::Error::msg)?,
+            None => Policy::parse(DEFAULT_POLICY).map_err(anyhow::Error::msg)?,
+        };
+        let file = LogFile {
+            path: path.clone(),
+            max_bytes: self.audit_log_maxsize.saturating_mul(1024 * 1024),
+            backups: self.audit_log_maxbackup,
+        };
+        let a = Auditor::start(file, policy)
+            .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+        Ok(Some(a))
+    }
+
     /// The apiserver limits these flags set.
     pub fn limits(&self) -> crate::apiserver::Limits {
         crate::apiserver::Limits {
@@ -258,6 +314,10 @@ pub(super) async fn serve(
             .await
             .context("cannot start the apiserver")?
             .with_limits(serving.limits());
+    let api = match serving.auditor()? {
+        Some(a) => api.with_audit(a),
+        None => api,
+    };
     let listener =
         crate::https::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;

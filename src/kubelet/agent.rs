@@ -148,6 +148,7 @@ async fn clear_previous_run(
             tracing::warn!(pod = %uid, error = %e, "cannot remove a network namespace of a previous run");
         }
         super::remove_pod_cgroups(cgroup_parent, uid);
+        super::volumes::release(&root.join("pods").join(uid));
     }
     for dir in [root.join("pods"), root.join("logs"), cni.ipam_dir.clone()] {
         let _ = std::fs::remove_dir_all(dir);

@@ -463,10 +463,21 @@ async fn volumes_env_and_exec_work_inside_the_container_needs_root_and_container
     );
     let out = exec("touch /etc/cfg/x 2>/dev/null && echo writable || echo read-only").await;
     assert_eq!(out.stdout, b"read-only\n");
+    // The secret lives in memory, never on the node's disk; the ConfigMap does not need to.
+    let out =
+        exec("awk '$2 == \"/etc/sec\" || $2 == \"/etc/cfg\" { print $2, $3 }' /proc/mounts").await;
+    let mounts = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(mounts.contains("/etc/sec tmpfs"), "{mounts}");
+    assert!(!mounts.contains("/etc/cfg tmpfs"), "{mounts}");
     h.kubelet
         .delete_pod(&uid, Some(Duration::from_secs(1)))
         .await
         .unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&uid),
+        "the pod's tmpfs is unmounted: {mountinfo}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

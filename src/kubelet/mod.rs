@@ -373,6 +373,7 @@ impl Kubelet {
             }
         }
         remove_pod_cgroups(&self.cfg.cgroup_parent, uid);
+        volumes::release(&self.pod_dir(uid));
         for dir in [self.pod_dir(uid), self.cfg.root_dir.join("logs").join(uid)] {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {}

@@ -9,6 +9,10 @@
 //! secret, downwardAPI and serviceAccountToken sources — the `kube-api-access-…` volume of
 //! every pod) are directories of files as well; tokens come from [`ResolvedData::tokens`]
 //! and are replaced in place (write, then rename) by [`write_token`] when refreshed.
+//! Secret and projected volumes (which carry Secrets and tokens) live on a tmpfs of their
+//! own, as with the real kubelet, so their contents never reach the node's disk; a kubelet
+//! without the right to mount (a test run as an ordinary user) writes them to disk and says
+//! so. [`release`] unmounts them before the pod directory is removed.
 //! Limits: no subPath, no tmpfs-backed emptyDir, no `resourceFieldRef` items.
 
 use std::collections::BTreeMap;
@@ -139,6 +143,63 @@ fn write_keys(
     write_files(dir, files)
 }
 
+/// The most a secret-bearing volume's tmpfs holds (a Secret is at most 1 MiB; a projected
+/// volume combines a few).
+const MEMORY_VOLUME_SIZE: &str = "size=32m";
+
+/// Mounts a tmpfs on `dir` (created if missing) unless one is there already.
+fn memory_backed(dir: &Path) -> Result<(), KubeletError> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir).map_err(KubeletError::io(dir))?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let options = format!("mode=0755,{MEMORY_VOLUME_SIZE}");
+    match mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        flags,
+        Some(options.as_str()),
+    ) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            tracing::warn!(dir = %dir.display(), "cannot mount a tmpfs (not root): secret files go to disk");
+            Ok(())
+        }
+        Err(e) => Err(KubeletError::Io {
+            path: dir.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Whether `dir` is the root of a mount (its device differs from its parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (std::fs::metadata(dir), dir.parent().map(std::fs::metadata))
+    else {
+        return false;
+    };
+    me.dev() != parent.dev()
+}
+
+/// Unmounts the pod's memory-backed volumes, so the pod directory can be removed.
+pub fn release(pod_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pod_dir.join("volumes")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if is_mount_point(&path) {
+            if let Err(err) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(dir = %path.display(), error = %err, "cannot unmount a pod volume");
+            }
+        }
+    }
+}
+
 /// Creates every volume of the pod; returns the host path of each by volume name.
 pub fn prepare(
     pod: &Pod,
@@ -179,6 +240,7 @@ pub fn prepare(
                 cm.default_mode.unwrap_or(0o644),
             )?;
         } else if let Some(s) = &v.secret {
+            memory_backed(&dir)?;
             let name = s.secret_name.clone().unwrap_or_default();
             let src = match data.secrets.get(&name) {
                 Some(m) => m.clone(),
@@ -206,6 +268,7 @@ pub fn prepare(
             )?;
             write_files(&dir, files)?;
         } else if let Some(p) = &v.projected {
+            memory_backed(&dir)?;
             write_files(&dir, projected_files(pod, &v.name, p, data)?)?;
         } else if let Some(h) = &v.host_path {
             let path = PathBuf::from(&h.path);

@@ -41,6 +41,8 @@ pub fn services(cluster: &Cluster, node: &Node) -> Vec<ServiceSpec> {
                 &listen,
                 "--kubeconfig-dir",
                 CONF_DIR,
+                "--audit-log-path",
+                crate::apiserver::audit::MASTER_LOG,
             ],
         ),
         ServiceSpec::new(

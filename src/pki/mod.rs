@@ -123,6 +123,10 @@ fn write_pair(pki_dir: &Path, base: &str, cert_pem: &str, key_pem: &str) -> Resu
     )
 }
 
+/// The key file for Secrets at rest (`name:base64` lines; see
+/// [`crate::store::EncryptionKeys`]), relative to `secrets/pki/`. Masters carry it.
+pub const ENCRYPTION_KEY: &str = "encryption.key";
+
 /// What [`ensure`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Issued {
@@ -150,6 +154,15 @@ pub fn ensure(cluster: &Cluster) -> Result<Issued, PkiError> {
         write(&dir.join("sa.pub"), key.public_key_pem().as_bytes(), 0o644)?;
         write(&dir.join("sa.key"), key.serialize_pem().as_bytes(), 0o600)?;
         issued.created.push("sa".into());
+    }
+    if !dir.join(ENCRYPTION_KEY).exists() {
+        let line =
+            crate::store::EncryptionKeys::generate_line("key1").map_err(|e| PkiError::Write {
+                path: dir.join(ENCRYPTION_KEY),
+                source: std::io::Error::other(e),
+            })?;
+        write(&dir.join(ENCRYPTION_KEY), line.as_bytes(), 0o600)?;
+        issued.created.push("encryption".into());
     }
     let cluster_ca = load_authority(&dir, Signer::ClusterCa)?;
     let etcd_ca = load_authority(&dir, Signer::EtcdCa)?;

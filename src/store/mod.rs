@@ -22,8 +22,10 @@
 //! Limits: no leases, so no TTLs (Kubernetes Events expire through etcd leases; not done
 //! yet). No value size limit in the memory backend (etcd rejects requests over 1.5 MiB by
 //! default; that surfaces as [`StoreError::Rejected`]). [`LocalEtcd`] starts a single-member
-//! etcd on loopback for tests, benchmarks and development.
+//! etcd on loopback for tests, benchmarks and development. [`EncryptedStore`] wraps either
+//! backend and encrypts the values under chosen prefixes (Secrets) at rest.
 
+mod encrypt;
 mod etcd;
 mod local_etcd;
 mod memory;
@@ -36,6 +38,7 @@ use std::pin::Pin;
 
 use futures::Stream;
 
+pub use encrypt::{EncryptedStore, EncryptionKeys};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use local_etcd::{LocalEtcd, LocalEtcdError};
 pub use memory::MemoryStore;
@@ -138,6 +141,9 @@ pub enum StoreError {
     },
     #[error("etcd sent a malformed response: {reason}")]
     MalformedResponse { reason: &'static str },
+    /// A value under an encrypted prefix could not be encrypted or decrypted.
+    #[error("cannot decrypt or encrypt {key}: {reason}")]
+    Crypt { key: String, reason: String },
 }
 
 /// A key-value store with etcd v3 semantics; see the module docs for the contract.
