@@ -26,27 +26,74 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-fn agent(pki: &std::path::Path) -> ureq::Agent {
+/// An HTTPS agent trusting the cluster CA, as the admin (client certificate) or, with
+/// `admin` false, with no certificate (the caller sends a bearer token).
+fn agent_as(pki: &std::path::Path, admin: bool) -> ureq::Agent {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(pki.join("ca.crt")).expect("ca") {
         roots.add(c.expect("cert")).expect("root");
     }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.join("admin.crt"))
-        .expect("admin.crt")
-        .map(|c| c.expect("cert"))
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(pki.join("admin.key")).expect("admin.key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .expect("client cert");
+        .with_root_certificates(roots);
+    let tls = if admin {
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(pki.join("admin.crt"))
+                .expect("admin.crt")
+                .map(|c| c.expect("cert"))
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(pki.join("admin.key")).expect("admin.key");
+        builder
+            .with_client_auth_cert(certs, key)
+            .expect("client cert")
+    } else {
+        builder.with_no_client_auth()
+    };
     ureq::AgentBuilder::new()
         .tls_config(Arc::new(tls))
         .timeout(Duration::from_secs(120))
         .build()
+}
+
+fn agent(pki: &std::path::Path) -> ureq::Agent {
+    agent_as(pki, true)
+}
+
+/// `creates` ConfigMaps named `<prefix>-N` through `agent` (with `token` as bearer when
+/// given), `CONCURRENCY` at a time; returns creates/s and the latencies.
+fn create_all(
+    agent: &ureq::Agent,
+    url: &str,
+    token: Option<&str>,
+    prefix: &str,
+    creates: usize,
+) -> (f64, Vec<Duration>) {
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(creates)));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..CONCURRENCY {
+            let latencies = latencies.clone();
+            s.spawn(move || {
+                for i in (w..creates).step_by(CONCURRENCY) {
+                    let one = Instant::now();
+                    let mut req = agent
+                        .post(&format!("{url}/api/v1/namespaces/default/configmaps"))
+                        .set("Content-Type", "application/json");
+                    if let Some(t) = token {
+                        req = req.set("Authorization", &format!("Bearer {t}"));
+                    }
+                    req.send_string(&configmap(&format!("{prefix}-{i:05}"), i))
+                        .expect("create");
+                    latencies.lock().expect("lock").push(one.elapsed());
+                }
+            });
+        }
+    });
+    let rate = creates as f64 / t.elapsed().as_secs_f64();
+    let lat = latencies.lock().expect("lock").clone();
+    (rate, lat)
 }
 
 fn configmap(name: &str, i: usize) -> String {
@@ -152,35 +199,59 @@ fn main() {
     let _guard = KillOnDrop(child);
     let agent = agent(&pki);
 
-    // Creates through the apiserver.
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(creates)));
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for w in 0..CONCURRENCY {
-            let (agent, url, latencies) = (agent.clone(), url.clone(), latencies.clone());
-            s.spawn(move || {
-                for i in (w..creates).step_by(CONCURRENCY) {
-                    let one = Instant::now();
-                    agent
-                        .post(&format!("{url}/api/v1/namespaces/default/configmaps"))
-                        .set("Content-Type", "application/json")
-                        .send_string(&configmap(&format!("cm-{i:05}"), i))
-                        .expect("create");
-                    latencies.lock().expect("lock").push(one.elapsed());
-                }
-            });
-        }
-    });
-    let api_rate = creates as f64 / t.elapsed().as_secs_f64();
-    let mut lat = latencies.lock().expect("lock").clone();
+    // Creates through the apiserver: as the admin (system:masters: no RBAC walk), then as a
+    // service account bound to `edit` (its token checked and RBAC evaluated from the
+    // caches on every request).
+    let (api_rate, mut lat) = create_all(&agent, &url, None, "cm", creates);
+    agent
+        .post(&format!("{url}/api/v1/namespaces/default/serviceaccounts"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"bench"}}"#)
+        .expect("service account");
+    agent
+        .post(&format!("{url}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"bench"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"edit"},"subjects":[{"kind":"ServiceAccount","name":"bench","namespace":"default"}]}"#)
+        .expect("role binding");
+    let token: serde_json::Value = agent
+        .post(&format!(
+            "{url}/api/v1/namespaces/default/serviceaccounts/bench/token"
+        ))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenRequest","spec":{}}"#)
+        .expect("token")
+        .into_string()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .expect("json");
+    let token = token["status"]["token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    // The binding reaches the watch cache a moment later.
+    std::thread::sleep(Duration::from_millis(500));
+    let (sa_rate, mut sa_lat) =
+        create_all(&agent_as(&pki, false), &url, Some(&token), "sa", creates);
     println!("creates: {creates} ConfigMaps, {CONCURRENCY} concurrent clients");
     println!("  raw etcd puts/s       {raw_rate:9.0}");
-    println!("  apiserver creates/s   {api_rate:9.0}");
+    println!("  apiserver creates/s   {api_rate:9.0}   (admin certificate)");
     println!("  ratio                 {:9.2}", api_rate / raw_rate);
     println!(
         "  create latency        p50 {:?}  p99 {:?}",
         pct(&mut lat, 0.50),
         pct(&mut lat, 0.99)
+    );
+    println!("  apiserver creates/s   {sa_rate:9.0}   (service-account token, RBAC edit)");
+    println!("  ratio                 {:9.2}", sa_rate / raw_rate);
+    println!(
+        "  create latency        p50 {:?}  p99 {:?}",
+        pct(&mut sa_lat, 0.50),
+        pct(&mut sa_lat, 0.99)
+    );
+    println!(
+        "BENCH api_create_ratio={:.2} api_create_ratio_token_rbac={:.2} raw_puts_per_s={raw_rate:.0}",
+        api_rate / raw_rate,
+        sa_rate / raw_rate
     );
 
     // 10,000 pods, written to the store directly, listed through the apiserver.

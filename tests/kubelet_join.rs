@@ -407,13 +407,36 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
         .contains("127.0.0.1"));
     let csrs = env.json(&["get", "csr"]);
     let items = csrs["items"].as_array().expect("items");
-    assert_eq!(items.len(), 1, "{csrs}");
-    assert!(items[0]["spec"]["username"]
+    let client: Vec<&Value> = items
+        .iter()
+        .filter(|c| c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet")
+        .collect();
+    assert_eq!(client.len(), 1, "{csrs}");
+    assert!(client[0]["spec"]["username"]
         .as_str()
         .unwrap_or_default()
         .starts_with("system:bootstrap:"));
+    // The serving certificate comes from the cluster CA, asked for by the node itself.
+    let serving = wait_for(60, "a signed kubelet-serving certificate", || {
+        let csrs = env.json(&["get", "csr"]);
+        csrs["items"]
+            .as_array()?
+            .iter()
+            .find(|c| {
+                c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                    && c["status"]["certificate"].is_string()
+            })
+            .cloned()
+    });
+    assert_eq!(
+        serving["spec"]["username"], "system:node:kt-node",
+        "{serving}"
+    );
     let state = env.tmp.path().join("kubelet");
     assert!(state.join("kubelet-client.crt").exists());
+    wait_for(30, "the serving certificate stored", || {
+        state.join("kubelet-server.crt").exists().then_some(())
+    });
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(state.join("kubelet-client.key"))
         .expect("key")
@@ -763,17 +786,18 @@ fn kubelet_joins_runs_pods_serves_logs_and_exec_and_cleans_up_needs_root_and_con
     assert!(netns.is_empty(), "netns pins left: {netns:?}");
 
     // A crash (SIGKILL) with a pod running, then a restart without the token: the stored
-    // certificate is reused (no second CSR), the previous run's container is replaced and
-    // the pod runs again under the new process.
+    // certificates are reused (no new CSR: one client, one serving), the previous run's
+    // container is replaced and the pod runs again under the new process.
     apply(&env, "p2", &pod_yaml("p2", "echo again; sleep 3600"));
     wait_for(90, "p2 Running", || running_ip(&env, "p2"));
+    assert_eq!(env.csr_count(), 2, "one client and one serving CSR");
     env.stop_kubelet("-KILL");
     let before = env.renew_time();
     env.start_kubelet(None, api_port);
     wait_for(40, "the restarted kubelet to renew the lease", || {
         (env.renew_time() != before).then_some(())
     });
-    assert_eq!(env.csr_count(), 1, "no second CSR:\n{}", env.kubelet_log());
+    assert_eq!(env.csr_count(), 2, "no new CSR:\n{}", env.kubelet_log());
     wait_for(60, "exec into p2 through the restarted kubelet", || {
         env.kubectl(&["exec", "p2", "--", "true"])
             .status

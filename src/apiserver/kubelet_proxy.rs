@@ -12,8 +12,12 @@
 //! `101 Switching Protocols` is handed back, and the two upgraded connections are spliced.
 //! The container defaults to the pod's first one.
 //!
-//! Limits: the kubelet's serving certificate is not verified (like a kube-apiserver without
-//! `--kubelet-certificate-authority`); SPDY, attach and port-forward are refused.
+//! The kubelet's serving certificate must be signed by the cluster CA for the address
+//! dialed (kube-apiserver's `--kubelet-certificate-authority`): kubelets get theirs through
+//! a `kubelet-serving` CSR, and a machine that merely took over a node's address, or a
+//! kubelet still waiting for its certificate, is refused (an error naming the TLS failure).
+//!
+//! Limits: SPDY, attach and port-forward are refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +28,8 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -49,56 +51,9 @@ pub fn verb_of(t: &Target) -> Option<&'static str> {
     }
 }
 
-/// Accepts any kubelet serving certificate (signatures are still checked).
-#[derive(Debug)]
-struct AnyKubeletCert(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyKubeletCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// The TLS client configuration with `apiserver-kubelet-client.{crt,key}` from `pki_dir`.
+/// The TLS client configuration with `apiserver-kubelet-client.{crt,key}` from `pki_dir`,
+/// trusting kubelet serving certificates only when the cluster CA (`ca.crt`) signed them
+/// for the address dialed.
 pub fn client_config(pki_dir: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let read = |name: &str| {
         let path = pki_dir.join(name);
@@ -119,12 +74,23 @@ pub fn client_config(pki_dir: &std::path::Path) -> Result<Arc<rustls::ClientConf
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(e.to_string()))?;
+    let ca_pem = read("ca.crt")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&ca_pem) {
+        let c = c.map_err(|e| bad(format!("ca.crt: {e}")))?;
+        roots.add(c).map_err(|e| bad(format!("ca.crt: {e}")))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| bad(format!("ca.crt: {e}")))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::ClientCert)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyKubeletCert(provider)))
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(certs, key)
         .map_err(TlsError::ClientCert)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -361,5 +327,105 @@ mod tests {
         assert_eq!(verb_of(&t("pods", Some("exec"))), Some("create"));
         assert_eq!(verb_of(&t("pods", Some("status"))), None);
         assert_eq!(verb_of(&t("configmaps", None)), None);
+    }
+
+    /// A TLS server on loopback presenting `cert_pem`; whether the apiserver's kubelet
+    /// client config completes a handshake with it.
+    async fn handshake(client: Arc<rustls::ClientConfig>, cert_pem: &str, key_pem: &str) -> bool {
+        let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        tokio::spawn(async move {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = acceptor.accept(tcp).await;
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        tokio_rustls::TlsConnector::from(client)
+            .connect(name, tcp)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_a_kubelet_certificate_from_the_cluster_ca_for_the_dialed_address_is_trusted() {
+        use crate::pki::issue::{new_ca, new_leaf, San, Usage};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = new_ca("kubernetes").expect("ca");
+        let (client_cert, client_key) = new_leaf(
+            &ca,
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            &[],
+            Usage::Client,
+        )
+        .expect("client");
+        std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).expect("write");
+        std::fs::write(
+            dir.path().join("apiserver-kubelet-client.crt"),
+            client_cert.pem(),
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("apiserver-kubelet-client.key"),
+            client_key.serialize_pem(),
+        )
+        .expect("write");
+        let client = client_config(dir.path()).expect("client config");
+
+        let loopback = San::Ip("127.0.0.1".parse().expect("ip"));
+        let (good, good_key) = new_leaf(
+            &ca,
+            "system:node:w1",
+            &["system:nodes"],
+            std::slice::from_ref(&loopback),
+            Usage::Server,
+        )
+        .expect("leaf");
+        assert!(handshake(client.clone(), &good.pem(), &good_key.serialize_pem()).await);
+
+        let other = San::Ip("10.9.9.9".parse().expect("ip"));
+        let (wrong_ip, key) = new_leaf(
+            &ca,
+            "system:node:w2",
+            &["system:nodes"],
+            &[other],
+            Usage::Server,
+        )
+        .expect("leaf");
+        assert!(!handshake(client.clone(), &wrong_ip.pem(), &key.serialize_pem()).await);
+
+        let stranger = new_ca("someone else").expect("ca");
+        let (foreign, key) = new_leaf(
+            &stranger,
+            "system:node:w1",
+            &["system:nodes"],
+            &[loopback],
+            Usage::Server,
+        )
+        .expect("leaf");
+        assert!(!handshake(client.clone(), &foreign.pem(), &key.serialize_pem()).await);
+
+        let key = rcgen::KeyPair::generate().expect("key");
+        let selfsigned = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("self-signed");
+        assert!(!handshake(client, &selfsigned.pem(), &key.serialize_pem()).await);
     }
 }

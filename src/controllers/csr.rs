@@ -1,5 +1,6 @@
 //! The CSR approver and signer: auto-approves kubelet client CSRs from bootstrap tokens
-//! (and nodes renewing their own), and signs approved client CSRs with the cluster CA.
+//! (and nodes renewing their own) and kubelet serving CSRs from nodes, and signs approved
+//! CSRs with the cluster CA.
 //!
 //! How: keyed by CSR name. Approval needs signer `kubernetes.io/kube-apiserver-client-kubelet`,
 //! a subject `O=system:nodes, CN=system:node:<name>`, client-auth usages only, and a
@@ -18,8 +19,13 @@
 //! - a subject in `system:masters` is never signed (`SignerValidationFailure`), nor a
 //!   `kube-apiserver-client-kubelet` request whose subject is not a node.
 //!
-//! Limits: no SubjectAccessReview (the group membership alone decides), no
-//! `kubelet-serving` signer.
+//! Kubelet serving certificates (`kubernetes.io/kubelet-serving`) are approved only for
+//! the node itself (never a bootstrap token), with server-auth usages, and SANs that are the
+//! node's name or addresses as its Node object lists them (a request naming another
+//! machine's address is denied, `ForeignSubjectAltNames`); they are signed with server-auth
+//! usage and the requested SANs. Client certificates are signed without SANs.
+//!
+//! Limits: no SubjectAccessReview (the group membership alone decides).
 
 use std::path::PathBuf;
 
@@ -35,6 +41,7 @@ use crate::pki::issue::Authority;
 
 const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
+const KUBELET_SERVING: &str = "kubernetes.io/kubelet-serving";
 
 /// Where the cluster CA lives (`ca.crt`, `ca.key`).
 #[derive(Debug, Clone)]
@@ -70,15 +77,49 @@ pub fn approvable(
     cn: &str,
     orgs: &[String],
 ) -> bool {
-    let usages_ok = usages.iter().all(|u| {
-        matches!(
-            u.as_str(),
-            "digital signature" | "key encipherment" | "client auth"
-        )
-    }) && usages.iter().any(|u| u == "client auth");
+    let usages_ok = |purpose: &str| {
+        usages
+            .iter()
+            .all(|u| matches!(u.as_str(), "digital signature" | "key encipherment") || u == purpose)
+            && usages.iter().any(|u| u == purpose)
+    };
     let subject_ok = cn.starts_with("system:node:") && orgs == ["system:nodes"];
-    let requester_ok = groups.iter().any(|g| g == "system:bootstrappers") || username == cn;
-    signer == KUBELET_CLIENT && usages_ok && subject_ok && requester_ok
+    match signer {
+        KUBELET_CLIENT => {
+            let requester_ok = groups.iter().any(|g| g == "system:bootstrappers") || username == cn;
+            usages_ok("client auth") && subject_ok && requester_ok
+        }
+        // Only the node itself, never a bootstrap token; its SANs are checked against the
+        // Node by `foreign_sans`.
+        KUBELET_SERVING => usages_ok("server auth") && subject_ok && username == cn,
+        _ => false,
+    }
+}
+
+/// Why a `kubelet-serving` request names what is not its node's, if it does: every DNS
+/// SAN must be the node's name or one of its addresses, every IP SAN one of its
+/// addresses, and nothing else (no URIs, no e-mail).
+pub fn foreign_sans(node: &str, sans: &[rcgen::SanType], addresses: &[String]) -> Option<String> {
+    if sans.is_empty() {
+        return Some("a serving certificate needs a DNS name or an IP address".into());
+    }
+    for san in sans {
+        let ok = match san {
+            rcgen::SanType::DnsName(d) => {
+                let d = d.as_str();
+                d == node || addresses.iter().any(|a| a == d)
+            }
+            rcgen::SanType::IpAddress(ip) => addresses.iter().any(|a| *a == ip.to_string()),
+            _ => false,
+        };
+        if !ok {
+            return Some(format!(
+                "{san:?} is not an address of node {node} ({})",
+                addresses.join(", ")
+            ));
+        }
+    }
+    None
 }
 
 fn decoded_request(csr: &CertificateSigningRequest) -> Option<String> {
@@ -102,15 +143,17 @@ pub fn signer_refusal(signer: &str, cn: &str, orgs: &[String]) -> Option<String>
     if orgs.iter().any(|o| o == "system:masters") {
         return Some("the signer does not issue certificates for system:masters".into());
     }
-    if signer == KUBELET_CLIENT && !(cn.starts_with("system:node:") && orgs == ["system:nodes"]) {
+    if (signer == KUBELET_CLIENT || signer == KUBELET_SERVING)
+        && !(cn.starts_with("system:node:") && orgs == ["system:nodes"])
+    {
         return Some(format!(
-            "{KUBELET_CLIENT} signs only O=system:nodes, CN=system:node:<name>, not {cn:?} {orgs:?}"
+            "{signer} signs only O=system:nodes, CN=system:node:<name>, not {cn:?} {orgs:?}"
         ));
     }
     None
 }
 
-fn sign(files: &SigningFiles, pem: &str, expiration: Option<i32>) -> Option<String> {
+fn sign(files: &SigningFiles, signer: &str, pem: &str, expiration: Option<i32>) -> Option<String> {
     let ca = Authority::from_pem(
         &std::fs::read_to_string(&files.cert).ok()?,
         &std::fs::read_to_string(&files.key).ok()?,
@@ -126,7 +169,13 @@ fn sign(files: &SigningFiles, pem: &str, expiration: Option<i32>) -> Option<Stri
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    req.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    req.params.extended_key_usages = if signer == KUBELET_SERVING {
+        vec![ExtendedKeyUsagePurpose::ServerAuth]
+    } else {
+        // Client certificates carry no SANs the requester chose.
+        req.params.subject_alt_names.clear();
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    };
     req.params.use_authority_key_identifier_extension = true;
     let mut serial: [u8; 16] = rand::random();
     serial[0] &= 0x7f;
@@ -184,17 +233,41 @@ pub async fn reconcile(
                     .await
                     .map(|()| None);
             }
+            if spec.signer_name == KUBELET_SERVING {
+                let Some(n) = get(&ctx.nodes, node) else {
+                    // The kubelet registers its Node first; the cache may not have it yet.
+                    return Ok(Some(std::time::Duration::from_secs(2)));
+                };
+                let addresses: Vec<String> = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.clone())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|a| a.address)
+                    .collect();
+                let sans = CertificateSigningRequestParams::from_pem(&pem)
+                    .map(|r| r.params.subject_alt_names)
+                    .unwrap_or_default();
+                if let Some(why) = foreign_sans(node, &sans, &addresses) {
+                    tracing::warn!(csr = key, %node, %why, "denied: foreign serving names");
+                    let c = condition("Denied", "ForeignSubjectAltNames", &why);
+                    return add_condition(&api, "approval", key, &conds, c)
+                        .await
+                        .map(|()| None);
+                }
+            }
             let c = condition(
                 "Approved",
                 "AutoApproved",
-                "Auto approving kubelet client certificate after SubjectAccessReview.",
+                "Auto approving kubelet certificate after SubjectAccessReview.",
             );
             add_condition(&api, "approval", key, &conds, c).await?;
             tracing::info!(csr = key, %cn, "approved");
         }
         return Ok(None);
     }
-    if spec.signer_name != KUBELET_CLIENT && spec.signer_name != CLIENT {
+    if ![KUBELET_CLIENT, CLIENT, KUBELET_SERVING].contains(&spec.signer_name.as_str()) {
         return Ok(None);
     }
     let Some(files) = &ctx.opts.signing else {
@@ -209,7 +282,7 @@ pub async fn reconcile(
             .await
             .map(|()| None);
     }
-    let Some(cert) = sign(files, &pem, spec.expiration_seconds) else {
+    let Some(cert) = sign(files, &spec.signer_name, &pem, spec.expiration_seconds) else {
         tracing::warn!(csr = key, "cannot sign: bad request or CA files");
         return Ok(None);
     };
@@ -321,6 +394,55 @@ mod tests {
     }
 
     #[test]
+    fn serving_csrs_come_only_from_the_node_and_name_only_its_addresses() {
+        let usages = s(&["digital signature", "server auth"]);
+        let nodes = s(&["system:nodes"]);
+        let cn = "system:node:w1";
+        assert!(approvable(KUBELET_SERVING, cn, &nodes, &usages, cn, &nodes));
+        let boot = s(&["system:bootstrappers"]);
+        assert!(!approvable(
+            KUBELET_SERVING,
+            "system:bootstrap:abcdef",
+            &boot,
+            &usages,
+            cn,
+            &nodes
+        ));
+        assert!(!approvable(
+            KUBELET_SERVING,
+            "system:node:w2",
+            &nodes,
+            &usages,
+            cn,
+            &nodes
+        ));
+        let client = s(&["digital signature", "client auth"]);
+        assert!(!approvable(
+            KUBELET_SERVING,
+            cn,
+            &nodes,
+            &client,
+            cn,
+            &nodes
+        ));
+
+        let addresses = s(&["10.0.0.5", "w1"]);
+        let dns = |d: &str| rcgen::SanType::DnsName(d.try_into().expect("dns"));
+        let ip = |a: &str| rcgen::SanType::IpAddress(a.parse().expect("ip"));
+        assert_eq!(
+            foreign_sans("w1", &[dns("w1"), ip("10.0.0.5")], &addresses),
+            None
+        );
+        let e = foreign_sans("w1", &[dns("w1"), ip("10.0.0.6")], &addresses).expect("refused");
+        assert!(
+            e.contains("10.0.0.6") && e.contains("not an address of node w1"),
+            "{e}"
+        );
+        assert!(foreign_sans("w1", &[dns("kubernetes.default")], &addresses).is_some());
+        assert!(foreign_sans("w1", &[], &addresses).is_some());
+    }
+
+    #[test]
     fn bootstrap_kubelet_client_csrs_are_approved_and_others_not() {
         let usages = s(&["digital signature", "key encipherment", "client auth"]);
         let nodes = s(&["system:nodes"]);
@@ -402,12 +524,29 @@ mod tests {
             subject(&csr),
             Some(("system:node:w1".into(), s(&["system:nodes"])))
         );
-        let pem = sign(&files, &csr, None).expect("signed");
+        let pem = sign(&files, KUBELET_CLIENT, &csr, None).expect("signed");
         let der = crate::pki::inspect::pem_to_der(&pem).expect("der");
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
         assert!(cert.subject().to_string().contains("system:node:w1"));
         let ca_der = crate::pki::inspect::pem_to_der(&ca.cert.pem()).expect("der");
         let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).expect("parse");
         assert!(cert.verify_signature(Some(ca_cert.public_key())).is_ok());
+
+        // A serving request keeps its SANs and gets server auth.
+        params.subject_alt_names = vec![rcgen::SanType::IpAddress("10.0.0.5".parse().expect("ip"))];
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let pem = sign(&files, KUBELET_SERVING, &csr, None).expect("signed");
+        assert!(crate::kubelet::join::names_ip(&pem, "10.0.0.5"));
+        let der = crate::pki::inspect::pem_to_der(&pem).expect("der");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let eku = cert.extended_key_usage().expect("eku").expect("present");
+        assert!(eku.value.server_auth && !eku.value.client_auth);
+        // A client request's SANs are dropped.
+        let pem = sign(&files, KUBELET_CLIENT, &csr, None).expect("signed");
+        assert!(!crate::kubelet::join::names_ip(&pem, "10.0.0.5"));
     }
 }

@@ -257,10 +257,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut kcfg = KubeletConfig::new(root, &name, &cfg.node_ip);
     kcfg.cgroup_parent = cfg.cgroup_parent.clone();
     kcfg.cluster_dns = cfg.cluster_dns.clone();
+    tokio::spawn(super::logs::rotate_forever(kcfg.root_dir.join("logs")));
     let kubelet = Arc::new(Kubelet::new(Arc::new(rt), kcfg));
     let sync = PodSync::new(kubelet, cell.clone(), &name);
 
-    let tls = server::tls_config(&cfg.join.ca_pem, &name, &cfg.node_ip)?;
+    let serving = server::ServingCert::self_signed(&name, &cfg.node_ip)?;
+    let tls = server::tls_config(&cfg.join.ca_pem, serving.clone())?;
+    spawn_serving_certificate(cell.clone(), cfg.join.clone(), cfg.node_ip.clone(), serving);
     let addr = std::net::SocketAddr::new(
         cfg.node_ip
             .parse()
@@ -272,6 +275,40 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tokio::spawn(server::serve(listener, tls, sync.clone()));
     sync.run().await;
     Ok(())
+}
+
+/// Gets the serving certificate signed (a `kubelet-serving` CSR) and keeps it renewed,
+/// swapping it into the running kubelet API.
+fn spawn_serving_certificate(
+    cell: ClientCell,
+    join_cfg: JoinConfig,
+    ip: String,
+    serving: Arc<server::ServingCert>,
+) {
+    tokio::spawn(async move {
+        let mut current = String::new();
+        loop {
+            let pause = match join::ensure_serving(&join_cfg, &cell.get(), &ip).await {
+                Ok(c) => {
+                    if c.cert_pem != current {
+                        match serving.replace(&c.cert_pem, &c.key_pem) {
+                            Ok(()) => {
+                                tracing::info!(not_after = %c.not_after, "serving certificate signed by the cluster CA");
+                                current = c.cert_pem;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "unusable serving certificate"),
+                        }
+                    }
+                    Duration::from_secs(60)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no signed serving certificate yet; the apiserver cannot reach logs or exec here");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    });
 }
 
 fn spawn_heartbeats(cell: ClientCell, join_cfg: JoinConfig, creds: join::Credentials) {

@@ -133,6 +133,97 @@ pub fn rotation_due(
     used >= life * ROTATE_AT
 }
 
+/// The signer of the kubelet's serving certificate (its :10250 API).
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// `STATE/kubelet-server.crt` and `.key`: the serving certificate the cluster CA signed.
+pub fn serving_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
+    (
+        state_dir.join("kubelet-server.crt"),
+        state_dir.join("kubelet-server.key"),
+    )
+}
+
+/// Whether a PEM certificate names `ip` among its IP subject alternative names.
+pub fn names_ip(cert_pem: &str, ip: &str) -> bool {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let octets = match ip {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let Ok(der) = crate::pki::inspect::pem_to_der(cert_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|n| {
+        matches!(n, x509_parser::extensions::GeneralName::IPAddress(b) if *b == octets.as_slice())
+    })
+}
+
+/// The stored serving certificate when it parses, names this node and `ip`, and is not
+/// due for rotation.
+pub fn load_serving(
+    state_dir: &Path,
+    node: &str,
+    ip: &str,
+    now: OffsetDateTime,
+) -> Option<Credentials> {
+    let (crt, key) = serving_paths(state_dir);
+    let c = Credentials::parse(
+        &std::fs::read_to_string(crt).ok()?,
+        &std::fs::read_to_string(key).ok()?,
+    )
+    .ok()?;
+    let ok = c.common_name == format!("system:node:{node}")
+        && names_ip(&c.cert_pem, ip)
+        && now < c.not_after
+        && !rotation_due(c.not_before, c.not_after, now);
+    ok.then_some(c)
+}
+
+/// The serving certificate: the stored one when usable, else a fresh one requested
+/// through `client` (the node's own identity) and stored.
+pub async fn ensure_serving(
+    cfg: &JoinConfig,
+    client: &Client,
+    ip: &str,
+) -> Result<Credentials, JoinError> {
+    if let Some(c) = load_serving(
+        &cfg.state_dir,
+        &cfg.node_name,
+        ip,
+        OffsetDateTime::now_utc(),
+    ) {
+        return Ok(c);
+    }
+    let (key, pem) = new_serving_request(&cfg.node_name, ip)?;
+    let name = format!(
+        "csr-serving-{}-{:08x}",
+        cfg.node_name,
+        rand::random::<u32>()
+    );
+    let usages = ["digital signature", "server auth"];
+    let c = submit(
+        client,
+        &name,
+        &pem,
+        &key,
+        KUBELET_SERVING_SIGNER,
+        &usages,
+        cfg.wait,
+    )
+    .await?;
+    store_at(serving_paths(&cfg.state_dir), &c)?;
+    Ok(c)
+}
+
 /// `STATE/kubelet-client.crt` and `.key`.
 pub fn credential_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
     (
@@ -156,7 +247,10 @@ pub fn load_valid(state_dir: &Path, node: &str, now: OffsetDateTime) -> Option<C
 }
 
 fn store(state_dir: &Path, c: &Credentials) -> Result<(), JoinError> {
-    let (crt, key) = credential_paths(state_dir);
+    store_at(credential_paths(state_dir), c)
+}
+
+fn store_at((crt, key): (PathBuf, PathBuf), c: &Credentials) -> Result<(), JoinError> {
     // Key first: a crash in between leaves a new key with an old certificate, which
     // fails to parse as a pair and triggers a fresh request rather than a broken client.
     for (path, bytes, mode) in [(&key, &c.key_pem, 0o600), (&crt, &c.cert_pem, 0o644)] {
@@ -244,7 +338,32 @@ fn new_request(node: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
     Ok((key, pem))
 }
 
-/// Submits a CSR for this node through `client` and waits for the signed certificate.
+/// A key and PEM CSR for the serving certificate of `node` at `ip`: the same subject as
+/// the client certificate, and the node's name and address as SANs.
+fn new_serving_request(node: &str, ip: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
+    let bad = |e: String| JoinError::BadCertificate(e);
+    let key = rcgen::KeyPair::generate().map_err(JoinError::Generate)?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(JoinError::Generate)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.subject_alt_names = vec![
+        rcgen::SanType::DnsName(node.try_into().map_err(|e| bad(format!("{e}")))?),
+        rcgen::SanType::IpAddress(ip.parse().map_err(|e| bad(format!("node IP {ip}: {e}")))?),
+    ];
+    let csr = params
+        .serialize_request(&key)
+        .map_err(JoinError::Generate)?;
+    let pem = csr.pem().map_err(JoinError::Generate)?;
+    Ok((key, pem))
+}
+
+/// Submits a client CSR for this node through `client` and waits for the signed
+/// certificate.
 #[tracing::instrument(skip(client), fields(node = %node))]
 pub async fn request_certificate(
     client: &Client,
@@ -253,19 +372,39 @@ pub async fn request_certificate(
 ) -> Result<Credentials, JoinError> {
     let (key, pem) = new_request(node)?;
     let name = format!("node-csr-{node}-{:08x}", rand::random::<u32>());
+    let usages = ["digital signature", "key encipherment", "client auth"];
+    submit(
+        client,
+        &name,
+        &pem,
+        &key,
+        KUBELET_CLIENT_SIGNER,
+        &usages,
+        wait,
+    )
+    .await
+}
+
+/// Creates CSR `name` and waits until it is signed (or refused, or `wait` passes).
+async fn submit(
+    client: &Client,
+    name: &str,
+    pem: &str,
+    key: &rcgen::KeyPair,
+    signer: &str,
+    usages: &[&str],
+    wait: Duration,
+) -> Result<Credentials, JoinError> {
+    let name = name.to_string();
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             ..Default::default()
         },
         spec: CertificateSigningRequestSpec {
-            request: ByteString(pem.into_bytes()),
-            signer_name: KUBELET_CLIENT_SIGNER.into(),
-            usages: Some(vec![
-                "digital signature".into(),
-                "key encipherment".into(),
-                "client auth".into(),
-            ]),
+            request: ByteString(pem.as_bytes().to_vec()),
+            signer_name: signer.into(),
+            usages: Some(usages.iter().map(|u| u.to_string()).collect()),
             ..Default::default()
         },
         status: None,

@@ -15,9 +15,10 @@
 //! [`volumes`], [`state`] (the state enums, restart rules), [`pod`] (the worker),
 //! [`probe`], [`status`], [`runtime`] (the side-effect seam).
 //!
-//! The node agent around it: [`join`] (TLS bootstrap and certificate rotation), [`node`]
-//! (Node object, Lease, conditions), [`sync`] (the API's pods ↔ this kubelet), [`server`]
-//! (the :10250 API: logs, exec) and [`agent`] (all of it, for `kimg kubelet`);
+//! The node agent around it: [`join`] (TLS bootstrap, the CA-signed serving certificate,
+//! certificate rotation), [`node`] (Node object, Lease, conditions), [`sync`] (the API's
+//! pods ↔ this kubelet), [`server`] (the :10250 API: logs, exec), [`logs`] (log rotation)
+//! and [`agent`] (all of it, for `kimg kubelet`);
 //! [`private_containerd`] runs a containerd of one's own for tests.
 //!
 //! Images: archives imported at start (air-gapped), else pulled from their registry on
@@ -26,13 +27,16 @@
 //! (`ErrImagePull`, then `ImagePullBackOff`) and is retried with back-off. `imagePullPolicy`
 //! is treated as `IfNotPresent` (an image present is never pulled again).
 //!
-//! Limits: no pull credentials (imagePullSecrets); logs are plain text files.
+//! Limits: no pull credentials (imagePullSecrets); logs are plain text files, rotated at
+//! 10 MiB. A restarted kubelet stops every container of the previous run and starts the
+//! pods again (it does not adopt running containers).
 
 pub mod agent;
 pub mod cni;
 pub mod containerd;
 mod error;
 pub mod join;
+mod logs;
 pub mod netns;
 pub mod node;
 pub mod pod;

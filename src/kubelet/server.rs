@@ -1,8 +1,10 @@
 //! The kubelet API on :10250: container logs and exec, for the apiserver's proxy.
 //!
-//! What: HTTPS (HTTP/1.1) with a serving certificate the kubelet makes for itself at start
-//! (self-signed, SANs = node IP and name — the apiserver does not verify kubelet serving
-//! certificates, like a kube-apiserver without `--kubelet-certificate-authority`). Callers
+//! What: HTTPS (HTTP/1.1) with a serving certificate signed by the cluster CA through a
+//! `kubernetes.io/kubelet-serving` CSR (SANs: the node's name and IP), which the apiserver
+//! verifies (kube-apiserver's `--kubelet-certificate-authority`). Until it is signed the
+//! kubelet serves a self-signed stand-in, which the apiserver refuses; [`ServingCert`] swaps
+//! certificates without a restart (rotation at 70 % of the lifetime). Callers
 //! must present a client certificate signed by the cluster CA naming a member of
 //! `system:masters` or the `kube-apiserver-kubelet-client` user.
 //!
@@ -63,6 +65,8 @@ pub const EXEC_PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
 pub enum ServeError {
     #[error("cannot make the serving certificate")]
     ServingCert(#[source] rcgen::Error),
+    #[error("the serving certificate or key is unusable: {0}")]
+    ServingPem(String),
     #[error("the cluster CA certificate is unusable: {0}")]
     ClientCa(String),
     #[error("cannot build the TLS configuration")]
@@ -75,20 +79,69 @@ pub enum ServeError {
     },
 }
 
-/// The TLS configuration: a fresh self-signed serving certificate and client
-/// certificates required, verified against `ca_pem`.
+/// The serving certificate, replaceable while serving: a self-signed stand-in until the
+/// cluster CA has signed one (through a `kubelet-serving` CSR), then that one, renewed
+/// before it expires.
+pub struct ServingCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl std::fmt::Debug for ServingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServingCert")
+    }
+}
+
+impl ServingCert {
+    /// A self-signed certificate for `node` at `ip` (the apiserver does not accept it; it
+    /// serves until the signed one arrives).
+    pub fn self_signed(node: &str, ip: &str) -> Result<Arc<ServingCert>, ServeError> {
+        let key = rcgen::KeyPair::generate().map_err(ServeError::ServingCert)?;
+        let mut params = rcgen::CertificateParams::new(vec![node.to_string(), ip.to_string()])
+            .map_err(ServeError::ServingCert)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{node}@kubelet"));
+        let cert = params.self_signed(&key).map_err(ServeError::ServingCert)?;
+        let certified = certified_key(&cert.pem(), &key.serialize_pem())?;
+        Ok(Arc::new(ServingCert(std::sync::RwLock::new(certified))))
+    }
+
+    /// Serves `cert_pem` (with `key_pem`) to every new connection from now on.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), ServeError> {
+        let certified = certified_key(cert_pem, key_pem)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = certified;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::sign::CertifiedKey>, ServeError> {
+    let bad = |e: String| ServeError::ServingPem(e);
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let key =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(certs, key)))
+}
+
+/// The TLS configuration: `serving` as the certificate, and client certificates required,
+/// verified against `ca_pem`.
 pub fn tls_config(
     ca_pem: &str,
-    node: &str,
-    ip: &str,
+    serving: Arc<ServingCert>,
 ) -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    let key = rcgen::KeyPair::generate().map_err(ServeError::ServingCert)?;
-    let mut params = rcgen::CertificateParams::new(vec![node.to_string(), ip.to_string()])
-        .map_err(ServeError::ServingCert)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("{node}@kubelet"));
-    let cert = params.self_signed(&key).map_err(ServeError::ServingCert)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -103,14 +156,11 @@ pub fn tls_config(
     )
     .build()
     .map_err(|e| ServeError::ClientCa(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-        .map_err(|e| ServeError::ClientCa(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(ServeError::Tls)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert.der().clone()], key)
-        .map_err(ServeError::Tls)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -235,6 +285,10 @@ async fn logs(
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let mut buf = Vec::new();
+            // A rotated log was truncated in place: read on from its start.
+            if file.metadata().is_ok_and(|m| m.len() < offset) {
+                offset = 0;
+            }
             let read = file
                 .seek(SeekFrom::Start(offset))
                 .and_then(|_| file.read_to_end(&mut buf));

@@ -9,7 +9,7 @@
 //! [`StoreError::Compacted`]. Reads that name a compacted or future revision are
 //! recognised by etcd's error text (gRPC `OutOfRange`).
 //!
-//! Failover (ARCHITECTURE.md §7): losing any one member, the leader included, must not stop
+//! Failover: losing any one member, the leader included, must not stop
 //! writes for longer than etcd takes to elect a new leader. A prober asks every member for
 //! its status every [`PROBE_EVERY`]; a member is healthy while it answers within
 //! [`PROBE_TIMEOUT`] and knows a leader. Requests go to one preferred member, moved to the
