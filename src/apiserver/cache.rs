@@ -56,6 +56,16 @@ struct Inner {
     /// Every event after this revision is in `history`.
     floor: i64,
     revision: i64,
+    /// The revision of the last change to each resource (`/registry/<resource>/…`).
+    changed: std::collections::HashMap<String, i64>,
+    /// The revision of the last re-list (every resource may have changed then).
+    relisted: i64,
+}
+
+/// The resource segment of a registry key (`pods` of `/registry/pods/ns/name`).
+fn resource_of(key: &str) -> &str {
+    let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+    rest.split('/').next().unwrap_or_default()
 }
 
 /// The shared cache; see the module docs.
@@ -84,6 +94,8 @@ impl WatchCache {
                 history: VecDeque::new(),
                 floor: 0,
                 revision: 0,
+                changed: Default::default(),
+                relisted: 0,
             }),
             notes,
             revision: watch::channel(0).0,
@@ -108,6 +120,17 @@ impl WatchCache {
         self.lock().revision
     }
 
+    /// The revision of the cache's last change to any of `resources` (such as
+    /// `["roles", "rolebindings"]`): what was derived from them at that revision is still
+    /// true.
+    pub fn changed_at(&self, resources: &[&str]) -> i64 {
+        let inner = self.lock();
+        resources
+            .iter()
+            .filter_map(|r| inner.changed.get(*r).copied())
+            .fold(inner.relisted, i64::max)
+    }
+
     async fn relist(&self) -> Result<i64, StoreError> {
         let page = self.store.list(PREFIX, ListOptions::default()).await?;
         let mut inner = self.lock();
@@ -119,6 +142,8 @@ impl WatchCache {
         inner.history.clear();
         inner.floor = page.revision;
         inner.revision = page.revision;
+        inner.changed.clear();
+        inner.relisted = page.revision;
         let _ = self.notes.send(Note::Reset);
         self.revision.send_replace(page.revision);
         Ok(page.revision)
@@ -138,6 +163,15 @@ impl WatchCache {
             }
         }
         inner.revision = inner.revision.max(ev.kv.mod_revision);
+        let resource = resource_of(&ev.kv.key);
+        match inner.changed.get_mut(resource) {
+            Some(r) => *r = ev.kv.mod_revision,
+            None => {
+                inner
+                    .changed
+                    .insert(resource.to_string(), ev.kv.mod_revision);
+            }
+        }
         inner.history.push_back(ev.clone());
         while inner.history.len() > HISTORY {
             if let Some(old) = inner.history.pop_front() {

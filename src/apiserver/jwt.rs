@@ -8,7 +8,9 @@
 //! `kubernetes.io/serviceaccount/*` claims) verify too.
 //! How: `ring` ECDSA P-256 with fixed-size (r‖s) signatures, which is JWS's ES256 encoding;
 //! the `kid` header is the base64url SHA-256 of the public key's DER, as kube-apiserver
-//! computes it. Limits: one signing key (no rotation list).
+//! computes it. A token whose signature was checked once is remembered by its SHA-256
+//! (its time window is still checked on every use), so a client's requests after the
+//! first cost no ECDSA verification. Limits: one signing key (no rotation list).
 
 use std::path::Path;
 
@@ -49,7 +51,13 @@ pub struct SaKeys {
     signer: Option<EcdsaKeyPair>,
     public: Vec<u8>,
     kid: String,
+    /// The claims of tokens whose signature was already checked, by the token's SHA-256:
+    /// an ECDSA verification costs more than the rest of a small request. The time window
+    /// is still checked on every use. Cleared when it holds [`VERIFIED_LIMIT`] tokens.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Value>>,
 }
+
+const VERIFIED_LIMIT: usize = 10_000;
 
 /// Who a verified token names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +109,7 @@ impl SaKeys {
             signer,
             public,
             kid: B64.encode(Sha256::digest(spki.as_ref())),
+            verified: Default::default(),
         })
     }
 
@@ -140,6 +149,24 @@ impl SaKeys {
 
     /// Verifies a token and returns the service account it names.
     pub fn verify(&self, token: &str, now: i64) -> Result<SaClaims, JwtError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let verified = || self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let known = verified().get(&digest).cloned();
+        if let Some(claims) = known {
+            return claims_of(&claims, now);
+        }
+        let claims = self.verify_signature(token)?;
+        let sa = claims_of(&claims, now)?;
+        let mut cache = verified();
+        if cache.len() >= VERIFIED_LIMIT {
+            cache.clear();
+        }
+        cache.insert(digest, claims);
+        Ok(sa)
+    }
+
+    /// Checks the token's form and signature; returns its claims.
+    fn verify_signature(&self, token: &str) -> Result<Value, JwtError> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -158,12 +185,10 @@ impl SaKeys {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public)
             .verify(format!("{h}.{c}").as_bytes(), &sig)
             .map_err(|_| JwtError::Signature)?;
-        let claims: Value = B64
-            .decode(c)
+        B64.decode(c)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(JwtError::Malformed)?;
-        claims_of(&claims, now)
+            .ok_or(JwtError::Malformed)
     }
 }
 
@@ -253,6 +278,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let keys = test_keys(dir.path());
         let (token, _) = keys.sign(&sa(), &[], 3600).expect("sign");
+        // The good token's verified claims are remembered; a tampered one is not them.
+        keys.verify(&token, unix_now())
+            .expect("the untampered token verifies");
         let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
         let mut claims: Value =
             serde_json::from_slice(&B64.decode(&parts[1]).expect("b64")).expect("json");

@@ -100,6 +100,8 @@ pub(crate) struct State {
     pub kubelet_tls: Option<Arc<rustls::ClientConfig>>,
     /// When the store last answered `/readyz`'s check, and whether it did.
     pub ready: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// RBAC rules already derived for a user, until an RBAC object changes.
+    pub rules_memo: rbac::RulesMemo,
 }
 
 impl State {
@@ -151,6 +153,7 @@ impl State {
             cache: None,
             kubelet_tls: None,
             ready: Default::default(),
+            rules_memo: Default::default(),
         }
     }
 }
@@ -213,6 +216,7 @@ impl ApiServer {
             cache: None,
             kubelet_tls,
             ready: Default::default(),
+            rules_memo: Default::default(),
         };
         bootstrap::run(&state)
             .await

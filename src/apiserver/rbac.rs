@@ -16,6 +16,9 @@
 //! not evaluated (the default `admin`, `edit` and `view` carry their rules directly, see
 //! [`super::rbac_defaults`]).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
@@ -113,8 +116,57 @@ async fn rules_of(st: &State, role_ref: &Value, ns: &str) -> Result<Vec<Value>, 
     })
 }
 
-/// The rules of every binding under `prefix` that names `user`.
-async fn bound_rules(st: &State, prefix: &str, user: &User) -> Result<Vec<Value>, ApiError> {
+/// The resources RBAC decisions are derived from.
+const RBAC_RESOURCES: [&str; 4] = [
+    "roles",
+    "rolebindings",
+    "clusterroles",
+    "clusterrolebindings",
+];
+
+/// Memoized [`bound_rules`] answers, by binding prefix and user, each with the revision of
+/// the last RBAC change it saw: reused until a Role, ClusterRole or binding changes in the
+/// watch cache. Cleared when it holds [`MEMO_LIMIT`] answers.
+#[derive(Default)]
+pub struct RulesMemo(std::sync::Mutex<MemoMap>);
+
+const MEMO_LIMIT: usize = 10_000;
+
+type MemoMap = HashMap<(String, String, Vec<String>), (i64, Arc<Vec<Value>>)>;
+
+impl RulesMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoMap> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The rules of every binding under `prefix` that names `user`, from the memo when no
+/// RBAC object changed since it was computed.
+async fn bound_rules(st: &State, prefix: &str, user: &User) -> Result<Arc<Vec<Value>>, ApiError> {
+    let Some(cache) = &st.cache else {
+        return Ok(Arc::new(compute_bound_rules(st, prefix, user).await?));
+    };
+    let key = (prefix.to_string(), user.name.clone(), user.groups.clone());
+    let at = cache.changed_at(&RBAC_RESOURCES);
+    if let Some((rev, rules)) = st.rules_memo.lock().get(&key) {
+        if *rev == at {
+            return Ok(rules.clone());
+        }
+    }
+    let rules = Arc::new(compute_bound_rules(st, prefix, user).await?);
+    let mut m = st.rules_memo.lock();
+    if m.len() >= MEMO_LIMIT {
+        m.clear();
+    }
+    m.insert(key, (at, rules.clone()));
+    Ok(rules)
+}
+
+async fn compute_bound_rules(
+    st: &State,
+    prefix: &str,
+    user: &User,
+) -> Result<Vec<Value>, ApiError> {
     let page = st.list(prefix, Default::default(), true).await?;
     let mut rules = Vec::new();
     for kv in &page.items {
@@ -185,7 +237,7 @@ pub async fn user_rules(st: &State, user: &User, namespace: &str) -> Result<Vec<
     }
     let mut rules = Vec::new();
     for prefix in prefixes {
-        rules.extend(bound_rules(st, &prefix, user).await?);
+        rules.extend(bound_rules(st, &prefix, user).await?.iter().cloned());
     }
     Ok(rules)
 }
