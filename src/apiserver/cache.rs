@@ -347,6 +347,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn changed_at_moves_only_when_one_of_the_named_resources_changes() {
+        let (store, cache) = cache_with(2).await;
+        let start = cache.changed_at(&["roles", "rolebindings"]);
+        assert_eq!(start, cache.revision(), "a re-list counts as a change");
+        store
+            .create("/registry/configmaps/default/x", b"{}".to_vec())
+            .await
+            .expect("create");
+        let rev = store
+            .create("/registry/rolebindings/default/rb", b"{}".to_vec())
+            .await
+            .expect("create");
+        let caught_up = || async {
+            for _ in 0..100 {
+                if cache.revision() >= rev {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the cache did not catch up");
+        };
+        caught_up().await;
+        assert_eq!(cache.changed_at(&["roles", "rolebindings"]), rev);
+        assert_eq!(cache.changed_at(&["roles"]), start);
+        assert_eq!(
+            cache.changed_at(&["configmaps"]),
+            rev - 1,
+            "the ConfigMap's own change"
+        );
+    }
+
+    #[tokio::test]
     async fn lists_page_like_the_store_and_are_consistent_after_a_write() {
         let (store, cache) = cache_with(5).await;
         let page = cache
