@@ -828,6 +828,38 @@ fn pod_security_enforces_baseline_by_default_and_the_namespace_label_decides() {
         ],
     );
     assert!(err.contains(r#"The Namespace "tight" is invalid"#), "{err}");
+
+    // Warnings: a workload whose pods would be refused, and a pod below the warn level.
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"rooted"},
+        "spec":{"selector":{"matchLabels":{"app":"r"}},"template":{"metadata":{"labels":{"app":"r"}},
+        "spec":{"containers":[{"name":"c","image":"busybox","securityContext":{"privileged":true}}]}}}}"#;
+    let out = apply("default", deploy);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "the Deployment itself is admitted: {err}"
+    );
+    assert!(
+        err.contains(r#"Warning: would violate PodSecurity "baseline:latest": privileged"#),
+        "{err}"
+    );
+    up.ok(None, &["create", "namespace", "watched"]);
+    up.ok(
+        None,
+        &[
+            "label",
+            "namespace",
+            "watched",
+            "pod-security.kubernetes.io/warn=restricted",
+        ],
+    );
+    let out = up.kubectl(None, &["-n", "watched", "run", "plain", "--image=busybox"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(r#"Warning: would violate PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#),
+        "{err}"
+    );
     let level = up.ok(
         None,
         &[

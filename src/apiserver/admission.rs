@@ -30,7 +30,7 @@ use super::error::ApiError;
 use super::node_authz::node_name;
 use super::pod_security;
 use super::rbac::{self, Attributes};
-use super::server::Target;
+use super::server::{Req, Target};
 use super::tls::User;
 use super::State;
 
@@ -39,11 +39,12 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// Admits the write of `new` (replacing `old` on updates) by `user` at `t`.
 pub async fn admit(
     st: &State,
-    user: Option<&User>,
+    req: &Req,
     t: &Target,
     old: Option<&Value>,
     new: &Value,
 ) -> Result<(), ApiError> {
+    let user = req.user.as_ref();
     if let Some(spec) = pod_spec_of(t.res.kind, new).filter(|_| t.sub.is_none()) {
         let name = new
             .pointer("/metadata/name")
@@ -56,7 +57,7 @@ pub async fn admit(
         })?;
     }
     if t.sub.is_none() {
-        pod_security(st, t, old, new).await?;
+        pod_security(st, req, t, old, new).await?;
     }
     let Some(user) = user.filter(|u| !u.is_master()) else {
         return Ok(());
@@ -70,9 +71,13 @@ pub async fn admit(
     Ok(())
 }
 
-/// Pods meet the level their namespace enforces; namespaces label known levels.
+/// Pods meet the level their namespace enforces; namespaces label known levels. Pods that
+/// break the `warn` level, and workloads whose pod template breaks the enforced or the
+/// `warn` level, are admitted with a warning (`would violate PodSecurity …`), as
+/// kube-apiserver does.
 async fn pod_security(
     st: &State,
+    req: &Req,
     t: &Target,
     old: Option<&Value>,
     new: &Value,
@@ -83,37 +88,65 @@ async fn pod_security(
             .unwrap_or_default()
             .to_string()
     };
-    match (t.res.group, t.res.plural) {
-        ("", "namespaces") => pod_security::validate_namespace_labels(
-            new.pointer("/metadata/labels"),
-        )
-        .map_err(|reason| ApiError::Invalid {
-            kind: "Namespace".into(),
-            name: name(),
-            reason,
-        }),
-        ("", "pods") => {
-            if old.is_some_and(|o| o.get("spec") == new.get("spec")) {
-                return Ok(()); // status, labels and finalizers change nothing checked
-            }
-            let ns = t.namespace.as_deref().unwrap_or_default();
-            let labels = match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
-                Some(kv) => serde_json::from_slice::<Value>(&kv.value)
-                    .ok()
-                    .and_then(|v| v.pointer("/metadata/labels").cloned()),
-                None => None,
-            };
-            let level = pod_security::enforced_level(ns, labels.as_ref());
-            match pod_security::violations(level, new) {
-                None => Ok(()),
-                Some(why) => Err(ApiError::Forbidden {
-                    message: format!("pods \"{}\" is forbidden: {why}", name()),
-                    group: String::new(),
-                    resource: "pods".into(),
-                }),
-            }
+    if (t.res.group, t.res.plural) == ("", "namespaces") {
+        return pod_security::validate_namespace_labels(new.pointer("/metadata/labels")).map_err(
+            |reason| ApiError::Invalid {
+                kind: "Namespace".into(),
+                name: name(),
+                reason,
+            },
+        );
+    }
+    let Some((_, spec)) = pod_spec_of(t.res.kind, new) else {
+        return Ok(());
+    };
+    let spec_of = |o: &Value| pod_spec_of(t.res.kind, o).map(|(_, s)| s.clone());
+    if old.is_some_and(|o| spec_of(o).as_ref() == Some(spec)) {
+        return Ok(()); // status, labels and finalizers change nothing checked
+    }
+    let ns = t.namespace.as_deref().unwrap_or_default();
+    let labels = match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
+        Some(kv) => serde_json::from_slice::<Value>(&kv.value)
+            .ok()
+            .and_then(|v| v.pointer("/metadata/labels").cloned()),
+        None => None,
+    };
+    let (enforce, warn) = pod_security::levels(ns, labels.as_ref());
+    if t.res.kind == "Pod" {
+        if let Some(why) = pod_security::violations(enforce, new) {
+            return Err(ApiError::Forbidden {
+                message: format!("pods \"{}\" is forbidden: {why}", name()),
+                group: String::new(),
+                resource: "pods".into(),
+            });
         }
-        _ => Ok(()),
+        if let Some(why) = warn.and_then(|w| pod_security::violations(w, new)) {
+            req.warn(would(&why));
+        }
+        return Ok(());
+    }
+    // A workload: judge its pod template as the pods it will create.
+    let pod = serde_json::json!({
+        "metadata": new.pointer(&pod_template_meta(t.res.kind)).cloned().unwrap_or_default(),
+        "spec": spec,
+    });
+    let level = warn.map_or(enforce, |w| w.max(enforce));
+    if let Some(why) = pod_security::violations(level, &pod) {
+        req.warn(would(&why));
+    }
+    Ok(())
+}
+
+/// `violates PodSecurity …` as a warning: `would violate PodSecurity …`.
+fn would(why: &str) -> String {
+    format!("would violate {}", why.trim_start_matches("violates "))
+}
+
+/// Where a workload keeps its pod template's metadata.
+fn pod_template_meta(kind: &str) -> String {
+    match kind {
+        "CronJob" => "/spec/jobTemplate/spec/template/metadata".into(),
+        _ => "/spec/template/metadata".into(),
     }
 }
 

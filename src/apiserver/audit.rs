@@ -143,6 +143,8 @@ pub struct Note {
     pub user_agent: String,
     /// The request body, for level `Request` (JSON only).
     pub body: Option<bytes::Bytes>,
+    /// Warnings the handlers left for the client.
+    pub warnings: Vec<String>,
 }
 
 impl Policy {

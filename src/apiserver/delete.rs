@@ -426,6 +426,7 @@ mod tests {
                 br#"{"kind":"DeleteOptions","gracePeriodSeconds":60,"orphanDependents":true}"#,
             ),
             user: None,
+            warnings: Default::default(),
         };
         let o = DeleteOptions::from_req(&req).expect("options");
         assert_eq!(o.grace_period, Some(5));

@@ -19,15 +19,21 @@
 //!   `RuntimeDefault` or `Localhost` seccomp profile, capabilities dropping `ALL` and adding
 //!   at most `NET_BIND_SERVICE`.
 //!
-//! Limits: the `warn` and `audit` labels are accepted but produce no warnings or audit
-//! annotations yet; there are no exemptions (users, runtime classes); pod templates of
-//! workloads are not checked (as in kube-apiserver, whose enforce mode checks only pods:
-//! their controllers report the refusal).
+//! Warnings, as kube-apiserver gives them: a pod that breaks the `warn` label's level is
+//! admitted with `Warning: would violate PodSecurity "restricted:latest": …` (kubectl prints
+//! it), and a workload (Deployment, ReplicaSet, DaemonSet, StatefulSet, Job, CronJob,
+//! ReplicationController) whose pod template breaks the enforced or the `warn` level is
+//! admitted with that warning: its pods would be refused.
+//!
+//! Limits: the `audit` label is accepted but adds no audit annotations; there are no
+//! exemptions (users, runtime classes).
 
 use serde_json::Value;
 
 /// The label that sets a namespace's enforced level.
 pub const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+/// The label that sets the level whose violations are only warned about.
+pub const WARN_LABEL: &str = "pod-security.kubernetes.io/warn";
 const MODE_LABELS: [&str; 3] = [
     "pod-security.kubernetes.io/enforce",
     "pod-security.kubernetes.io/warn",
@@ -73,6 +79,16 @@ pub fn enforced_level(namespace: &str, labels: Option<&Value>) -> Level {
         None if namespace == "kube-system" => Level::Privileged,
         None => Level::Baseline,
     }
+}
+
+/// The enforced level and, when the namespace sets `pod-security.kubernetes.io/warn`, the
+/// level whose violations are reported as warnings.
+pub fn levels(namespace: &str, labels: Option<&Value>) -> (Level, Option<Level>) {
+    let warn = labels
+        .and_then(|l| l.get(WARN_LABEL))
+        .and_then(Value::as_str)
+        .map(|v| Level::parse(v).unwrap_or(Level::Restricted));
+    (enforced_level(namespace, labels), warn)
 }
 
 /// Refuses namespace labels that name an unknown level: `<field>: <why>` for a 422.

@@ -267,7 +267,7 @@ async fn create_object(
     if res.kind == "CertificateSigningRequest" {
         stamp_requester(&mut obj, req);
     }
-    admission::admit(st, req.user.as_ref(), t, None, &obj).await?;
+    admission::admit(st, req, t, None, &obj).await?;
     if req.q("dryRun").is_some() {
         return Ok(obj);
     }
@@ -402,7 +402,7 @@ async fn commit(
     let name = name_of(t).to_string();
     let mut new = merge_update(t, &old, new);
     defaults::on_update(st, res, &old, &mut new).await?;
-    admission::admit(st, req.user.as_ref(), t, Some(&old), &new).await?;
+    admission::admit(st, req, t, Some(&old), &new).await?;
     let key = res.key(t.namespace.as_deref(), &name);
     if to_bytes(&new) == to_bytes(&old) && rv_of(&old)? == Some(expected) {
         return Ok(old);

@@ -82,10 +82,19 @@ pub struct Req {
     pub content_type: String,
     pub body: Bytes,
     pub user: Option<User>,
+    /// Warnings for the client (`Warning: 299` headers; kubectl prints them).
+    pub warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Req {
     /// A query parameter.
+    pub fn warn(&self, text: String) {
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
+
     pub fn q(&self, name: &str) -> Option<&str> {
         self.query.get(name).map(String::as_str)
     }
@@ -420,6 +429,7 @@ async fn dispatch(
         content_type,
         body,
         user,
+        warnings: Default::default(),
     };
     let route = route?;
     if !matches!(route, Route::Resource(_) | Route::AccessReview) {
@@ -430,7 +440,7 @@ async fn dispatch(
         };
         authorize(state, r.user.as_ref(), &a).await?;
     }
-    match route {
+    let result = match route {
         Route::Health | Route::Version => Err(ApiError::RouteNotFound),
         Route::Api => Ok(discovery::api(&r)),
         Route::Apis => Ok(discovery::apis(&r)),
@@ -467,7 +477,9 @@ async fn dispatch(
                 _ => delete::delete_collection(state, &t, &r).await,
             }
         }
-    }
+    };
+    note.warnings = std::mem::take(&mut *r.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+    result
 }
 
 async fn handle(
@@ -502,6 +514,19 @@ async fn handle(
         }
         .into_response(),
     };
+    let mut resp = resp;
+    for w in &note.warnings {
+        // RFC 7234 warn-text: a quoted string; control characters dropped.
+        let text: String = w
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            resp.headers_mut().append(hyper::header::WARNING, v);
+        }
+    }
     let code = resp.status().as_u16();
     if let Some(a) = &gate.audit {
         let streaming = matches!(note.verb.as_str(), "watch")

@@ -201,6 +201,7 @@ pub async fn evict(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
         content_type: "application/json".into(),
         body: serde_json::to_vec(&inner).unwrap_or_default().into(),
         user: None,
+        warnings: Default::default(),
     };
     let o = DeleteOptions::from_req(&opts_req)?;
     let pod = Target {
@@ -290,6 +291,7 @@ mod tests {
             content_type: "application/json".into(),
             body: serde_json::to_vec(&body).expect("json").into(),
             user: None,
+            warnings: Default::default(),
         }
     }
 

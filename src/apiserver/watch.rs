@@ -216,6 +216,7 @@ mod tests {
             content_type: String::new(),
             body: Bytes::new(),
             user: None,
+            warnings: Default::default(),
         }
     }
 
