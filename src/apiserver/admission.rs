@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::node_authz::node_name;
+use super::object::meta_str;
 use super::pod_security;
 use super::rbac::{self, Attributes};
 use super::server::{Req, Target};
@@ -46,10 +47,7 @@ pub async fn admit(
 ) -> Result<(), ApiError> {
     let user = req.user.as_ref();
     if let Some(spec) = pod_spec_of(t.res.kind, new).filter(|_| t.sub.is_none()) {
-        let name = new
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = meta_str(new, "name").unwrap_or_default();
         validate_volumes(spec.1, spec.0).map_err(|reason| ApiError::Invalid {
             kind: t.res.kind.to_string(),
             name: name.to_string(),
@@ -82,12 +80,7 @@ async fn pod_security(
     old: Option<&Value>,
     new: &Value,
 ) -> Result<(), ApiError> {
-    let name = || {
-        new.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let name = || meta_str(new, "name").unwrap_or_default().to_string();
     if (t.res.group, t.res.plural) == ("", "namespaces") {
         return pod_security::validate_namespace_labels(new.pointer("/metadata/labels")).map_err(
             |reason| ApiError::Invalid {
@@ -222,10 +215,7 @@ pub fn validate_volumes(spec: &Value, at: &str) -> Result<(), String> {
 }
 
 fn forbidden(user: &User, t: &Target, new: &Value, why: String) -> ApiError {
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let name = meta_str(new, "name").unwrap_or_default();
     let resource = if t.res.group.is_empty() {
         t.res.plural.to_string()
     } else {
@@ -251,10 +241,7 @@ fn node_restriction(
     if old.is_some() {
         return Ok(()); // updates are judged by name in the Node authorizer
     }
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let name = meta_str(new, "name").unwrap_or_default();
     let refuse = |what: &str| Err(forbidden(user, t, new, format!("(a node) may only {what}")));
     match (t.res.group, t.res.plural) {
         ("", "nodes") if name != node => refuse("create its own Node"),
@@ -325,11 +312,7 @@ async fn no_escalation(
     new: &Value,
 ) -> Result<(), ApiError> {
     let ns = t.namespace.clone().unwrap_or_default();
-    let name = new
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let name = meta_str(new, "name").unwrap_or_default().to_string();
     let may = |verb: &str, resource: &str, name: &str| Attributes {
         verb: verb.into(),
         group: RBAC_GROUP.into(),

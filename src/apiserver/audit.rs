@@ -592,7 +592,8 @@ rules:
             );
         }
         let mut waited = 0;
-        while !dir.path().join("audit/audit.log.2").exists() && waited < 100 {
+        // The writer may be between renaming the log and opening the next one.
+        while !(dir.path().join("audit/audit.log.2").exists() && path.exists()) && waited < 100 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             waited += 1;
         }

@@ -138,6 +138,14 @@ fn containers(spec: &Value) -> impl Iterator<Item = (&str, &Value)> {
         .map(|c| (c["name"].as_str().unwrap_or_default(), c))
 }
 
+/// The names of the containers for which `bad` holds.
+fn offenders(spec: &Value, bad: impl Fn(&Value) -> bool) -> Vec<&str> {
+    containers(spec)
+        .filter(|(_, c)| bad(c))
+        .map(|(n, _)| n)
+        .collect()
+}
+
 /// `container "a"` or `containers "a", "b"`.
 fn named(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
@@ -208,10 +216,7 @@ fn baseline(pod: &Value, found: &mut Vec<String>) {
     if !host.is_empty() {
         found.push(format!("host namespaces ({})", host.join(", ")));
     }
-    let privileged: Vec<&str> = containers(spec)
-        .filter(|(_, c)| is_true(&c["securityContext"]["privileged"]))
-        .map(|(n, _)| n)
-        .collect();
+    let privileged: Vec<&str> = offenders(spec, |c| is_true(&c["securityContext"]["privileged"]));
     if !privileged.is_empty() {
         found.push(format!(
             "privileged ({} must not set securityContext.privileged=true)",
@@ -318,14 +323,11 @@ fn baseline(pod: &Value, found: &mut Vec<String>) {
             "seLinuxOptions (type must be a container type; user and role must not be set)".into(),
         );
     }
-    let proc_mount: Vec<&str> = containers(spec)
-        .filter(|(_, c)| {
-            c["securityContext"]["procMount"]
-                .as_str()
-                .is_some_and(|m| m != "Default")
-        })
-        .map(|(n, _)| n)
-        .collect();
+    let proc_mount: Vec<&str> = offenders(spec, |c| {
+        c["securityContext"]["procMount"]
+            .as_str()
+            .is_some_and(|m| m != "Default")
+    });
     if !proc_mount.is_empty() {
         found.push(format!(
             "procMount ({} must not set securityContext.procMount)",
@@ -333,10 +335,7 @@ fn baseline(pod: &Value, found: &mut Vec<String>) {
         ));
     }
     let unconfined = |sc: &Value| sc["seccompProfile"]["type"].as_str() == Some("Unconfined");
-    let unconfined_ctrs: Vec<&str> = containers(spec)
-        .filter(|(_, c)| unconfined(&c["securityContext"]))
-        .map(|(n, _)| n)
-        .collect();
+    let unconfined_ctrs: Vec<&str> = offenders(spec, |c| unconfined(&c["securityContext"]));
     if unconfined(psc) {
         found.push("seccompProfile (pod must not set securityContext.seccompProfile.type to \"Unconfined\")".into());
     }
@@ -414,10 +413,9 @@ fn restricted(pod: &Value, found: &mut Vec<String>) {
                 .join(", ")
         ));
     }
-    let escalation: Vec<&str> = containers(spec)
-        .filter(|(_, c)| c["securityContext"]["allowPrivilegeEscalation"].as_bool() != Some(false))
-        .map(|(n, _)| n)
-        .collect();
+    let escalation: Vec<&str> = offenders(spec, |c| {
+        c["securityContext"]["allowPrivilegeEscalation"].as_bool() != Some(false)
+    });
     if !escalation.is_empty() {
         found.push(format!(
             "allowPrivilegeEscalation != false ({} must set securityContext.allowPrivilegeEscalation=false)",
@@ -425,15 +423,12 @@ fn restricted(pod: &Value, found: &mut Vec<String>) {
         ));
     }
     let pod_non_root = psc["runAsNonRoot"].as_bool();
-    let root_allowed: Vec<&str> = containers(spec)
-        .filter(
-            |(_, c)| match c["securityContext"]["runAsNonRoot"].as_bool() {
-                Some(v) => !v,
-                None => pod_non_root != Some(true),
-            },
-        )
-        .map(|(n, _)| n)
-        .collect();
+    let root_allowed: Vec<&str> = offenders(spec, |c| {
+        match c["securityContext"]["runAsNonRoot"].as_bool() {
+            Some(v) => !v,
+            None => pod_non_root != Some(true),
+        }
+    });
     if pod_non_root == Some(false) {
         found.push(
             "runAsNonRoot != true (pod must not set securityContext.runAsNonRoot=false)".into(),
@@ -444,10 +439,9 @@ fn restricted(pod: &Value, found: &mut Vec<String>) {
             named(&root_allowed)
         ));
     }
-    let root_user: Vec<&str> = containers(spec)
-        .filter(|(_, c)| c["securityContext"]["runAsUser"].as_i64() == Some(0))
-        .map(|(n, _)| n)
-        .collect();
+    let root_user: Vec<&str> = offenders(spec, |c| {
+        c["securityContext"]["runAsUser"].as_i64() == Some(0)
+    });
     if psc["runAsUser"].as_i64() == Some(0) {
         found.push("runAsUser=0 (pod must not set runAsUser=0)".into());
     }
@@ -459,45 +453,36 @@ fn restricted(pod: &Value, found: &mut Vec<String>) {
     }
     let allowed_seccomp = |t: Option<&str>| matches!(t, Some("RuntimeDefault") | Some("Localhost"));
     let pod_seccomp = psc["seccompProfile"]["type"].as_str();
-    let no_seccomp: Vec<&str> = containers(spec)
-        .filter(|(_, c)| {
-            let own = c["securityContext"]["seccompProfile"]["type"].as_str();
-            own.is_none() && !allowed_seccomp(pod_seccomp)
-        })
-        .map(|(n, _)| n)
-        .collect();
+    let no_seccomp: Vec<&str> = offenders(spec, |c| {
+        let own = c["securityContext"]["seccompProfile"]["type"].as_str();
+        own.is_none() && !allowed_seccomp(pod_seccomp)
+    });
     if !no_seccomp.is_empty() {
         found.push(format!(
             "seccompProfile (pod or {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")",
             named(&no_seccomp)
         ));
     }
-    let no_drop: Vec<&str> = containers(spec)
-        .filter(|(_, c)| {
-            !c["securityContext"]["capabilities"]["drop"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|d| d.as_str() == Some("ALL"))
-        })
-        .map(|(n, _)| n)
-        .collect();
+    let no_drop: Vec<&str> = offenders(spec, |c| {
+        !c["securityContext"]["capabilities"]["drop"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d.as_str() == Some("ALL"))
+    });
     if !no_drop.is_empty() {
         found.push(format!(
             "unrestricted capabilities ({} must set securityContext.capabilities.drop=[\"ALL\"])",
             named(&no_drop)
         ));
     }
-    let adds: Vec<&str> = containers(spec)
-        .filter(|(_, c)| {
-            c["securityContext"]["capabilities"]["add"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a.as_str() != Some("NET_BIND_SERVICE"))
-        })
-        .map(|(n, _)| n)
-        .collect();
+    let adds: Vec<&str> = offenders(spec, |c| {
+        c["securityContext"]["capabilities"]["add"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a.as_str() != Some("NET_BIND_SERVICE"))
+    });
     if !adds.is_empty() {
         found.push(format!(
             "unrestricted capabilities ({} must not include capabilities other than NET_BIND_SERVICE in securityContext.capabilities.add)",

@@ -493,17 +493,17 @@ async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let who = user.as_ref().map(|u| u.name.clone()).unwrap_or_default();
-    let mut note = audit::Note {
-        user_agent: req
+    let mut note = audit::Note::default();
+    if gate.audit.is_some() {
+        note.user_agent = req
             .headers()
             .get(hyper::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .chars()
             .take(256)
-            .collect(),
-        ..Default::default()
-    };
+            .collect();
+    }
     // Streaming responses (watch, log, exec) are returned as soon as they start, so the
     // deadline bounds only the work before the first byte.
     let work = dispatch(&state, &gate, user, req, &mut note);

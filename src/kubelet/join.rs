@@ -320,8 +320,11 @@ pub async fn client_for_token(
     client_from_yaml(&yaml).await
 }
 
-/// A key and PEM CSR for `system:node:<node>` in `system:nodes`.
-fn new_request(node: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
+/// A key and PEM CSR for `system:node:<node>` in `system:nodes` with `sans`.
+fn node_request(
+    node: &str,
+    sans: Vec<rcgen::SanType>,
+) -> Result<(rcgen::KeyPair, String), JoinError> {
     let key = rcgen::KeyPair::generate().map_err(JoinError::Generate)?;
     let mut params =
         rcgen::CertificateParams::new(Vec::<String>::new()).map_err(JoinError::Generate)?;
@@ -331,6 +334,7 @@ fn new_request(node: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.subject_alt_names = sans;
     let csr = params
         .serialize_request(&key)
         .map_err(JoinError::Generate)?;
@@ -338,28 +342,20 @@ fn new_request(node: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
     Ok((key, pem))
 }
 
+/// A key and PEM CSR for the node's client certificate.
+fn new_request(node: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
+    node_request(node, Vec::new())
+}
+
 /// A key and PEM CSR for the serving certificate of `node` at `ip`: the same subject as
 /// the client certificate, and the node's name and address as SANs.
 fn new_serving_request(node: &str, ip: &str) -> Result<(rcgen::KeyPair, String), JoinError> {
     let bad = |e: String| JoinError::BadCertificate(e);
-    let key = rcgen::KeyPair::generate().map_err(JoinError::Generate)?;
-    let mut params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(JoinError::Generate)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params.subject_alt_names = vec![
+    let sans = vec![
         rcgen::SanType::DnsName(node.try_into().map_err(|e| bad(format!("{e}")))?),
         rcgen::SanType::IpAddress(ip.parse().map_err(|e| bad(format!("node IP {ip}: {e}")))?),
     ];
-    let csr = params
-        .serialize_request(&key)
-        .map_err(JoinError::Generate)?;
-    let pem = csr.pem().map_err(JoinError::Generate)?;
-    Ok((key, pem))
+    node_request(node, sans)
 }
 
 /// Submits a client CSR for this node through `client` and waits for the signed

@@ -175,10 +175,11 @@ fn crypt_error(key: &str, reason: &str) -> StoreError {
 }
 
 /// A store that encrypts the values under `prefixes`; see the module docs.
+#[derive(Clone)]
 pub struct EncryptedStore {
     inner: Arc<dyn Store>,
     keys: Arc<EncryptionKeys>,
-    prefixes: Vec<String>,
+    prefixes: Arc<[String]>,
 }
 
 impl EncryptedStore {
@@ -186,7 +187,11 @@ impl EncryptedStore {
         EncryptedStore {
             inner,
             keys: Arc::new(keys),
-            prefixes: prefixes.iter().map(|p| p.to_string()).collect(),
+            prefixes: prefixes
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .into(),
         }
     }
 
@@ -254,13 +259,7 @@ impl Store for EncryptedStore {
 
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream, StoreError> {
         let inner = self.inner.watch(prefix, from_revision).await?;
-        let keys = self.keys.clone();
-        let prefixes = self.prefixes.clone();
-        let opener = EncryptedStore {
-            inner: self.inner.clone(),
-            keys,
-            prefixes,
-        };
+        let opener = self.clone();
         Ok(Box::pin(inner.map(move |ev| {
             let ev = ev?;
             Ok(WatchEvent {
