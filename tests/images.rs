@@ -179,6 +179,21 @@ fn the_worker_image_carries_the_ca_cert_and_token_and_no_key() {
         tokens.contains(&token.trim()[7..]),
         "the baked token is the cluster's"
     );
+    let entry = kimg_ok(
+        Path::new("."),
+        &[
+            "inspect",
+            out.join("disk.raw").to_str().unwrap(),
+            "esp:/loader/entries/kimg.conf",
+        ],
+    );
+    assert!(
+        entry.contains("kimg.state=disk"),
+        "the disk's entry says STATE is on the disk: {entry}"
+    );
+    let pxe = std::fs::read_to_string(out.join("cmdline")).unwrap()
+        + &std::fs::read_to_string(out.join("boot.ipxe")).unwrap();
+    assert!(!pxe.contains("kimg.state"), "a PXE boot has no STATE disk");
     let files = inspect_list(&out.join("initrd.img"));
     for f in [
         "init",

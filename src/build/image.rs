@@ -456,11 +456,12 @@ fn write_outputs(
             }
         })?;
         let title = format!("kimg {} ({})", profile.name, cluster.name);
+        // The disk's own boot entry says STATE is on this disk (see node::cmdline).
         let esp = disk::systemd_boot_esp(
             efi,
             vmlinuz.to_vec(),
             initrd.to_vec(),
-            profile.cmdline.trim(),
+            &format!("{} kimg.state=disk", profile.cmdline.trim()),
             &title,
         );
         let esp_mib = ((esp.file_bytes() * 11 / 10) >> 20) + 16;

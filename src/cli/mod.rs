@@ -5,6 +5,7 @@ mod apiserver;
 mod build;
 mod cluster;
 mod controller_manager;
+mod etcd;
 mod kubelet;
 mod lab;
 mod oci;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Run the workload, node and cleanup controllers (kube-controller-manager), with leader
     /// election.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Run this etcd machine's member (init starts it): with no data of its own, rejoin as
+    /// a new member (remove + add) if the cluster knows it, else bootstrap; then exec etcd.
+    Etcd(etcd::EtcdArgs),
     /// Hold the API virtual IP on this master while its apiserver is healthy and it wins
     /// the Lease kube-system/kimg-vip (gratuitous ARP; fenced so there is never a second
     /// holder).
@@ -185,6 +189,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Proxy(args) => proxy::run(args),
         Command::Vip(args) => vip::run(args),
+        Command::Etcd(args) => etcd::run(args),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "kimg", &mut std::io::stdout());

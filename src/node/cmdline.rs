@@ -1,6 +1,8 @@
 //! The kernel command line (`/proc/cmdline`): the `kimg.*` keys init understands.
 //!
-//! Known keys: `kimg.node=NAME` (this machine's name in the node table). Everything without
+//! Known keys: `kimg.node=NAME` (this machine's name in the node table); `kimg.state=disk`
+//! (the machine booted from its disk, so its `STATE` partition must be there: set by the
+//! disk's boot entry, never by PXE). Everything without
 //! the `kimg.` prefix belongs to the kernel or other programs and is left alone. A malformed
 //! or unknown `kimg.*` item never stops the boot: it is returned as an [`Ignored`] entry that
 //! init prints as `kimg: cmdline-ignored key=… reason=…`. Quoting (`"a b"`) is not
@@ -10,6 +12,8 @@
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Cmdline {
     pub node: Option<String>,
+    /// `kimg.state=disk`: `STATE` is on the boot disk and is waited for, not replaced.
+    pub state_on_disk: bool,
     pub ignored: Vec<Ignored>,
 }
 
@@ -51,6 +55,8 @@ pub fn parse(text: &str) -> Cmdline {
             ("node", Some("")) => out.ignored.push(ignore("empty-value")),
             ("node", Some(v)) if !is_node_name(v) => out.ignored.push(ignore("invalid-node-name")),
             ("node", Some(v)) => out.node = Some(v.to_string()),
+            ("state", Some("disk")) => out.state_on_disk = true,
+            ("state", _) => out.ignored.push(ignore("invalid-state")),
             _ => out.ignored.push(ignore("unknown-key")),
         }
     }
@@ -66,6 +72,16 @@ mod tests {
         let c = parse("BOOT_IMAGE=/vmlinuz console=ttyS0 kimg.node=etcd-2 quiet\n");
         assert_eq!(c.node.as_deref(), Some("etcd-2"));
         assert!(c.ignored.is_empty());
+    }
+
+    #[test]
+    fn a_disk_boot_entry_says_state_is_on_the_disk() {
+        assert!(parse("console=ttyS0 kimg.state=disk").state_on_disk);
+        assert!(!parse("console=ttyS0").state_on_disk);
+        let c = parse("kimg.state=floppy kimg.state");
+        assert!(!c.state_on_disk);
+        assert_eq!(c.ignored.len(), 2);
+        assert!(c.ignored.iter().all(|i| i.reason == "invalid-state"));
     }
 
     #[test]

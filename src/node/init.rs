@@ -3,7 +3,8 @@
 //! [`Init::run`]: mount the pseudo filesystems, read `image.toml`, load modules, read the
 //! cluster definition and the kernel command line, bring up `lo` and the NICs, identify the
 //! node (retrying forever, never guessing), configure address, route, resolver, hostname,
-//! `/etc/hosts` and sysctls, mount `STATE` (or a tmpfs), start the role's services and
+//! `/etc/hosts` and sysctls, mount `STATE` (or a tmpfs; an etcd machine that booted from its
+//! disk, `kimg.state=disk`, waits for `STATE` instead), start the role's services and
 //! supervise them until a shutdown request, then stop them, sync, unmount `STATE` and power
 //! off or reboot. Every step is a call on the injected [`System`], and every state change one
 //! console [`Event`]. A panic inside a supervisor iteration is caught and the loop goes on.
@@ -72,6 +73,9 @@ pub struct Booted {
     /// The DHCP lease the address came from, kept alive by the supervisor loop.
     pub dhcp: Option<Renewal>,
 }
+
+/// How often a machine waiting for its `STATE` says so on the console.
+pub const STATE_WAIT_NOTICE: Duration = Duration::from_secs(30);
 
 /// Timings of PID 1.
 #[derive(Clone, Copy, Debug)]
@@ -224,18 +228,15 @@ impl<S: System> Init<S> {
                 .field("source", &id.source),
         );
         self.configure_network(&cluster, &id, dhcp.as_ref().map(|r| &r.lease));
-        let state_mounted = self.mount_state();
+        // etcd on a tmpfs would come back empty after the next power loss: a machine that
+        // booted from its disk waits for its STATE instead.
+        let state_mounted = self.mount_state(cmd.state_on_disk && node.has(Role::Etcd))?;
         let _ = self.sys.mkdir_all(Path::new("/var/log"));
 
         let mut services = Vec::new();
         let mut health = None;
         if node.has(Role::Etcd) {
-            let state = if self.sys.exists(&etcd::member_dir()) {
-                etcd::ClusterState::Existing
-            } else {
-                etcd::ClusterState::New
-            };
-            services.push(etcd::service(&cluster, &node, state));
+            services.push(etcd::supervised(&node));
             health = Some(etcd::health_probe());
         }
         if node.has(Role::Master) {
@@ -442,8 +443,61 @@ impl<S: System> Init<S> {
     }
 
     /// Mounts `STATE` (ext4) or a tmpfs at `/var/lib/kimg`. True when `STATE` was mounted.
-    fn mount_state(&self) -> bool {
+    /// Mounts `STATE`, or a tmpfs in its place; with `required`, waits for `STATE` instead
+    /// (saying so on the console every [`STATE_WAIT_NOTICE`]) until it mounts or a shutdown
+    /// is requested. Returns whether `STATE` is mounted.
+    fn mount_state(&self, required: bool) -> Result<bool, InitError> {
         let _ = self.sys.mkdir_all(Path::new(STATE_DIR));
+        if !required {
+            if !self.try_mount_state() {
+                self.mount_state_tmpfs();
+                return Ok(false);
+            }
+            return Ok(true);
+        }
+        let mut next_notice = self.sys.now();
+        loop {
+            if self.try_mount_state() {
+                return Ok(true);
+            }
+            if self.sys.now() >= next_notice {
+                self.emit(
+                    Event::new("state-wait")
+                        .field("role", "etcd")
+                        .field(
+                            "reason",
+                            "booted from disk but its STATE partition is missing or unreadable",
+                        )
+                        .field(
+                            "detail",
+                            "etcd is not started on a tmpfs; attach the disk (or reflash it)",
+                        ),
+                );
+                next_notice = self.sys.now() + STATE_WAIT_NOTICE;
+            }
+            let until = self.sys.now() + self.timings.identify_retry;
+            while self.sys.now() < until {
+                if let Some(r) = self.sys.shutdown_requested() {
+                    return Err(InitError::Interrupted(r));
+                }
+                self.sys.sleep(self.timings.tick);
+            }
+        }
+    }
+
+    fn mount_state_tmpfs(&self) {
+        if let Err(e) = self.sys.mount(&mounts::state_tmpfs()) {
+            self.emit(
+                Event::new("state-mount-failed")
+                    .field("device", "tmpfs")
+                    .field("error", e),
+            );
+        }
+        self.emit(Event::new("state").field("kind", "tmpfs"));
+    }
+
+    /// Finds the `STATE` partition and mounts it.
+    fn try_mount_state(&self) -> bool {
         let base = PathBuf::from("/sys/class/block");
         let found = self
             .sys
@@ -474,14 +528,6 @@ impl<S: System> Init<S> {
                 ),
             }
         }
-        if let Err(e) = self.sys.mount(&mounts::state_tmpfs()) {
-            self.emit(
-                Event::new("state-mount-failed")
-                    .field("device", "tmpfs")
-                    .field("error", e),
-            );
-        }
-        self.emit(Event::new("state").field("kind", "tmpfs"));
         false
     }
 

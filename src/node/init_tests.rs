@@ -141,11 +141,7 @@ fn an_etcd_node_boots_through_the_exact_sequence_of_side_effects() {
             &Call::Power(PowerAction::PowerOff),
         ]
     );
-    assert!(
-        argv.contains(&"--initial-cluster-state=new".to_string()),
-        "{argv:?}"
-    );
-    assert!(argv.contains(&"--name=etcd-2".to_string()));
+    assert_eq!(argv, ["/usr/bin/kimg", "etcd", "--node", "etcd-2"]);
 
     let lines = init.system().console_lines();
     let pos = |prefix: &str| {
@@ -182,18 +178,18 @@ fn ready_waits_for_the_etcd_health_endpoint() {
 }
 
 #[test]
-fn a_member_with_data_rejoins_as_existing_and_diskless_machines_use_tmpfs() {
-    let sys = machine("", "52:54:00:00:00:13").with_file("/var/lib/kimg/etcd/member/snap/db", "");
+fn a_machine_booted_over_the_network_keeps_etcd_on_a_tmpfs() {
+    let sys = machine("", "52:54:00:00:00:13");
     sys.shutdown_at(Duration::from_secs(1), ShutdownReason::CtrlAltDel);
     let mut init = Init::new(sys, timings());
     assert_eq!(init.run(), PowerAction::Reboot);
     let calls = init.system().calls();
     let argv = etcd_argv(&calls);
-    assert!(
-        argv.contains(&"--name=etcd-3".to_string()),
+    assert_eq!(
+        argv,
+        ["/usr/bin/kimg", "etcd", "--node", "etcd-3"],
         "identified by MAC"
     );
-    assert!(argv.contains(&"--initial-cluster-state=existing".to_string()));
     assert!(calls.contains(&mount("tmpfs", STATE_DIR, "tmpfs")));
     assert!(
         !calls.contains(&Call::Umount(STATE_DIR.into())),
@@ -206,7 +202,7 @@ fn a_member_with_data_rejoins_as_existing_and_diskless_machines_use_tmpfs() {
 }
 
 #[test]
-fn a_state_partition_that_fails_to_mount_falls_back_to_tmpfs() {
+fn a_state_partition_that_fails_to_mount_falls_back_to_tmpfs_without_a_disk_boot() {
     let sys =
         with_state_disk(machine("kimg.node=etcd-1", "52:54:00:00:00:11")).failing("/dev/vda2");
     sys.shutdown_at(Duration::from_secs(1), ShutdownReason::Terminate);
@@ -217,6 +213,57 @@ fn a_state_partition_that_fails_to_mount_falls_back_to_tmpfs() {
         .iter()
         .any(|l| l.starts_with("kimg: state-mount-failed device=/dev/vda2")));
     assert!(lines.contains(&"kimg: state kind=tmpfs".to_string()));
+}
+
+/// Booted from its disk, an etcd machine whose STATE is missing waits for it (saying so),
+/// never mounts a tmpfs for it, starts etcd only once the partition appears.
+#[test]
+fn an_etcd_machine_booted_from_disk_waits_for_its_state_and_never_runs_etcd_on_tmpfs() {
+    let sys = machine("kimg.node=etcd-1 kimg.state=disk", "52:54:00:00:00:11").with_file_from(
+        Duration::from_secs(75),
+        "/sys/class/block/vda2/uevent",
+        "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTNAME=STATE\n",
+    );
+    sys.shutdown_at(Duration::from_secs(90), ShutdownReason::Terminate);
+    let mut init = Init::new(sys, timings());
+    init.run();
+    let calls = init.system().calls();
+    assert!(!calls.contains(&mount("tmpfs", STATE_DIR, "tmpfs")));
+    let lines = init.system().console_lines();
+    let waits = lines
+        .iter()
+        .filter(|l| l.starts_with("kimg: state-wait role=etcd"))
+        .count();
+    assert_eq!(waits, 3, "at 0, 30 and 60 s: {lines:#?}");
+    let mounted = calls
+        .iter()
+        .position(|c| *c == mount("/dev/vda2", STATE_DIR, "ext4"))
+        .expect("STATE mounted once it appeared");
+    let spawned = calls
+        .iter()
+        .position(|c| matches!(c, Call::Spawn { name, .. } if name == "etcd"))
+        .expect("etcd started after STATE");
+    assert!(mounted < spawned);
+}
+
+#[test]
+fn an_etcd_machine_booted_from_disk_with_an_unreadable_state_waits_until_shutdown() {
+    let sys = with_state_disk(machine(
+        "kimg.node=etcd-1 kimg.state=disk",
+        "52:54:00:00:00:11",
+    ))
+    .failing("/dev/vda2");
+    sys.shutdown_at(Duration::from_secs(20), ShutdownReason::PowerFail);
+    let mut init = Init::new(sys, timings());
+    assert_eq!(init.run(), PowerAction::PowerOff);
+    let calls = init.system().calls();
+    assert!(!calls.contains(&mount("tmpfs", STATE_DIR, "tmpfs")));
+    assert!(!calls.iter().any(|c| matches!(c, Call::Spawn { .. })));
+    let lines = init.system().console_lines();
+    assert!(lines.iter().any(|l| l.starts_with("kimg: state-wait")));
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("kimg: state-mount-failed device=/dev/vda2")));
 }
 
 #[test]
@@ -469,7 +516,10 @@ fn a_dhcp_address_the_table_lists_identifies_that_node() {
         lines.contains(&"kimg: booted role=etcd node=etcd-3 source=address".to_string()),
         "{lines:#?}"
     );
-    assert!(etcd_argv(&init.system().calls()).contains(&"--name=etcd-3".to_string()));
+    assert_eq!(
+        etcd_argv(&init.system().calls()),
+        ["/usr/bin/kimg", "etcd", "--node", "etcd-3"]
+    );
 }
 
 #[test]

@@ -108,6 +108,8 @@ pub struct Recording {
     calls: RefCell<Vec<Call>>,
     console: RefCell<Vec<String>>,
     files: RefCell<BTreeMap<PathBuf, String>>,
+    /// (time, path, contents): files that appear once the clock reaches the time.
+    later_files: RefCell<Vec<(Duration, PathBuf, String)>>,
     failing: RefCell<BTreeSet<String>>,
     clock: Cell<Duration>,
     next_pid: Cell<u32>,
@@ -132,6 +134,19 @@ impl Recording {
     /// Serves `contents` for `path`; also makes its parent directories list it.
     pub fn with_file(self, path: impl Into<PathBuf>, contents: impl Into<String>) -> Recording {
         self.files.borrow_mut().insert(path.into(), contents.into());
+        self
+    }
+
+    /// Serves `contents` for `path` from time `at` on (a disk plugged in later).
+    pub fn with_file_from(
+        self,
+        at: Duration,
+        path: impl Into<PathBuf>,
+        contents: impl Into<String>,
+    ) -> Recording {
+        self.later_files
+            .borrow_mut()
+            .push((at, path.into(), contents.into()));
         self
     }
 
@@ -365,7 +380,19 @@ impl System for Recording {
         self.clock.get()
     }
     fn sleep(&self, d: Duration) {
-        self.clock.set(self.clock.get() + d);
+        let now = self.clock.get() + d;
+        self.clock.set(now);
+        self.later_files
+            .borrow_mut()
+            .retain(|(at, path, contents)| {
+                let due = *at <= now;
+                if due {
+                    self.files
+                        .borrow_mut()
+                        .insert(path.clone(), contents.clone());
+                }
+                !due
+            });
     }
     fn sync(&self) {
         self.record(Call::Sync);

@@ -372,7 +372,7 @@ async fn probe(
     }
 }
 
-fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
+pub(super) fn connect_options(config: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(config.connect_timeout)
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))

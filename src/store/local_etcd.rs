@@ -57,6 +57,8 @@ pub struct LocalEtcd {
     dir: PathBuf,
     client_url: String,
     tls: Option<EtcdTls>,
+    member: Member,
+    extra: Vec<String>,
 }
 
 impl LocalEtcd {
@@ -132,6 +134,44 @@ impl LocalEtcd {
         &self.dir
     }
 
+    /// The member's advertised peer URL.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.member.peer_port)
+    }
+
+    /// Stops the process (SIGKILL: a machine that lost power) and waits for it.
+    pub fn kill(&mut self) {
+        // An error means the process has already exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Deletes the member's data (a machine given a blank disk); the process must be stopped.
+    pub fn wipe_data(&self) -> std::io::Result<()> {
+        std::fs::remove_dir_all(self.dir.join("data"))
+    }
+
+    /// Starts the stopped member again with its name and ports, and `extra` flags added to
+    /// those it started with (such as `--initial-cluster-state=existing`); waits until it
+    /// answers.
+    pub async fn restart(&mut self, extra: &[&str]) -> Result<(), LocalEtcdError> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .map_err(|source| LocalEtcdError::PrepareDir {
+                path: self.dir.clone(),
+                source,
+            })?;
+        let mut args = self.extra.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut command = self
+            .member
+            .command(&self.dir, &self.client_url, &args, log)?;
+        self.child = command.spawn().map_err(LocalEtcdError::Spawn)?;
+        self.wait_ready().await
+    }
+
     async fn spawn(tls: bool, extra: &[&str]) -> Result<Self, LocalEtcdError> {
         let mut etcd = Self::launch(tls, extra, None)?;
         etcd.wait_ready().await?;
@@ -162,47 +202,33 @@ impl LocalEtcd {
                 }
             }
         };
-        let (client_port, peer_port) = (member.client_port, member.peer_port);
         let scheme = if tls { "https" } else { "http" };
-        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let client_url = format!("{scheme}://127.0.0.1:{}", member.client_port);
         let log = File::create(dir.join("etcd.log")).map_err(prepare)?;
-        let log_err = log.try_clone().map_err(prepare)?;
-
-        let mut command = Command::new("etcd");
-        command
-            .arg(format!("--name={}", member.name))
-            .arg(format!("--data-dir={}", dir.join("data").display()))
-            .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster={}", member.initial_cluster))
-            .arg("--logger=zap")
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let tls_files = if tls {
             let files = write_certificates(&dir)?;
-            command
-                .arg("--client-cert-auth")
-                .arg(format!("--trusted-ca-file={}", files.ca.display()))
-                .arg(format!("--cert-file={}", dir.join("server.pem").display()))
-                .arg(format!(
-                    "--key-file={}",
-                    dir.join("server-key.pem").display()
-                ));
+            extra.extend([
+                "--client-cert-auth".to_string(),
+                format!("--trusted-ca-file={}", files.ca.display()),
+                format!("--cert-file={}", dir.join("server.pem").display()),
+                format!("--key-file={}", dir.join("server-key.pem").display()),
+            ]);
             Some(files)
         } else {
             None
         };
-        let child = command.spawn().map_err(LocalEtcdError::Spawn)?;
+        let child = member
+            .command(&dir, &client_url, &extra, log)?
+            .spawn()
+            .map_err(LocalEtcdError::Spawn)?;
         Ok(LocalEtcd {
             child,
             dir,
             client_url,
             tls: tls_files,
+            member,
+            extra,
         })
     }
 
@@ -246,12 +272,47 @@ impl Drop for LocalEtcd {
 }
 
 /// One member of a local cluster.
+#[derive(Clone, Debug)]
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
     /// etcd's `--initial-cluster`: every member's name and peer URL.
     initial_cluster: String,
+}
+
+impl Member {
+    /// The etcd command for this member, logging to `log`.
+    fn command(
+        &self,
+        dir: &Path,
+        client_url: &str,
+        extra: &[String],
+        log: File,
+    ) -> Result<Command, LocalEtcdError> {
+        let log_err = log
+            .try_clone()
+            .map_err(|source| LocalEtcdError::PrepareDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new("etcd");
+        command
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--logger=zap")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        Ok(command)
+    }
 }
 
 fn free_port() -> Result<u16, LocalEtcdError> {

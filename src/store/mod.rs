@@ -24,10 +24,13 @@
 //! default; that surfaces as [`StoreError::Rejected`]). [`LocalEtcd`] starts a single-member
 //! etcd on loopback for tests, benchmarks and development. [`EncryptedStore`] wraps either
 //! backend and encrypts the values under chosen prefixes (Secrets) at rest.
+//! [`prepare_empty_member`] is the one membership change kimg makes: an etcd member that
+//! comes back without data rejoins as a new member (remove + add).
 
 mod encrypt;
 mod etcd;
 mod local_etcd;
+mod membership;
 mod memory;
 
 #[cfg(test)]
@@ -41,6 +44,7 @@ use futures::Stream;
 pub use encrypt::{EncryptedStore, EncryptionKeys};
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use local_etcd::{LocalEtcd, LocalEtcdError};
+pub use membership::{prepare_empty_member, EmptyMemberStart};
 pub use memory::MemoryStore;
 
 /// A key with its value and the revisions that created and last modified it.
