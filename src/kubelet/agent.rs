@@ -6,19 +6,22 @@
 //! conditions every 30 s, and a certificate rotation check every minute. It waits until
 //! NodeIPAM has set `spec.podCIDR`, builds the CNI bridge network on it, and runs the pod
 //! sync loop ([`super::sync`]) and the kubelet API ([`super::server`]). Before that it
-//! removes what a previous run left (containers, network namespaces, pod directories), so
-//! a restarted kubelet starts its pods afresh.
+//! asks the API which pods still run here and removes what a previous run left of every
+//! other pod (containers, network namespaces, pod directories, logs); the pods that still
+//! run are adopted by their workers as the sync loop hands them over (see `pod.rs`), so a
+//! kubelet restart (a crash, an upgrade) leaves running containers running.
 //!
-//! Limits: the pod CIDR is read once (a node whose CIDR changes needs a restart); running
-//! pods are restarted, not adopted, when the kubelet restarts; containerd's `k8s.io`
-//! namespace is taken to belong to the kubelet alone.
+//! Limits: the pod CIDR is read once (a node whose CIDR changes needs a restart); if the
+//! API cannot list this node's pods at start (5 tries), nothing is kept and the pods start
+//! afresh; containerd's `k8s.io` namespace is taken to belong to the kubelet alone.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{Api, ListParams};
 
 use super::cni::CniNetwork;
 use super::join::{self, ClientCell, JoinConfig};
@@ -109,50 +112,86 @@ async fn import_archives(client: &Containerd, dir: &std::path::Path) -> Result<u
     Ok(paths.len())
 }
 
-/// Removes what a previous run of the kubelet left: every container and task in
-/// containerd's `k8s.io` namespace (the kubelet owns it), pod network namespaces (CNI DEL
-/// first), pod directories, logs, IPAM leases and pod cgroups. The sync loop then starts
-/// the API's pods afresh — what a node reboot does too.
-async fn clear_previous_run(
-    client: &Containerd,
-    cni: &CniNetwork,
-    netns_dir: &std::path::Path,
+/// Removes what a previous run of the kubelet left, except what belongs to the pods in
+/// `keep` (bound here and running: the sync loop adopts them, see `pod.rs`): their
+/// containers (ids start with the pod uid) and tasks in containerd's `k8s.io` namespace
+/// (the kubelet owns it), network namespaces (CNI DEL first, which frees their IPAM
+/// leases), pod directories, logs and cgroups. With nothing to keep, the IPAM leases go
+/// too — what a node reboot amounts to.
+pub(super) async fn clear_previous_run(
+    rt: &ContainerdRuntime,
     root: &std::path::Path,
     cgroup_parent: &str,
+    keep: &HashSet<String>,
 ) {
-    for id in client.container_ids().await.unwrap_or_default() {
-        let _ = client.kill(&id, 9, true).await;
-        for _ in 0..50 {
-            if client.delete_task(&id).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let kept = |name: &str| keep.iter().any(|uid| name.starts_with(uid.as_str()));
+    for id in rt.client.container_ids().await.unwrap_or_default() {
+        if kept(&id) {
+            continue;
         }
-        match client.delete_container(&id).await {
+        match super::runtime::force_remove(rt, &id).await {
             Ok(()) => tracing::info!(container = %id, "removed a container of a previous run"),
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "cannot remove a container of a previous run")
             }
         }
     }
-    let uids: Vec<String> = std::fs::read_dir(netns_dir)
+    let uids: Vec<String> = std::fs::read_dir(&rt.netns_dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|uid| !keep.contains(uid))
         .collect();
     for uid in &uids {
-        let ns = super::netns::PodNamespaces::new(netns_dir, &root.join("pods").join(uid), uid);
-        let _ = cni.del(uid, &ns.net).await;
+        let pod_dir = root.join("pods").join(uid);
+        let ns = super::netns::PodNamespaces::new(&rt.netns_dir, &pod_dir, uid);
+        let _ = rt.cni.del(uid, &ns.net).await;
         if let Err(e) = super::netns::remove(&ns) {
             tracing::warn!(pod = %uid, error = %e, "cannot remove a network namespace of a previous run");
         }
         super::remove_pod_cgroups(cgroup_parent, uid);
-        super::volumes::release(&root.join("pods").join(uid));
     }
-    for dir in [root.join("pods"), root.join("logs"), cni.ipam_dir.clone()] {
-        let _ = std::fs::remove_dir_all(dir);
+    for dir in [root.join("pods"), root.join("logs")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                continue;
+            }
+            super::volumes::release(&e.path());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
+    if keep.is_empty() {
+        let _ = std::fs::remove_dir_all(&rt.cni.ipam_dir);
+    }
+}
+
+/// The uids of the pods bound to `node` that still run (not deleted, not finished): what a
+/// restarted kubelet adopts. Empty when the API cannot say (after a few tries).
+async fn pods_to_keep(cell: &ClientCell, node: &str) -> HashSet<String> {
+    let params = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    for attempt in 1..=5 {
+        let api: Api<Pod> = Api::all(cell.get());
+        match api.list(&params).await {
+            Ok(list) => {
+                return list
+                    .items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                        !matches!(phase, Some("Succeeded" | "Failed"))
+                    })
+                    .filter_map(|p| p.metadata.uid)
+                    .collect()
+            }
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "cannot list this node's pods; adoption needs them");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    HashSet::new()
 }
 
 /// Whether `/` is the kernel's initramfs (`rootfs`), going by a mountinfo text: there
@@ -240,15 +279,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         ipam_dir: state.join("ipam"),
     };
     let root = state.join("pods-root");
-    clear_previous_run(
-        &containerd,
-        &cni,
-        &state.join("netns"),
-        &root,
-        &cfg.cgroup_parent,
-    )
-    .await;
     let mut rt = ContainerdRuntime::new(containerd, cni, state.join("netns"), state.join("exec"));
+    let keep = pods_to_keep(&cell, &name).await;
+    if !keep.is_empty() {
+        tracing::info!(
+            pods = keep.len(),
+            "keeping the running pods of a previous run for adoption"
+        );
+    }
+    clear_previous_run(&rt, &root, &cfg.cgroup_parent, &keep).await;
     if cfg.pull {
         rt = rt.with_puller(crate::oci::registry::Puller::new(
             cfg.insecure_registries.clone(),

@@ -47,6 +47,15 @@ pub struct Exit {
     pub at: i64,
 }
 
+/// What a container's task is doing (a restarted kubelet asks before adopting it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    Running,
+    Exited(Exit),
+    /// No task (never started, deleted, or containerd lost it in a reboot).
+    Missing,
+}
+
 /// A connection to containerd scoped to one namespace and snapshotter.
 #[derive(Clone)]
 pub struct Containerd {
@@ -678,6 +687,36 @@ impl Containerd {
         Ok(Exit {
             code: r.exit_status,
             at: r.exited_at.map(|t| t.seconds).unwrap_or_default(),
+        })
+    }
+
+    /// The task's state: running (created, paused), stopped with its exit, or no task.
+    pub async fn task_state(&self, id: &str) -> Result<TaskState, KubeletError> {
+        let got = self
+            .tasks()
+            .get(self.req(
+                api::GetRequest {
+                    container_id: id.into(),
+                    exec_id: String::new(),
+                },
+                None,
+            ))
+            .await;
+        let process = match got {
+            Ok(r) => r.into_inner().process,
+            Err(s) if s.code() == tonic::Code::NotFound => None,
+            Err(s) => return Err(KubeletError::containerd("task get")(s)),
+        };
+        use containerd_client::types::v1::Status;
+        Ok(match process.map(|p| (Status::try_from(p.status), p)) {
+            Some((Ok(Status::Running | Status::Created | Status::Paused | Status::Pausing), _)) => {
+                TaskState::Running
+            }
+            Some((Ok(Status::Stopped), p)) => TaskState::Exited(Exit {
+                code: p.exit_status,
+                at: p.exited_at.map(|t| t.seconds).unwrap_or_default(),
+            }),
+            _ => TaskState::Missing,
         })
     }
 

@@ -27,6 +27,7 @@ struct Host {
     bridge: String,
     kubelet: Kubelet,
     client: Containerd,
+    cni: CniNetwork,
 }
 
 impl Drop for Host {
@@ -88,7 +89,7 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
         pod_cidr: format!("10.250.{n}.0/24").parse().unwrap(),
         ipam_dir: d.join("ipam"),
     };
-    let rt = ContainerdRuntime::new(client.clone(), cni, d.join("netns"), d.join("exec"));
+    let rt = ContainerdRuntime::new(client.clone(), cni.clone(), d.join("netns"), d.join("exec"));
     let mut cfg = KubeletConfig::new(d.join("kubelet"), "node-1", "127.0.0.1");
     cfg.resolv_conf =
         "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\n".into();
@@ -100,6 +101,7 @@ async fn start_host(n: u8, backoff: Backoff) -> Host {
         dir,
         containerd,
         bridge,
+        cni,
     };
     host.import_busybox().await;
     host
@@ -169,6 +171,28 @@ impl Host {
 
     fn netns_dir(&self) -> PathBuf {
         self.dir.path().join("netns")
+    }
+
+    fn runtime(&self) -> ContainerdRuntime {
+        let d = self.dir.path();
+        ContainerdRuntime::new(
+            self.client.clone(),
+            self.cni.clone(),
+            d.join("netns"),
+            d.join("exec"),
+        )
+    }
+
+    /// The kubelet process dies (its pods are forgotten, their containers run on) and a
+    /// new one starts: it clears what the API no longer runs here (`keep` is what it does),
+    /// then takes the kept pods as the sync loop hands them over.
+    async fn restart_kubelet(&mut self, keep: &[&str]) {
+        self.kubelet.abandon();
+        let cfg = self.kubelet.cfg.clone();
+        let keep = keep.iter().map(|s| s.to_string()).collect();
+        super::agent::clear_previous_run(&self.runtime(), &cfg.root_dir, &cfg.cgroup_parent, &keep)
+            .await;
+        self.kubelet = Kubelet::new(Arc::new(self.runtime()), cfg);
     }
 }
 
@@ -527,4 +551,73 @@ async fn deleting_a_pod_leaves_no_container_task_snapshot_or_netns_behind_needs_
             e.path().display()
         );
     }
+}
+
+/// A kubelet restart loses nothing: the kept pod's container goes on as the same process
+/// (its emptyDir and log untouched, no restart counted, exec works with its environment);
+/// a pod the API no longer runs here is removed with its network namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_kubelet_adopts_running_containers_and_clears_the_rest_needs_root_and_containerd(
+) {
+    let mut h = start_host(16, Backoff::default()).await;
+    let mut main = sh(
+        "main",
+        "echo started >> /data/starts; echo started; exec sleep 3600",
+    );
+    main.env = Some(vec![EnvVar {
+        name: "GREETING".into(),
+        value: Some("hi".into()),
+        value_from: None,
+    }]);
+    main.volume_mounts = Some(vec![VolumeMount {
+        name: "data".into(),
+        mount_path: "/data".into(),
+        ..Default::default()
+    }]);
+    let mut kept = pod("keep-1", "Always", vec![main]);
+    kept.spec.as_mut().unwrap().volumes = Some(vec![Volume {
+        name: "data".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }]);
+    let gone = pod("gone-1", "Always", vec![sh("main", "exec sleep 3600")]);
+    for p in [kept.clone(), gone] {
+        h.kubelet.run_pod(p, ResolvedData::default()).unwrap();
+    }
+    let before = h.until("keep-1", "keep-1 running", 60, running).await;
+    h.until("gone-1", "gone-1 running", 60, running).await;
+
+    h.restart_kubelet(&["keep-1"]).await;
+    let ids = h.client.container_ids().await.unwrap();
+    assert!(ids.iter().any(|i| i.starts_with("keep-1")), "{ids:?}");
+    assert!(!ids.iter().any(|i| i.starts_with("gone-1")), "{ids:?}");
+    assert!(h.netns_dir().join("keep-1").exists());
+    assert!(!h.netns_dir().join("gone-1").exists());
+
+    h.kubelet.run_pod(kept, ResolvedData::default()).unwrap();
+    let after = h.until("keep-1", "keep-1 adopted", 60, running).await;
+    assert_eq!(after.containers[0].restart_count, 0);
+    assert_eq!(after.pod_ip, before.pod_ip);
+    assert_eq!(
+        after.containers[0].state, before.containers[0].state,
+        "the same start time: the same task"
+    );
+    let out = h
+        .kubelet
+        .exec(
+            "keep-1",
+            "main",
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /data/starts; echo $GREETING".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\nhi\n");
+    let log = std::fs::read_to_string(h.kubelet.log_path("keep-1", "main")).unwrap();
+    assert_eq!(log, "started\n");
+    h.kubelet.delete_pod("keep-1", None).await.unwrap();
 }

@@ -28,8 +28,8 @@
 //! is treated as `IfNotPresent` (an image present is never pulled again).
 //!
 //! Limits: no pull credentials (imagePullSecrets); logs are plain text files, rotated at
-//! 10 MiB. A restarted kubelet stops every container of the previous run and starts the
-//! pods again (it does not adopt running containers).
+//! 10 MiB. A restarted kubelet adopts the running containers of the pods still bound to it
+//! (`pod.rs`, adoption) and removes the rest of the previous run.
 
 pub mod agent;
 pub mod cni;
@@ -63,7 +63,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use tokio::sync::watch;
 
-pub use containerd::{Containerd, Exit, ImageInfo};
+pub use containerd::{Containerd, Exit, ImageInfo, TaskState};
 pub use error::KubeletError;
 pub use pod::PodRecord;
 pub use runtime::{ContainerdRuntime, ExecIo, ExecOutput, ExecStream, Runtime, Sandbox};
@@ -247,6 +247,17 @@ impl Kubelet {
             },
         );
         Ok(uid)
+    }
+
+    /// Forgets every pod without touching its containers: what the kubelet process dying
+    /// does (tests of adoption).
+    #[cfg(test)]
+    pub(crate) fn abandon(&self) {
+        if let Ok(mut pods) = self.pods.lock() {
+            for (_, h) in pods.drain() {
+                h.worker.abort();
+            }
+        }
     }
 
     /// A snapshot of the pod's record (state enum, per-container details).

@@ -37,6 +37,15 @@ impl PodNamespaces {
     }
 }
 
+/// Whether all of the pod's namespaces are still pinned (nsfs bind mounts; after a reboot
+/// the files are plain empty ones).
+pub fn pinned(ns: &PodNamespaces) -> bool {
+    ns.pairs().iter().all(|(_, p)| {
+        nix::sys::statfs::statfs(*p)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+    })
+}
+
 fn errno(e: nix::Error) -> std::io::Error {
     std::io::Error::from_raw_os_error(e as i32)
 }

@@ -7,6 +7,15 @@
 //! Deletion flips a stop flag that supervisors and back-off sleeps watch; the
 //! [`super::Kubelet`] then signals the tasks and cleans up. The record behind a mutex is
 //! what status reports read; it is only locked for short, non-async sections.
+//!
+//! Adoption: the worker keeps a [`Checkpoint`] in the pod directory (pod IP, start time,
+//! whether init finished, each main container's restart count and start time). A worker
+//! started for a pod whose directory exists (the kubelet restarted) reads it: when init had
+//! finished and the pod's namespaces are still pinned, it takes the running containers
+//! over as they are (same processes, same restart counts, emptyDir data and logs kept) and
+//! only follows them; a container that exited meanwhile is handled as any exit (restart
+//! policy). Anything less (no checkpoint, init unfinished, a reboot) and the leftovers are
+//! removed and the pod starts afresh.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,12 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::containerd::ImageInfo;
+use super::containerd::{Exit, ImageInfo, TaskState};
 use super::error::KubeletError;
 use super::probe::{self, Timing};
-use super::runtime::{Runtime, Sandbox};
+use super::runtime::{self, Runtime, Sandbox};
 use super::spec::{self, Downward, ResolvedData, SpecInput};
 use super::state::{
     should_restart, should_retry_init, Backoff, ContainerState, PodState, RestartPolicy,
@@ -60,6 +70,35 @@ impl PodRecord {
     pub fn all(&self) -> impl Iterator<Item = &ContainerRecord> {
         self.init.iter().chain(self.containers.iter())
     }
+}
+
+/// What a restarted kubelet needs to adopt a pod: `<pod dir>/checkpoint.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub ip: String,
+    pub start_time: i64,
+    pub init_done: bool,
+    /// Main containers by name.
+    pub containers: BTreeMap<String, ContainerCheckpoint>,
+}
+
+/// One main container in a [`Checkpoint`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerCheckpoint {
+    pub restart_count: u32,
+    /// When its current task started (unix seconds), if it runs.
+    pub started_at: Option<i64>,
+}
+
+/// The checkpoint's file name in the pod directory.
+pub const CHECKPOINT: &str = "checkpoint.json";
+
+/// Where a main container takes up after adoption.
+enum Resume {
+    /// Its task runs: follow it.
+    Running { started_at: i64 },
+    /// Its task exited while nobody watched.
+    Exited { started_at: i64, exit: Exit },
 }
 
 /// Settings the worker needs from the kubelet.
@@ -217,25 +256,29 @@ impl Worker {
     /// Runs the pod to its end (or until deletion).
     pub async fn run(self: Arc<Self>) {
         self.set_state(PodState::ContainerCreating);
-        if let Err(e) = self.setup().await {
-            tracing::warn!(pod = %self.uid, error = %e, "pod setup failed");
-            self.set_state(PodState::Failed {
-                reason: "CreatePodSandboxError".into(),
-                message: e.to_string(),
-            });
-            return;
-        }
+        let adopted = self.adopt().await;
         let spec = self.pod.spec.clone().unwrap_or_default();
-        for (i, c) in spec.init_containers.iter().flatten().enumerate() {
-            self.set_state(PodState::Initializing { index: i });
-            match self.run_init(i, c).await {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => return self.fail_container(Kind::Init(i), "CreateContainerError", e),
+        if adopted.is_none() {
+            if let Err(e) = self.setup().await {
+                tracing::warn!(pod = %self.uid, error = %e, "pod setup failed");
+                self.set_state(PodState::Failed {
+                    reason: "CreatePodSandboxError".into(),
+                    message: e.to_string(),
+                });
+                return;
             }
-        }
-        if let Ok(mut r) = self.record.lock() {
-            r.init_done = true;
+            for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+                self.set_state(PodState::Initializing { index: i });
+                match self.run_init(i, c).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => return self.fail_container(Kind::Init(i), "CreateContainerError", e),
+                }
+            }
+            if let Ok(mut r) = self.record.lock() {
+                r.init_done = true;
+            }
+            self.save_checkpoint();
         }
         if self.stopping() {
             return;
@@ -247,7 +290,10 @@ impl Worker {
         for (i, c) in spec.containers.iter().enumerate() {
             let me = self.clone();
             let c = c.clone();
-            set.spawn(async move { me.supervise(i, &c).await });
+            let adopted = adopted
+                .as_ref()
+                .map(|cp| cp.containers.get(&c.name).cloned().unwrap_or_default());
+            set.spawn(async move { me.supervise(i, &c, adopted).await });
         }
         let mut all_zero = true;
         while let Some(done) = set.join_next().await {
@@ -296,7 +342,93 @@ impl Worker {
             r.pod_ip = Some(ip.clone());
         }
         volumes::write_etc(&self.pod_dir, &self.hostname(), &ip, &self.cfg.resolv_conf)?;
+        self.save_checkpoint();
         Ok(())
+    }
+
+    /// Writes the [`Checkpoint`] (atomically: a crash leaves the old one or the new one).
+    fn save_checkpoint(&self) {
+        let Some(cp) = self.record.lock().ok().map(|r| Checkpoint {
+            ip: r.pod_ip.clone().unwrap_or_default(),
+            start_time: r.start_time,
+            init_done: r.init_done,
+            containers: r
+                .containers
+                .iter()
+                .map(|c| {
+                    let started_at = match c.state {
+                        ContainerState::Running { started_at } => Some(started_at),
+                        _ => None,
+                    };
+                    let k = ContainerCheckpoint {
+                        restart_count: c.restart_count,
+                        started_at,
+                    };
+                    (c.name.clone(), k)
+                })
+                .collect(),
+        }) else {
+            return;
+        };
+        let path = self.pod_dir.join(CHECKPOINT);
+        let tmp = self.pod_dir.join(format!("{CHECKPOINT}.tmp"));
+        let written = serde_json::to_vec(&cp)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!(pod = %self.uid, error = %e, "cannot write the pod checkpoint");
+        }
+    }
+
+    /// Takes over what an earlier kubelet left of this pod (see the module doc). `None`:
+    /// start afresh; the leftovers, if any, are gone.
+    async fn adopt(&self) -> Option<Checkpoint> {
+        if !self.pod_dir.exists() {
+            return None;
+        }
+        let cp: Option<Checkpoint> = std::fs::read(self.pod_dir.join(CHECKPOINT))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let ip = cp.as_ref().map(|c| c.ip.clone()).unwrap_or_default();
+        let sandbox = self.rt.existing_sandbox(&self.uid, &self.pod_dir, &ip);
+        match (cp, sandbox) {
+            (Some(cp), Some(sandbox)) if cp.init_done && !cp.ip.is_empty() => {
+                if let Ok(mut r) = self.record.lock() {
+                    r.sandbox = Some(sandbox);
+                    r.pod_ip = Some(cp.ip.clone());
+                    r.start_time = cp.start_time;
+                    r.init_done = true;
+                    for c in r.init.iter_mut() {
+                        c.state = ContainerState::exited(0, cp.start_time, cp.start_time);
+                    }
+                    for c in r.containers.iter_mut() {
+                        if let Some(k) = cp.containers.get(&c.name) {
+                            c.restart_count = k.restart_count;
+                        }
+                    }
+                }
+                tracing::info!(pod = %self.uid, "adopting the pod's containers from an earlier run");
+                Some(cp)
+            }
+            (_, sandbox) => {
+                tracing::info!(pod = %self.uid, "removing what an earlier run left of the pod");
+                let ids: Vec<String> = self
+                    .record
+                    .lock()
+                    .map(|r| r.all().map(|c| c.id.clone()).collect())
+                    .unwrap_or_default();
+                for id in ids {
+                    let _ = runtime::force_remove(self.rt.as_ref(), &id).await;
+                }
+                if let Some(sb) = sandbox {
+                    let _ = self.rt.remove_sandbox(&self.uid, &sb).await;
+                }
+                volumes::release(&self.pod_dir);
+                let _ = std::fs::remove_dir_all(&self.pod_dir);
+                None
+            }
+        }
     }
 
     /// The container's image; a failed pull is retried with back-off (the container waits
@@ -331,6 +463,17 @@ impl Worker {
 
     /// Creates the container in the runtime (once per pod lifetime).
     async fn create(&self, kind: Kind, c: &Container) -> Result<String, KubeletError> {
+        let (id, image, spec) = self.prepare(kind, c).await?;
+        self.rt.create_container(&id, &image, &spec).await?;
+        Ok(id)
+    }
+
+    /// The container's image, volumes, environment and runtime spec (recorded for exec).
+    async fn prepare(
+        &self,
+        kind: Kind,
+        c: &Container,
+    ) -> Result<(String, ImageInfo, serde_json::Value), KubeletError> {
         let id = container_id(&self.uid, &c.name);
         let image_name = c.image.clone().ok_or_else(|| {
             KubeletError::InvalidSpec(format!("container {} has no image", c.name))
@@ -380,14 +523,24 @@ impl Worker {
             r.env = env;
             r.user = user;
         });
-        self.rt.create_container(&id, &image, &spec).await?;
-        Ok(id)
+        Ok((id, image, spec))
     }
 
     /// Starts one attempt and returns its exit code (or None when it never started).
     async fn attempt(&self, kind: Kind, c: &Container, id: &str) -> Result<i32, KubeletError> {
         self.rt.start(id, &self.log_path(&c.name)).await?;
-        let started_at = now();
+        self.follow(kind, c, id, now()).await
+    }
+
+    /// Follows a running task (started at `started_at`) to its exit: probes, then the
+    /// exit recorded and the task deleted. Returns the exit code.
+    async fn follow(
+        &self,
+        kind: Kind,
+        c: &Container,
+        id: &str,
+        started_at: i64,
+    ) -> Result<i32, KubeletError> {
         if matches!(kind, Kind::Main(_)) {
             self.started_main();
         }
@@ -396,6 +549,9 @@ impl Worker {
             r.ready = c.readiness_probe.is_none() && c.startup_probe.is_none();
             r.started = c.startup_probe.is_none();
         });
+        if matches!(kind, Kind::Main(_)) {
+            self.save_checkpoint();
+        }
         if self.stopping() {
             let _ = self.rt.kill(id, 9).await;
         }
@@ -488,9 +644,19 @@ impl Worker {
     }
 
     /// Keeps main container `i` running per the restart policy; returns its last exit code.
-    async fn supervise(&self, i: usize, c: &Container) -> Option<i32> {
-        let id = match self.create(Kind::Main(i), c).await {
-            Ok(id) => id,
+    /// `adopted`: the container is an earlier run's (see [`Worker::adopt`]).
+    async fn supervise(
+        &self,
+        i: usize,
+        c: &Container,
+        adopted: Option<ContainerCheckpoint>,
+    ) -> Option<i32> {
+        let made = match adopted {
+            Some(k) => self.take_over(Kind::Main(i), c, &k).await,
+            None => self.create(Kind::Main(i), c).await.map(|id| (id, None)),
+        };
+        let (id, mut resume) = match made {
+            Ok(made) => made,
             Err(e) => {
                 self.fail_container(Kind::Main(i), "CreateContainerError", e);
                 return None;
@@ -499,7 +665,22 @@ impl Worker {
         let mut streak = 0u32;
         loop {
             let began = Instant::now();
-            let code = match self.attempt(Kind::Main(i), c, &id).await {
+            let attempt = match resume.take() {
+                Some(Resume::Running { started_at }) => {
+                    self.follow(Kind::Main(i), c, &id, started_at).await
+                }
+                Some(Resume::Exited { started_at, exit }) => {
+                    let finished = if exit.at > 0 { exit.at } else { now() };
+                    let code = exit.code as i32;
+                    self.with_container(Kind::Main(i), |r| {
+                        r.state = ContainerState::exited(code, started_at, finished);
+                        r.ready = false;
+                    });
+                    self.rt.delete_task(&id).await.map(|()| code)
+                }
+                None => self.attempt(Kind::Main(i), c, &id).await,
+            };
+            let code = match attempt {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::warn!(pod = %self.uid, container = %c.name, error = %e, "start failed");
@@ -521,6 +702,29 @@ impl Worker {
             streak += 1;
             if !self.back_off(Kind::Main(i), c, streak).await {
                 return Some(code);
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// An adopted main container: its spec prepared again (exec needs its environment),
+    /// and where it stands. A container without a task is created afresh.
+    async fn take_over(
+        &self,
+        kind: Kind,
+        c: &Container,
+        k: &ContainerCheckpoint,
+    ) -> Result<(String, Option<Resume>), KubeletError> {
+        let (id, image, spec) = self.prepare(kind, c).await?;
+        let started_at = k.started_at.unwrap_or_else(now);
+        match self.rt.task_state(&id).await? {
+            TaskState::Running => Ok((id, Some(Resume::Running { started_at }))),
+            TaskState::Exited(exit) => Ok((id, Some(Resume::Exited { started_at, exit }))),
+            TaskState::Missing => {
+                self.rt.remove_container(&id).await?;
+                self.rt.create_container(&id, &image, &spec).await?;
+                Ok((id, None))
             }
         }
     }

@@ -34,6 +34,9 @@ struct Fake {
     killed: Mutex<HashMap<String, u32>>,
     notify: tokio::sync::Notify,
     exec_code: Mutex<u32>,
+    /// Tasks an earlier run left (adoption), and whether its sandbox is still pinned.
+    left: Mutex<HashMap<String, TaskState>>,
+    sandbox_pinned: Mutex<bool>,
 }
 
 impl Fake {
@@ -132,6 +135,21 @@ impl Runtime for Fake {
     async fn remove_container(&self, id: &str) -> Result<(), KubeletError> {
         self.log(Call::Remove(id.into()));
         Ok(())
+    }
+    async fn task_state(&self, id: &str) -> Result<TaskState, KubeletError> {
+        Ok(self
+            .left
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(TaskState::Missing))
+    }
+    fn existing_sandbox(&self, uid: &str, pod_dir: &Path, ip: &str) -> Option<Sandbox> {
+        (*self.sandbox_pinned.lock().unwrap()).then(|| Sandbox {
+            namespaces: netns::PodNamespaces::new(&pod_dir.join("netns"), pod_dir, uid),
+            ip: ip.into(),
+        })
     }
     async fn exec(&self, id: &str, _: &Value, _: Duration) -> Result<ExecOutput, KubeletError> {
         self.log(Call::Exec(id.into()));
@@ -451,4 +469,93 @@ fn cluster_first_pods_get_the_cluster_dns_and_search_path_others_the_nodes() {
     );
     p.spec.as_mut().unwrap().dns_policy = Some("Default".into());
     assert_eq!(k.resolv_conf_for(&p), "nameserver 198.51.100.1\n");
+}
+
+/// A kubelet that restarts finds its pod's checkpoint and pinned sandbox: the running
+/// container is followed as it is (no new sandbox, no new start, its restart count kept);
+/// one that exited meanwhile is restarted per the policy.
+#[tokio::test]
+async fn a_restarted_kubelet_adopts_running_containers_instead_of_restarting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    fake.script("u1-a", &[(1, 1)]);
+    let spec = || pod("Always", vec![], vec![container("a"), container("b")]);
+    let k1 = kubelet(fake.clone(), dir.path());
+    let uid = k1.run_pod(spec(), ResolvedData::default()).unwrap();
+    until(&k1, &uid, "a restarted once and both running", |r| {
+        r.containers[0].restart_count == 1
+            && r.containers
+                .iter()
+                .all(|c| matches!(c.state, ContainerState::Running { .. }))
+    })
+    .await;
+    k1.abandon();
+    let before = fake.calls().len();
+    fake.left
+        .lock()
+        .unwrap()
+        .insert("u1-a".into(), TaskState::Running);
+    fake.left
+        .lock()
+        .unwrap()
+        .insert("u1-b".into(), TaskState::Exited(Exit { code: 3, at: 0 }));
+    *fake.sandbox_pinned.lock().unwrap() = true;
+
+    let k2 = kubelet(fake.clone(), dir.path());
+    k2.run_pod(spec(), ResolvedData::default()).unwrap();
+    let r = until(&k2, &uid, "b restarted, a followed", |r| {
+        r.containers[1].restart_count == 1
+            && r.containers
+                .iter()
+                .all(|c| matches!(c.state, ContainerState::Running { .. }))
+    })
+    .await;
+    assert_eq!(r.containers[0].restart_count, 1, "a's count survives");
+    assert_eq!(r.pod_ip.as_deref(), Some("10.250.0.2"));
+    let after: Vec<Call> = fake.calls()[before..].to_vec();
+    assert!(
+        !after.iter().any(|c| matches!(c, Call::CreateSandbox(_))),
+        "{after:?}"
+    );
+    assert!(!after.contains(&Call::Start("u1-a".into())), "{after:?}");
+    assert!(!after.contains(&Call::Create("u1-a".into())), "{after:?}");
+    assert!(after.contains(&Call::Start("u1-b".into())), "{after:?}");
+    assert!(
+        !after.iter().any(|c| matches!(c, Call::Kill(..))),
+        "{after:?}"
+    );
+    let b = &k2.status(&uid).unwrap().container_statuses.unwrap()[1];
+    let last = b.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    assert_eq!(last.map(|t| t.exit_code), Some(3), "{b:?}");
+}
+
+/// Without its namespaces (the node rebooted) a pod is not adopted: what is left of it is
+/// removed and it starts afresh.
+#[tokio::test]
+async fn a_pod_whose_sandbox_is_gone_starts_afresh_after_its_leftovers_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(Fake::default());
+    let spec = || pod("Always", vec![], vec![container("a")]);
+    let k1 = kubelet(fake.clone(), dir.path());
+    let uid = k1.run_pod(spec(), ResolvedData::default()).unwrap();
+    until(&k1, &uid, "running", |r| {
+        matches!(r.containers[0].state, ContainerState::Running { .. })
+    })
+    .await;
+    k1.abandon();
+    let before = fake.calls().len();
+    let k2 = kubelet(fake.clone(), dir.path());
+    k2.run_pod(spec(), ResolvedData::default()).unwrap();
+    until(&k2, &uid, "running again", |r| {
+        matches!(r.containers[0].state, ContainerState::Running { .. })
+    })
+    .await;
+    let after: Vec<Call> = fake.calls()[before..].to_vec();
+    let pos = |c: Call| after.iter().position(|x| *x == c);
+    let removed = pos(Call::Remove("u1-a".into())).expect("leftover removed");
+    assert!(pos(Call::Kill("u1-a".into(), 9)).unwrap() < removed);
+    assert!(removed < pos(Call::CreateSandbox("u1".into())).unwrap());
+    assert!(
+        pos(Call::CreateSandbox("u1".into())).unwrap() < pos(Call::Start("u1-a".into())).unwrap()
+    );
 }

@@ -183,6 +183,20 @@ mod tests {
         async fn remove_container(&self, _: &str) -> Result<(), super::super::KubeletError> {
             Ok(())
         }
+        async fn task_state(
+            &self,
+            _: &str,
+        ) -> Result<super::super::TaskState, super::super::KubeletError> {
+            Ok(super::super::TaskState::Missing)
+        }
+        fn existing_sandbox(
+            &self,
+            _: &str,
+            _: &std::path::Path,
+            _: &str,
+        ) -> Option<super::super::runtime::Sandbox> {
+            None
+        }
         async fn exec(
             &self,
             _: &str,

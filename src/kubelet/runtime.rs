@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::cni::CniNetwork;
-use super::containerd::{Containerd, ExecPaths, Exit, ImageInfo};
+use super::containerd::{Containerd, ExecPaths, Exit, ImageInfo, TaskState};
 use super::error::KubeletError;
 use super::netns::{self, PodNamespaces};
 use crate::oci::registry::{Puller, Reference};
@@ -82,6 +82,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn delete_task(&self, id: &str) -> Result<(), KubeletError>;
     /// Deletes the container and its snapshot. Safe to repeat.
     async fn remove_container(&self, id: &str) -> Result<(), KubeletError>;
+    /// What the container's task is doing (adoption after a kubelet restart).
+    async fn task_state(&self, id: &str) -> Result<TaskState, KubeletError>;
+    /// The sandbox an earlier run made for pod `uid` with address `ip`, if its namespaces
+    /// are still pinned (they are not after a reboot).
+    fn existing_sandbox(&self, uid: &str, pod_dir: &Path, ip: &str) -> Option<Sandbox>;
     /// Runs an OCI `Process` in the running container.
     async fn exec(
         &self,
@@ -109,6 +114,21 @@ pub trait Runtime: Send + Sync + 'static {
         }
         Ok(out.exit_code)
     }
+}
+
+/// Kills a container's processes and removes it, waiting (up to 5 s) for the task to stop
+/// first: for leftovers of an earlier run.
+pub async fn force_remove(rt: &dyn Runtime, id: &str) -> Result<(), KubeletError> {
+    let _ = rt.kill(id, 9).await;
+    let mut last = Ok(());
+    for _ in 0..50 {
+        last = rt.remove_container(id).await;
+        if last.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
 }
 
 /// The real runtime: containerd for containers, CNI for the network.
@@ -277,6 +297,18 @@ impl Runtime for ContainerdRuntime {
     async fn remove_container(&self, id: &str) -> Result<(), KubeletError> {
         self.client.delete_task(id).await?;
         self.client.delete_container(id).await
+    }
+
+    async fn task_state(&self, id: &str) -> Result<TaskState, KubeletError> {
+        self.client.task_state(id).await
+    }
+
+    fn existing_sandbox(&self, uid: &str, pod_dir: &Path, ip: &str) -> Option<Sandbox> {
+        let namespaces = PodNamespaces::new(&self.netns_dir, pod_dir, uid);
+        netns::pinned(&namespaces).then(|| Sandbox {
+            namespaces,
+            ip: ip.to_string(),
+        })
     }
 
     async fn exec(

@@ -15,8 +15,10 @@
 //! every 250 ms, for probe results) the status of each running pod is compared with what
 //! was last written and, when it changed, merge-patched through `pods/status`. After a certificate rotation the watch is restarted with the new client.
 //!
-//! Limits: pods running before a kubelet restart are not adopted but started afresh (the
-//! agent clears the previous run first); referenced objects are read once, at pod start;
+//! Pods running before a kubelet restart are handed to [`Kubelet::run_pod`] like any
+//! other; their workers adopt what still runs.
+//!
+//! Limits: referenced objects are read once, at pod start;
 //! a pod the kubelet cannot start is reported `Failed` with the reason.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
