@@ -1,13 +1,14 @@
 //! kimg: bakes bootable, immutable Kubernetes machine images (etcd, master, worker) and
 //! carries the Rust control plane and node agents that run inside them.
 //!
-//! Layout (one folder per component, see `ARCHITECTURE.md` §1):
+//! Layout (one folder per component, see `docs/ARCHITECTURE.md` §1):
 //! - [`cluster`]: `cluster.toml` and `profiles/*.toml` — schema, validation, node identity.
 //! - [`pki`]: CA and leaf certificates, bootstrap tokens, the CA pin hash, kubeconfigs.
 //! - [`build`]: Debian package source, rootfs assembly, initramfs, disks, PXE bundle.
 //! - [`node`]: `kimg init` (PID 1), the supervisor, network bring-up.
 //! - [`oci`]: OCI image archives built from Debian packages, and read back for import.
 //! - [`kubelet`]: pods on containerd: images, CNI sandbox, OCI spec, lifecycle, probes, status.
+//! - [`proxy`]: `kimg proxy` — Services in nftables, cluster DNS, the VXLAN pod overlay.
 //! - [`store`]: the storage trait with its etcd and memory backends.
 //! - [`https`]: the one bounded TLS accept loop the apiserver and the kubelet serve on.
 //! - [`apiserver`]: the Kubernetes REST API over the store.

@@ -1,5 +1,5 @@
 //! The watch cache: one store watch feeds an in-memory mirror of `/registry/` that serves
-//! lists and every watcher (ARCHITECTURE §7).
+//! lists and every watcher (docs/ARCHITECTURE.md §7).
 //!
 //! What: [`WatchCache::list`] answers range reads from memory — `resourceVersion=0` at once
 //! ("any"), an unset one after the cache has caught up with the store's current revision

@@ -1,5 +1,5 @@
 //! What each role's image carries: which files of which Debian packages, which kernel
-//! modules, which of the cluster's secrets (ARCHITECTURE §3).
+//! modules, which of the cluster's secrets (docs/ARCHITECTURE.md §3).
 //!
 //! Packages are taken file by file through [`Part`] filters; shared libraries come only
 //! through the ELF `DT_NEEDED` closure of the binaries taken, resolved within the library

@@ -1,4 +1,4 @@
-//! The etcd role (ARCHITECTURE §6): the `etcd` command line and its health probe.
+//! The etcd role (docs/ARCHITECTURE.md §6): the `etcd` command line and its health probe.
 //!
 //! Init supervises `kimg etcd --node NAME` ([`supervised`]), which decides how the member
 //! starts and then becomes etcd (exec). Static bootstrap: `--initial-cluster` lists every

@@ -1,4 +1,4 @@
-//! Who is this machine? The node-table lookup of ARCHITECTURE §2.
+//! Who is this machine? The node-table lookup of docs/ARCHITECTURE.md §2.
 //!
 //! Precedence: the kernel command line (`kimg.node=NAME`), then a MAC address of one of the
 //! machine's NICs that the node table lists, then an address the machine obtained (DHCP)

@@ -1,4 +1,4 @@
-//! The boot sequence of `kimg init` (ARCHITECTURE §5) and the life of PID 1 after it.
+//! The boot sequence of `kimg init` (docs/ARCHITECTURE.md §5) and the life of PID 1 after it.
 //!
 //! [`Init::run`]: mount the pseudo filesystems, read `image.toml`, load modules, read the
 //! cluster definition and the kernel command line, bring up `lo` and the NICs, identify the

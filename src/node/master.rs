@@ -1,4 +1,4 @@
-//! The master role (ARCHITECTURE §6): `kimg apiserver`, `kimg scheduler` and `kimg
+//! The master role (docs/ARCHITECTURE.md §6): `kimg apiserver`, `kimg scheduler` and `kimg
 //! controller-manager` as supervised services, and the apiserver's readiness probe.
 //!
 //! How: the apiserver reads the image's `/etc/kimg` (cluster, PKI, bootstrap tokens),

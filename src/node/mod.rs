@@ -1,4 +1,4 @@
-//! The machine side of kimg: `kimg init`, PID 1 of every image (ARCHITECTURE §5, §6).
+//! The machine side of kimg: `kimg init`, PID 1 of every image (docs/ARCHITECTURE.md §5, §6).
 //!
 //! - [`init`]: the boot sequence and the life of PID 1 over a [`System`].
 //! - [`system`]: the side-effect seam; [`host`] is the real machine, [`recording`] the

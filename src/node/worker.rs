@@ -1,4 +1,4 @@
-//! The worker role (ARCHITECTURE §8): containerd, `kimg kubelet` and `kimg proxy` as
+//! The worker role (docs/ARCHITECTURE.md §8): containerd, `kimg kubelet` and `kimg proxy` as
 //! supervised services.
 //!
 //! How: containerd keeps its images and snapshots under `STATE` (`/var/lib/kimg/containerd`;

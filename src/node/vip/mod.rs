@@ -1,5 +1,5 @@
 //! `kimg vip`: the API virtual IP, held by exactly one master whose apiserver is healthy
-//! (ARCHITECTURE §6).
+//! (docs/ARCHITECTURE.md §6).
 //!
 //! How: every master runs `kimg vip` next to its apiserver. Each one talks only to the
 //! apiserver on its own machine (`/run/kimg/admin.conf`, 127.0.0.1:6443) and competes
