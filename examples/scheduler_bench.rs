@@ -158,7 +158,7 @@ async fn end_to_end(nodes: usize, pods: usize) -> anyhow::Result<()> {
         std::io::BufReader::new(out).read_line(&mut line)?;
         PathBuf::from(line.trim())
     };
-    let client = kimg::controllers::client_from_kubeconfig(&kubeconfig).await?;
+    let client = kimg::client::client_from_kubeconfig(&kubeconfig).await?;
     let kc = kubeconfig.to_str().context("utf-8")?.to_string();
     let t = Instant::now();
     let sim = Command::new(&bin)

@@ -21,6 +21,7 @@
 pub mod apiserver;
 pub mod build;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod controllers;
 pub mod https;

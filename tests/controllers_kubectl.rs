@@ -556,6 +556,46 @@ fn killing_the_leading_scheduler_hands_leadership_over_within_one_lease() {
     assert_eq!(pods[0].1, "n-0");
 }
 
+/// A leader stopped with SIGTERM releases its Lease (empty holder), so the other candidate
+/// takes over at its next try instead of after the 15 s lease duration.
+#[test]
+fn a_scheduler_stopped_with_sigterm_releases_its_lease_for_the_next_candidate() {
+    let mut env = Env::start("memory", &["--no-scheduler"]);
+    let kc = env.kubeconfig.to_str().expect("utf-8").to_string();
+    for _ in 0..2 {
+        env.others.push(kimg(&[
+            "scheduler",
+            "--kubeconfig",
+            kc.as_str(),
+            "--leader-elect-retry-period",
+            "500ms",
+        ]));
+    }
+    let first = wait_for(30, "a scheduler to lead", || lease_holder(&env));
+    let pid: u32 = first
+        .split('_')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("pid in identity");
+    let idx = env
+        .others
+        .iter()
+        .position(|c| c.id() == pid)
+        .expect("the leader is one of ours");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = env.others[idx].wait().expect("wait");
+    assert!(exit.success(), "SIGTERM is a clean stop: {exit:?}");
+    // Without the release this cannot happen before the 15 s lease duration has passed.
+    let next = wait_for(10, "the other scheduler to take the released lease", || {
+        lease_holder(&env).filter(|h| !h.is_empty() && *h != first)
+    });
+    assert_ne!(next.split('_').nth(1), Some(pid.to_string().as_str()));
+}
+
 #[test]
 fn a_bootstrap_token_csr_is_approved_and_signed_by_the_cluster_ca_checked_with_openssl() {
     let env = Env::start("memory", &[]);

@@ -119,7 +119,7 @@ fn compaction_keeps_etcd_small_and_writable_through_200k_lease_updates() {
         .block_on(EtcdStore::connect(&etcd.config()))
         .expect("store");
     let client = rt
-        .block_on(kimg::controllers::client_from_kubeconfig(&kubeconfig))
+        .block_on(kimg::client::client_from_kubeconfig(&kubeconfig))
         .expect("client");
 
     let failures = Arc::new(AtomicU64::new(0));
@@ -156,7 +156,7 @@ fn compaction_keeps_etcd_small_and_writable_through_200k_lease_updates() {
     // Compaction off: the quota fills and etcd raises NOSPACE.
     let (off, kubeconfig) = kimg_up(&dir, &url, "0s");
     let client = rt
-        .block_on(kimg::controllers::client_from_kubeconfig(&kubeconfig))
+        .block_on(kimg::client::client_from_kubeconfig(&kubeconfig))
         .expect("client");
     let api: Api<Lease> = Api::namespaced(client.clone(), "default");
     let big = "x".repeat(1024 * 1024);
@@ -197,7 +197,7 @@ fn compaction_keeps_etcd_small_and_writable_through_200k_lease_updates() {
     // An apiserver with its compactor on meets NOSPACE and recovers by itself.
     let (_back, kubeconfig) = kimg_up(&dir, &url, "2s");
     let client = rt
-        .block_on(kimg::controllers::client_from_kubeconfig(&kubeconfig))
+        .block_on(kimg::client::client_from_kubeconfig(&kubeconfig))
         .expect("client");
     let api: Api<Lease> = Api::namespaced(client, "default");
     let again = Lease {

@@ -69,18 +69,15 @@ pub fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let client = crate::controllers::client_from_kubeconfig(&args.kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(&args.kubeconfig).await?;
         let opts = args.controllers.options();
-        let work = async {
-            if args.lease.leader_elect {
-                let lease = args.lease.config("kube-controller-manager");
-                crate::controllers::run_with_election(client, opts, lease).await
-            } else {
-                crate::controllers::run(client, opts).await
-            }
-        };
+        if args.lease.leader_elect {
+            let lease = args.lease.config("kube-controller-manager");
+            crate::controllers::run_with_election(client, opts, lease, shutdown()).await;
+            return Ok(());
+        }
         tokio::select! {
-            () = work => Ok(()),
+            () = crate::controllers::run(client, opts) => Ok(()),
             _ = shutdown() => Ok(()),
         }
     })

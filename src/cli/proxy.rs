@@ -72,7 +72,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let client = crate::controllers::client_from_kubeconfig(&a.kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(&a.kubeconfig).await?;
         let directory = ServiceDirectory::default();
         let _dns = match a.dns_listen {
             Some(addr) => {

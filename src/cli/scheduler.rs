@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::controllers::leader::LeaseConfig;
+use crate::client::lease::LeaseConfig;
 use crate::scheduler::Options;
 
 /// Leader-election flags (Kubernetes' names and defaults).
@@ -32,9 +32,9 @@ impl LeaseArgs {
     /// The Lease configuration for a component's Lease `name`.
     pub fn config(&self, name: &str) -> LeaseConfig {
         let mut c = LeaseConfig::new(name);
-        c.lease_duration = self.leader_elect_lease_duration;
-        c.renew_deadline = self.leader_elect_renew_deadline;
-        c.retry_period = self.leader_elect_retry_period;
+        c.timing.lease_duration = self.leader_elect_lease_duration;
+        c.timing.renew_deadline = self.leader_elect_renew_deadline;
+        c.timing.retry_period = self.leader_elect_retry_period;
         c
     }
 }
@@ -59,25 +59,19 @@ pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let client = crate::controllers::client_from_kubeconfig(&args.kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(&args.kubeconfig).await?;
         let opts = Options {
             scheduler_name: args.scheduler_name,
             ..Options::default()
         };
-        let work = async {
-            if args.lease.leader_elect {
-                crate::scheduler::run_with_election(
-                    client,
-                    opts,
-                    args.lease.config("kube-scheduler"),
-                )
+        if args.lease.leader_elect {
+            let lease = args.lease.config("kube-scheduler");
+            return crate::scheduler::run_with_election(client, opts, lease, shutdown())
                 .await
-            } else {
-                crate::scheduler::run(client, opts).await
-            }
-        };
+                .context("the scheduler stopped");
+        }
         tokio::select! {
-            r = work => r.context("the scheduler stopped"),
+            r = crate::scheduler::run(client, opts) => r.context("the scheduler stopped"),
             _ = shutdown() => Ok(()),
         }
     })

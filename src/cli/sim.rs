@@ -93,7 +93,7 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let client = crate::controllers::client_from_kubeconfig(&kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(&kubeconfig).await?;
         tokio::select! {
             r = crate::sim::run(client, opts) => r.context("the simulated fleet stopped"),
             _ = shutdown() => Ok(()),

@@ -48,7 +48,7 @@ fn revoke_in_cluster(kubeconfig: &std::path::Path, secret: &str) -> anyhow::Resu
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let client = crate::controllers::client_from_kubeconfig(kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(kubeconfig).await?;
         let api: Api<Secret> = Api::namespaced(client, "kube-system");
         match api.delete(secret, &DeleteParams::default()).await {
             Ok(_) => Ok(()),

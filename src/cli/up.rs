@@ -171,12 +171,12 @@ impl Components {
 /// A client for a component: its own certificate, or — while the apiserver forbids it
 /// (no RBAC for the component yet) — the admin kubeconfig, with a warning.
 async fn component_client(own: &Path, admin: &Path) -> anyhow::Result<kube::Client> {
-    let client = crate::controllers::client_from_kubeconfig(own).await?;
+    let client = crate::client::client_from_kubeconfig(own).await?;
     let probe: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     match probe.list(&kube::api::ListParams::default().limit(1)).await {
         Err(kube::Error::Api(e)) if e.code == 403 => {
             tracing::warn!(kubeconfig = %own.display(), "the apiserver forbids this component's identity; using the admin kubeconfig");
-            crate::controllers::client_from_kubeconfig(admin).await
+            crate::client::client_from_kubeconfig(admin).await
         }
         _ => Ok(client),
     }
@@ -270,7 +270,10 @@ async fn start_components(
         let lease = c.lease.config("kube-scheduler");
         tokio::spawn(async move {
             let opts = crate::scheduler::Options::default();
-            if let Err(e) = crate::scheduler::run_with_election(client, opts, lease).await {
+            if let Err(e) =
+                crate::scheduler::run_with_election(client, opts, lease, std::future::pending())
+                    .await
+            {
                 tracing::error!(error = %e, "the scheduler stopped");
             }
         });
@@ -285,7 +288,12 @@ async fn start_components(
             cert: pki_dir.join("ca.crt"),
             key: pki_dir.join("ca.key"),
         }));
-        tokio::spawn(crate::controllers::run_with_election(client, opts, lease));
+        tokio::spawn(crate::controllers::run_with_election(
+            client,
+            opts,
+            lease,
+            std::future::pending(),
+        ));
     }
     Ok(())
 }

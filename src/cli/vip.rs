@@ -82,7 +82,7 @@ pub fn run(args: VipArgs) -> anyhow::Result<()> {
             () = wait_for_file(&kubeconfig) => {}
             () = super::scheduler::shutdown() => return Ok(()),
         }
-        let client = crate::controllers::client_from_kubeconfig(&kubeconfig).await?;
+        let client = crate::client::client_from_kubeconfig(&kubeconfig).await?;
         let opts = vip::Options {
             vip: args.vip,
             link,

@@ -103,22 +103,7 @@ fn default_retry_period() -> String {
 
 /// `kimg vip` timing (see `node::vip`): failover after a crash takes about
 /// `lease_duration + retry_period`; `retry_period < renew_deadline < lease_duration`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VipTiming {
-    pub lease_duration: std::time::Duration,
-    pub renew_deadline: std::time::Duration,
-    pub retry_period: std::time::Duration,
-}
-
-impl Default for VipTiming {
-    fn default() -> VipTiming {
-        VipTiming {
-            lease_duration: std::time::Duration::from_secs(2),
-            renew_deadline: std::time::Duration::from_millis(1500),
-            retry_period: std::time::Duration::from_millis(250),
-        }
-    }
-}
+pub use crate::client::lease::Timing as VipTiming;
 
 /// The `[network]` table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,10 +18,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{json, Value};
 
-use super::labels::map_matches;
 use super::pods::is_active;
 use super::runtime::Requeue;
 use super::{Ctx, ReconcileError};
+use crate::client::labels::map_matches;
 
 fn target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<i32> {
     match port.target_port.as_ref() {

@@ -18,8 +18,6 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
-pub mod labels;
-pub mod leader;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod pods;
@@ -27,7 +25,6 @@ pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,12 +34,11 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use kube::api::Api;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
-use leader::{LeaderError, LeaseConfig};
+use crate::client::lease::{self, LeaderError, LeaseConfig};
 use runtime::{informer, key_of, queue, work, Queue};
 
 /// Controller-manager settings (timers shortened in tests).
@@ -176,23 +172,6 @@ pub fn controller_of<K: Resource>(obj: &K) -> Option<(&str, &str, &str)> {
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
-}
-
-/// How long a connection may stay silent before a client gives up on it. Watches carry a
-/// bookmark every 10 s, so only a dead peer is that quiet — say an apiserver whose VIP
-/// moved to another master after a crash: the client reconnects and the watch resumes.
-pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Builds a client from a kubeconfig file.
-pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
-    use anyhow::Context;
-    let kc = Kubeconfig::read_from(path)
-        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .context("invalid kubeconfig")?;
-    cfg.read_timeout = Some(READ_TIMEOUT);
-    Client::try_from(cfg).context("cannot build an API client")
 }
 
 fn route_owner(q: &Queues, obj: &Pod) {
@@ -432,11 +411,18 @@ pub async fn run(client: Client, opts: Options) {
 }
 
 /// Runs the controllers while holding the `kube-controller-manager` Lease; campaigns again
-/// after losing it.
-pub async fn run_with_election(client: Client, opts: Options, lease: LeaseConfig) {
+/// after losing it. Returns when `stop` completes, after releasing the Lease.
+pub async fn run_with_election(
+    client: Client,
+    opts: Options,
+    lease: LeaseConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
     loop {
-        match leader::lead(&client, &lease, run(client.clone(), opts.clone())).await {
-            Ok(()) => return,
+        let work = run(client.clone(), opts.clone());
+        match lease::lead(&client, &lease, work, stop.as_mut()).await {
+            Ok(_) => return,
             Err(LeaderError::LostLease(l)) => tracing::warn!(lease = %l, "stopped controlling"),
         }
     }

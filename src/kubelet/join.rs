@@ -269,7 +269,7 @@ async fn client_from_yaml(yaml: &str) -> Result<Client, JoinError> {
     let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(JoinError::ClientConfig)?;
-    cfg.read_timeout = Some(crate::controllers::READ_TIMEOUT);
+    cfg.read_timeout = Some(crate::client::READ_TIMEOUT);
     Client::try_from(cfg).map_err(JoinError::Client)
 }
 

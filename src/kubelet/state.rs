@@ -134,44 +134,13 @@ pub fn should_retry_init(policy: RestartPolicy, exit_code: i32) -> bool {
     exit_code != 0 && policy != RestartPolicy::Never
 }
 
-/// CrashLoopBackOff delays: `initial · 2^(n-1)` before the n-th restart, capped at `max`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    /// A container that ran at least this long starts again from `initial`.
-    pub reset_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_secs(10),
-            max: Duration::from_secs(300),
-            reset_after: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before restart number `n` (1-based) of a crash streak.
-    pub fn delay(&self, n: u32) -> Duration {
-        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
+/// CrashLoopBackOff delays: `initial · 2^(n-1)` before the n-th restart, capped at `max`
+/// (10 s doubling to 5 min by default).
+pub use crate::client::Backoff;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_ten_seconds_up_to_five_minutes() {
-        let b = Backoff::default();
-        let got: Vec<u64> = (1..=7).map(|n| b.delay(n).as_secs()).collect();
-        assert_eq!(got, [10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(b.delay(100).as_secs(), 300);
-    }
 
     #[test]
     fn restart_policy_decides_by_exit_code() {

@@ -416,7 +416,7 @@ enum Phase {
 fn node_ready(rt: &tokio::runtime::Runtime, kubeconfig: &Path, name: &str) -> bool {
     rt.block_on(async {
         let fut = async {
-            let client = crate::controllers::client_from_kubeconfig(kubeconfig).await?;
+            let client = crate::client::client_from_kubeconfig(kubeconfig).await?;
             let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
             anyhow::Ok(nodes.get(name).await?)
         };

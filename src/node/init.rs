@@ -94,7 +94,7 @@ impl Default for Timings {
             tick: Duration::from_millis(200),
             health_every: Duration::from_secs(1),
             stop_grace: Duration::from_secs(10),
-            backoff: Backoff::default(),
+            backoff: Backoff::SERVICE,
         }
     }
 }

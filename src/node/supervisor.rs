@@ -12,34 +12,8 @@ use std::time::Duration;
 use super::events::Event;
 use super::system::{ExitStatus, ServiceSpec, Signal, System};
 
-/// Restart delays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-    /// A run at least this long resets the delay to `initial`.
-    pub reset_after: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(60),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before the next start, given the previous delay and how long the run lasted.
-    pub fn next(&self, previous: Option<Duration>, ran_for: Duration) -> Duration {
-        match previous {
-            Some(prev) if ran_for < self.reset_after => (prev * 2).min(self.max),
-            _ => self.initial,
-        }
-    }
-}
+/// Restart delays: [`Backoff::SERVICE`] (1 s doubling to 30 s, reset after 60 s).
+pub use crate::client::Backoff;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -272,7 +246,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_one_second_caps_at_thirty_and_resets_after_a_healthy_minute() {
-        let b = Backoff::default();
+        let b = Backoff::SERVICE;
         let mut delays = Vec::new();
         let mut prev = None;
         for _ in 0..7 {
@@ -298,7 +272,7 @@ mod tests {
     #[test]
     fn a_crashing_service_is_restarted_on_the_backoff_schedule() {
         let sys = Recording::new();
-        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::default());
+        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::SERVICE);
         // pid 100 starts at 0 s and crashes at 1 s; restart at 2 s as pid 101, crash at 3 s;
         // restart after 2 s at 5 s as pid 102.
         sys.exit_at(s(1), 100, ExitStatus::Code(1));
@@ -330,7 +304,7 @@ mod tests {
     #[test]
     fn orphans_are_reaped_and_reported_without_touching_services() {
         let sys = Recording::new();
-        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::default());
+        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::SERVICE);
         sup.start_due(&sys);
         sys.orphan(4242);
         sup.reap(&sys);
@@ -345,7 +319,7 @@ mod tests {
     #[test]
     fn a_missing_binary_is_retried_with_backoff_instead_of_giving_up() {
         let sys = Recording::new().failing("/usr/bin/etcd");
-        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::default());
+        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::SERVICE);
         run_for(&mut sup, &sys, 4);
         let failed = sys
             .console_lines()
@@ -361,7 +335,7 @@ mod tests {
     fn stopping_sends_sigterm_then_sigkill_after_the_grace_period() {
         let sys = Recording::new();
         sys.ignore_sigterm();
-        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::default());
+        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::SERVICE);
         sup.start_due(&sys);
         let t0 = sys.now();
         sup.stop_all(&sys, s(5));
@@ -384,7 +358,7 @@ mod tests {
     #[test]
     fn stopping_returns_early_when_services_obey_sigterm() {
         let sys = Recording::new();
-        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::default());
+        let mut sup = Supervisor::new(vec![spec("etcd")], Backoff::SERVICE);
         sup.start_due(&sys);
         sup.stop_all(&sys, s(10));
         assert!(sys.now() < s(1));

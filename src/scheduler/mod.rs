@@ -27,7 +27,7 @@ use kube::runtime::watcher;
 use kube::Client;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::controllers::leader::{self, LeaderError, LeaseConfig};
+use crate::client::lease::{self, LeaderError, LeaseConfig};
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -304,15 +304,19 @@ async fn report_unschedulable(
 }
 
 /// Runs the scheduler while holding the `kube-scheduler` Lease; campaigns again after
-/// losing it.
+/// losing it. Returns when `stop` completes, after releasing the Lease.
 pub async fn run_with_election(
     client: Client,
     opts: Options,
     lease: LeaseConfig,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), SchedulerError> {
+    tokio::pin!(stop);
     loop {
-        match leader::lead(&client, &lease, run(client.clone(), opts.clone())).await {
-            Ok(res) => return res,
+        let work = run(client.clone(), opts.clone());
+        match lease::lead(&client, &lease, work, stop.as_mut()).await {
+            Ok(Some(res)) => return res,
+            Ok(None) => return Ok(()),
             Err(e) => tracing::warn!(error = %e, "stopped scheduling"),
         }
     }

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, Taint, Toleration};
 
 use super::cache::{Cache, NodeInfo, PodInfo};
-use crate::controllers::labels::{node_term_matches, selector_matches};
+use crate::client::labels::{node_term_matches, selector_matches};
 
 /// Why a node cannot take a pod (texts as kube-scheduler prints them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

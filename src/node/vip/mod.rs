@@ -5,7 +5,7 @@
 //! apiserver on its own machine (`/run/kimg/admin.conf`, 127.0.0.1:6443) and competes
 //! for the Lease `kube-system/kimg-vip`, whose writes go through that apiserver to etcd
 //! with optimistic concurrency. Every `retry_period` (250 ms) a candidate checks its local
-//! `/readyz`, reads the Lease and — per [`elector::Elector`] — creates it, renews it (the
+//! `/readyz`, reads the Lease and — per [`Elector`] (`client::lease`) — creates it, renews it (the
 //! holder), claims it when released, or takes it over once it has seen the *same*
 //! `resourceVersion` for `lease_duration` (2 s). The winner adds the VIP as a /32 to the
 //! interface carrying its node address and broadcasts gratuitous ARP (an announcement and
@@ -38,19 +38,15 @@
 //! renewal), which the kernel enforces up to about a second late — so for a frozen holder
 //! the address may overlap a takeover by that much, and no longer. IPv4 only.
 
-pub mod elector;
 pub mod link;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chrono::Utc;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
 use kube::Client;
 
-pub use elector::{Elector, LeaseView, Step, Timing};
+use crate::client::lease::{Candidate, Round};
+pub use crate::client::lease::{Elector, LeaseView, Step, Timing};
 pub use link::Link;
 
 /// The Lease the masters compete for.
@@ -68,39 +64,6 @@ pub struct Options {
     pub timing: Timing,
 }
 
-/// The outcome of one round.
-#[derive(Debug)]
-enum Round {
-    /// A write naming us succeeded.
-    Won,
-    /// Someone else holds it (or won the race).
-    Lost,
-    /// The local apiserver is not ready.
-    Unhealthy(String),
-    /// A request failed.
-    Failed(String),
-}
-
-fn view(lease: &Lease) -> LeaseView {
-    let spec = lease.spec.clone().unwrap_or_default();
-    LeaseView {
-        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
-        holder: spec.holder_identity.unwrap_or_default(),
-        duration: Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64),
-    }
-}
-
-fn stamp(spec: &mut LeaseSpec, me: &str, timing: &Timing, takeover: bool) {
-    let now = MicroTime(Utc::now());
-    if takeover {
-        spec.acquire_time = Some(now.clone());
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-    }
-    spec.holder_identity = Some(me.into());
-    spec.lease_duration_seconds = Some(timing.lease_duration.as_secs_f64().ceil().max(1.0) as i32);
-    spec.renew_time = Some(now);
-}
-
 async fn ready(client: &Client) -> Result<(), String> {
     let req = hyper::Request::get("/readyz")
         .body(Vec::new())
@@ -112,119 +75,6 @@ async fn ready(client: &Client) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// A holder's renewal: one write over the Lease it wrote last, with the readiness check
-/// alongside (a loaded machine's etcd round trip is the budget, so nothing runs in series).
-async fn renew(
-    client: &Client,
-    api: &Api<Lease>,
-    e: &mut Elector,
-    timing: &Timing,
-    last: &mut Option<Lease>,
-    mut lease: Lease,
-) -> Round {
-    let started = Instant::now();
-    let mut spec = lease.spec.take().unwrap_or_default();
-    stamp(&mut spec, e.identity(), timing, false);
-    lease.spec = Some(spec);
-    let pp = PostParams::default();
-    let (health, written) = tokio::join!(ready(client), api.replace(LEASE_NAME, &pp, &lease));
-    if let Err(why) = health {
-        return Round::Unhealthy(why);
-    }
-    match written {
-        Ok(l) => {
-            *last = Some(l);
-            e.won(started);
-            Round::Won
-        }
-        // Someone else wrote it: read it again next round.
-        Err(kube::Error::Api(r)) if r.code == 409 => Round::Failed("renewal conflict".into()),
-        Err(err) => {
-            *last = Some(lease);
-            Round::Failed(format!("renew the lease: {err}"))
-        }
-    }
-}
-
-async fn round(
-    client: &Client,
-    api: &Api<Lease>,
-    e: &mut Elector,
-    timing: &Timing,
-    last: &mut Option<Lease>,
-) -> Round {
-    if let Some(lease) = last.take() {
-        return renew(client, api, e, timing, last, lease).await;
-    }
-    if let Err(why) = ready(client).await {
-        return Round::Unhealthy(why);
-    }
-    let started = Instant::now();
-    let current = match api.get_opt(LEASE_NAME).await {
-        Ok(l) => l,
-        Err(err) => return Round::Failed(format!("read the lease: {err}")),
-    };
-    let me = e.identity().to_string();
-    let step = e.decide(current.as_ref().map(view).as_ref(), Instant::now());
-    let written = match (step, current) {
-        (Step::Wait, _) => return Round::Lost,
-        (Step::Create, _) => {
-            let mut spec = LeaseSpec::default();
-            stamp(&mut spec, &me, timing, true);
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(LEASE_NAME.into()),
-                    namespace: Some(LEASE_NAMESPACE.into()),
-                    ..Default::default()
-                },
-                spec: Some(spec),
-            };
-            api.create(&PostParams::default(), &lease).await
-        }
-        (Step::Write, Some(mut lease)) => {
-            let mut spec = lease.spec.take().unwrap_or_default();
-            let takeover = spec.holder_identity.as_deref() != Some(me.as_str());
-            stamp(&mut spec, &me, timing, takeover);
-            lease.spec = Some(spec);
-            api.replace(LEASE_NAME, &PostParams::default(), &lease)
-                .await
-        }
-        (Step::Write, None) => return Round::Failed("the lease vanished".into()),
-    };
-    match written {
-        Ok(l) => {
-            *last = Some(l);
-            e.won(started);
-            Round::Won
-        }
-        Err(kube::Error::Api(r)) if r.code == 409 => Round::Lost,
-        Err(err) => Round::Failed(format!("write the lease: {err}")),
-    }
-}
-
-/// Gives the Lease up if it still names us (best effort, bounded by `within`).
-async fn release_lease(api: &Api<Lease>, me: &str, within: Duration) {
-    let attempt = async {
-        let mut lease = api.get_opt(LEASE_NAME).await.ok()??;
-        let spec = lease.spec.as_mut()?;
-        if spec.holder_identity.as_deref() != Some(me) {
-            return None;
-        }
-        spec.holder_identity = Some(String::new());
-        api.replace(LEASE_NAME, &PostParams::default(), &lease)
-            .await
-            .ok()
-    };
-    if tokio::time::timeout(within, attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {
-        tracing::info!("released the lease");
-    }
-}
-
 /// Holds the VIP on `opts.link` whenever this machine wins the election, until `stop`
 /// resolves; then drops it and releases the Lease.
 pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<Output = ()>) {
@@ -234,18 +84,14 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
         identity,
         timing,
     } = opts;
-    let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let mut e = Elector::new(&identity, timing);
+    let mut c = Candidate::new(&client, LEASE_NAMESPACE, LEASE_NAME, &identity, timing);
     // The address's kernel lifetime: the renew deadline, in the whole seconds the kernel
     // counts (a backstop for a holder process that is frozen; the fence is the timer).
     let lifetime = timing.renew_deadline.as_secs_f64().ceil().max(1.0) as u32;
     let mut holding = false;
-    // What our last successful write returned; a holder renews over it without a read.
-    let mut last: Option<Lease> = None;
     // Steps down (if holding) and removes the address: the one way the VIP is dropped.
-    let drop_vip = |why: &str, holding: &mut bool, e: &mut Elector, last: &mut Option<Lease>| {
-        *last = None;
-        e.stepped_down();
+    let drop_vip = |why: &str, holding: &mut bool, c: &mut Candidate| {
+        c.step_down();
         if let Err(err) = link.release(vip) {
             tracing::error!(%vip, error = %err, "cannot remove the VIP");
         }
@@ -255,17 +101,17 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
         }
     };
     // A VIP left behind by an earlier run of this process is not ours until we win.
-    drop_vip("start", &mut holding, &mut e, &mut last);
+    drop_vip("start", &mut holding, &mut c);
     tokio::pin!(stop);
     loop {
         let begun = Instant::now();
         // A holder's round may never run past its drop deadline.
-        let budget = match e.drop_deadline() {
+        let budget = match c.elector().drop_deadline() {
             Some(d) if holding => d.saturating_duration_since(begun),
             _ => timing.renew_deadline,
         };
         let outcome = tokio::select! {
-            r = tokio::time::timeout(budget, round(&client, &api, &mut e, &timing, &mut last)) => {
+            r = tokio::time::timeout(budget, c.round(ready(&client))) => {
                 r.unwrap_or_else(|_| Round::Failed("timed out".into()))
             }
             () = &mut stop => break,
@@ -290,37 +136,37 @@ pub async fn run(client: Client, opts: Options, stop: impl std::future::Future<O
                     println!("kimg: vip-acquired vip={vip} node={identity}");
                 }
             }
-            Round::Lost if holding => drop_vip("lost", &mut holding, &mut e, &mut last),
+            Round::Lost if holding => drop_vip("lost", &mut holding, &mut c),
             Round::Lost => {}
             Round::Unhealthy(why) => {
-                last = None;
+                c.forget();
                 if holding {
                     tracing::warn!(error = %why, "the local apiserver is not ready");
-                    drop_vip("unhealthy", &mut holding, &mut e, &mut last);
-                    release_lease(&api, &identity, timing.retry_period).await;
+                    drop_vip("unhealthy", &mut holding, &mut c);
+                    c.release(timing.retry_period).await;
                 }
             }
             Round::Failed(why) if holding => tracing::warn!(error = %why, "renewal failed"),
             Round::Failed(why) => tracing::debug!(error = %why, "round failed"),
         }
-        if holding && !e.may_hold(Instant::now()) {
-            drop_vip("renew-deadline", &mut holding, &mut e, &mut last);
+        if holding && !c.elector().may_hold(Instant::now()) {
+            drop_vip("renew-deadline", &mut holding, &mut c);
         }
         let mut wake = begun + timing.retry_period;
-        if let (true, Some(d)) = (holding, e.drop_deadline()) {
+        if let (true, Some(d)) = (holding, c.elector().drop_deadline()) {
             wake = wake.min(d);
         }
         tokio::select! {
             () = tokio::time::sleep_until(wake.into()) => {}
             () = &mut stop => break,
         }
-        if holding && !e.may_hold(Instant::now()) {
-            drop_vip("renew-deadline", &mut holding, &mut e, &mut last);
+        if holding && !c.elector().may_hold(Instant::now()) {
+            drop_vip("renew-deadline", &mut holding, &mut c);
         }
     }
     let was = holding;
-    drop_vip("shutdown", &mut holding, &mut e, &mut last);
+    drop_vip("shutdown", &mut holding, &mut c);
     if was {
-        release_lease(&api, &identity, timing.renew_deadline).await;
+        c.release(timing.renew_deadline).await;
     }
 }

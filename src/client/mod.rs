@@ -1,0 +1,41 @@
+//! What every component that talks to the apiserver shares: the kube client built from a
+//! kubeconfig, label matching, the one Lease elector, and the one backoff.
+//!
+//! - [`client_from_kubeconfig`] and [`READ_TIMEOUT`]: how kimg's components build their
+//!   kube-rs client.
+//! - [`labels`]: label- and node-selector matching (scheduler, controllers).
+//! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease, as a pure
+//!   state machine over monotonic time plus the rounds that read and write the Lease. The
+//!   VIP, the scheduler and the controller-manager all use it.
+//! - [`backoff`]: capped exponential backoff (the kubelet's CrashLoopBackOff, PID 1's
+//!   service restarts).
+//!
+//! This folder imports nothing else of kimg, so every component may depend on it.
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Client;
+
+pub mod backoff;
+pub mod labels;
+pub mod lease;
+
+pub use backoff::Backoff;
+
+/// How long a connection may stay silent before a client gives up on it. Watches carry a
+/// bookmark every 10 s, so only a dead peer is that quiet — say an apiserver whose VIP
+/// moved to another master after a crash: the client reconnects and the watch resumes.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Builds a client from a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
+    use anyhow::Context;
+    let kc = Kubeconfig::read_from(path)
+        .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .context("invalid kubeconfig")?;
+    cfg.read_timeout = Some(READ_TIMEOUT);
+    Client::try_from(cfg).context("cannot build an API client")
+}
