@@ -16,6 +16,8 @@
 //! - [`controllers`]: `kimg controller-manager` — workload, node and cleanup controllers.
 //! - [`sim`]: `kimg sim nodes` — a simulated node fleet.
 //! - [`lab`]: `kimg lab` and the QEMU scenario runner's machines — QEMU on a private network.
+//! - [`client`]: what every API client shares: kube client, labels, the Lease elector, backoff.
+//! - [`files`]: atomic file replacement and log backup shifting.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
 pub mod apiserver;
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod controllers;
+pub mod files;
 pub mod https;
 pub mod kubelet;
 pub mod lab;

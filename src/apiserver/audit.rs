@@ -383,15 +383,11 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Shifts `audit.log.N-1` → `.N` … and `audit.log` → `.1`, dropping the oldest.
 fn rotate(file: &LogFile) -> std::io::Result<()> {
-    let numbered = |n: usize| PathBuf::from(format!("{}.{n}", file.path.display()));
     if file.backups == 0 {
         return std::fs::remove_file(&file.path);
     }
-    let _ = std::fs::remove_file(numbered(file.backups));
-    for n in (1..file.backups).rev() {
-        let _ = std::fs::rename(numbered(n), numbered(n + 1));
-    }
-    std::fs::rename(&file.path, numbered(1))
+    crate::files::shift_backups(&file.path, file.backups);
+    std::fs::rename(&file.path, crate::files::numbered(&file.path, 1))
 }
 
 async fn write_lines(file: LogFile, out: std::fs::File, mut rx: mpsc::Receiver<Vec<u8>>) {

@@ -57,10 +57,7 @@ pub fn run(a: ApiserverArgs) -> anyhow::Result<()> {
         conf_dir: a.kubeconfig_dir,
     };
     let server = format!("https://127.0.0.1:{}", a.listen.port());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(serve(
         layout,
         a.listen,

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use super::scheduler::{shutdown, LeaseArgs};
@@ -64,10 +63,7 @@ pub struct ControllerManagerArgs {
 
 /// Runs `kimg controller-manager` on a new runtime.
 pub fn run(args: ControllerManagerArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async move {
         let client = crate::client::client_from_kubeconfig(&args.kubeconfig).await?;
         let opts = args.controllers.options();

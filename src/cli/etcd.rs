@@ -41,10 +41,7 @@ pub fn run(a: EtcdArgs) -> anyhow::Result<()> {
     if !node.has(Role::Etcd) {
         bail!("node {} is not an etcd node", node.name);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime_on_this_thread()?;
     let (state, how) = rt
         .block_on(etcd::start_state(
             &cluster,

@@ -194,10 +194,7 @@ pub fn run(a: KubeletArgs) -> anyhow::Result<()> {
         bridge: a.bridge,
         cgroup_parent: a.cgroup_parent,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async move {
         tokio::select! {
             r = crate::kubelet::agent::run(cfg) => r.context("the kubelet stopped"),

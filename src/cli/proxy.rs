@@ -67,10 +67,7 @@ pub fn run(a: ProxyArgs) -> anyhow::Result<()> {
     } else {
         a.upstreams
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async move {
         let client = crate::client::client_from_kubeconfig(&a.kubeconfig).await?;
         let directory = ServiceDirectory::default();

@@ -54,10 +54,7 @@ pub struct SchedulerArgs {
 
 /// Runs `kimg scheduler` on a new runtime.
 pub fn run(args: SchedulerArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async move {
         let client = crate::client::client_from_kubeconfig(&args.kubeconfig).await?;
         let opts = Options {

@@ -88,10 +88,7 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
         pause_dir: a.pause_dir,
         ..SimOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async move {
         let client = crate::client::client_from_kubeconfig(&kubeconfig).await?;
         tokio::select! {

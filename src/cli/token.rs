@@ -43,10 +43,7 @@ pub enum TokenCommand {
 fn revoke_in_cluster(kubeconfig: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, DeleteParams};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime_on_this_thread()?;
     rt.block_on(async {
         let client = crate::client::client_from_kubeconfig(kubeconfig).await?;
         let api: Api<Secret> = Api::namespaced(client, "kube-system");

@@ -366,10 +366,7 @@ pub fn run(
     serving: &ServingArgs,
     components: Components,
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(None)?;
     rt.block_on(async {
         let layout = Layout::cluster_dir(dir)?;
         serve(layout, listen, None, store, serving, components).await

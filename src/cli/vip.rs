@@ -71,11 +71,7 @@ pub fn run(args: VipArgs) -> anyhow::Result<()> {
             .map(|h| h.trim().to_string())
             .context("cannot read the host name; pass --identity")?,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let rt = super::runtime(Some(2))?;
     rt.block_on(async move {
         let kubeconfig = args.kubeconfig;
         tokio::select! {

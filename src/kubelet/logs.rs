@@ -22,10 +22,6 @@ pub const MAX_LOG_FILES: usize = 5;
 /// How often the logs are checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 
-fn numbered(path: &Path, n: usize) -> PathBuf {
-    PathBuf::from(format!("{}.{n}", path.display()))
-}
-
 /// Rotates `path` if it is larger than `max_bytes`, keeping `files` files in all.
 pub fn rotate_file(path: &Path, max_bytes: u64, files: usize) -> std::io::Result<bool> {
     let len = std::fs::metadata(path)?.len();
@@ -34,11 +30,8 @@ pub fn rotate_file(path: &Path, max_bytes: u64, files: usize) -> std::io::Result
     }
     let backups = files.saturating_sub(1);
     if backups > 0 {
-        let _ = std::fs::remove_file(numbered(path, backups));
-        for n in (1..backups).rev() {
-            let _ = std::fs::rename(numbered(path, n), numbered(path, n + 1));
-        }
-        std::fs::copy(path, numbered(path, 1))?;
+        crate::files::shift_backups(path, backups);
+        std::fs::copy(path, crate::files::numbered(path, 1))?;
     }
     std::fs::OpenOptions::new()
         .write(true)
@@ -109,11 +102,11 @@ mod tests {
         }
         writeln!(shim, "after").expect("write");
         assert_eq!(std::fs::read_to_string(&log).expect("read"), "after\n");
-        let newest = std::fs::read_to_string(numbered(&log, 1)).expect("backup 1");
+        let newest = std::fs::read_to_string(crate::files::numbered(&log, 1)).expect("backup 1");
         assert!(newest.starts_with("round 5 "), "{newest}");
-        let older = std::fs::read_to_string(numbered(&log, 2)).expect("backup 2");
+        let older = std::fs::read_to_string(crate::files::numbered(&log, 2)).expect("backup 2");
         assert!(older.starts_with("round 4 "), "{older}");
-        assert!(!numbered(&log, 3).exists(), "3 files in all");
+        assert!(!crate::files::numbered(&log, 3).exists(), "3 files in all");
         // Small logs and other files are left alone.
         std::fs::write(pod.join("notes.txt"), "x".repeat(100)).expect("write");
         assert_eq!(rotate_all(dir.path(), 32, 3), 0);

@@ -371,11 +371,9 @@ impl Worker {
             return;
         };
         let path = self.pod_dir.join(CHECKPOINT);
-        let tmp = self.pod_dir.join(format!("{CHECKPOINT}.tmp"));
         let written = serde_json::to_vec(&cp)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|bytes| crate::files::write_atomic(&path, &bytes, 0o600));
         if let Err(e) = written {
             tracing::warn!(pod = %self.uid, error = %e, "cannot write the pod checkpoint");
         }

@@ -105,14 +105,8 @@ fn write_files(dir: &Path, files: Vec<(String, Vec<u8>, i32)>) -> Result<(), Kub
         let path = dir.join(&rel);
         let parent = path.parent().unwrap_or(dir);
         std::fs::create_dir_all(parent).map_err(KubeletError::io(parent))?;
-        let tmp = parent.join(format!(
-            ".{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        std::fs::write(&tmp, content).map_err(KubeletError::io(&tmp))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode as u32 & 0o777))
-            .map_err(KubeletError::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(KubeletError::io(&path))?;
+        crate::files::write_atomic(&path, &content, mode as u32 & 0o777)
+            .map_err(KubeletError::io(&path))?;
     }
     Ok(())
 }

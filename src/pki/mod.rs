@@ -14,8 +14,7 @@ pub mod layout;
 pub mod token;
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::KeyPair;
@@ -61,29 +60,15 @@ pub fn pki_dir(cluster_dir: &Path) -> PathBuf {
     secrets_dir(cluster_dir).join("pki")
 }
 
-/// Writes `bytes` to `path` atomically with `mode`, creating parent dirs (mode 0700).
+/// Writes `bytes` to `path` atomically with `mode` ([`crate::files::write_atomic`]),
+/// creating missing parent directories with mode 0700 (they hold secrets).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(parent)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Ok(d) = fs::File::open(parent) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::files::write_atomic(path, bytes, mode)
 }
 
 fn read_string(path: &Path) -> Result<String, PkiError> {

@@ -91,9 +91,7 @@ impl Lockfile {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(write_err)?;
         }
-        let tmp = path.with_extension("lock.tmp");
-        fs::write(&tmp, text).map_err(write_err)?;
-        fs::rename(&tmp, path).map_err(write_err)
+        crate::files::write_atomic(path, text.as_bytes(), 0o644).map_err(write_err)
     }
 
     /// The canonical text of this lock.
