@@ -99,14 +99,7 @@ groups = ["system:bootstrappers:kubeadm:default-node-token"]
     }
 
     fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
-        let out = self.kubectl(token, args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        common::checked_ok(args, self.kubectl(token, args))
     }
 
     fn fails(&self, token: Option<&str>, args: &[&str]) -> String {

@@ -99,3 +99,36 @@ pub fn start_up(mut cmd: Command) -> (std::process::Child, std::path::PathBuf) {
         .expect("kimg up prints the kubeconfig path");
     (child, std::path::PathBuf::from(line.trim()))
 }
+
+/// Runs the real `kubectl` with `kubeconfig`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+}
+
+/// Runs `kubectl`, asserting success, and returns stdout.
+pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    checked_ok(args, kubectl(kubeconfig, args))
+}
+
+/// Asserts that a `kubectl ARGS` run succeeded; returns its stdout.
+pub fn checked_ok(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `kubectl ARGS -o json`, asserting success, and parses the output.
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> serde_json::Value {
+    let mut a = args.to_vec();
+    a.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&kubectl_ok(kubeconfig, &a)).expect("kubectl json")
+}
