@@ -494,6 +494,22 @@ fn lease_holder(env: &Env) -> Option<String> {
     v["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 
+/// The PID in a Lease holder's identity (`<host>_<pid>_<random>`) and the index of that
+/// process among the test's own.
+fn leader_process(env: &Env, holder: &str) -> (u32, usize) {
+    let pid: u32 = holder
+        .split('_')
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("pid in identity");
+    let idx = env
+        .others
+        .iter()
+        .position(|c| c.id() == pid)
+        .expect("the leader is one of ours");
+    (pid, idx)
+}
+
 #[test]
 fn killing_the_leading_scheduler_hands_leadership_over_within_one_lease() {
     let mut env = Env::start("memory", &["--no-scheduler"]);
@@ -514,16 +530,7 @@ fn killing_the_leading_scheduler_hands_leadership_over_within_one_lease() {
     }
     let first = wait_for(30, "a scheduler to lead", || lease_holder(&env));
     // Identities are <host>_<pid>_<random>: kill the leading process.
-    let pid: u32 = first
-        .split('_')
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("pid in identity");
-    let idx = env
-        .others
-        .iter()
-        .position(|c| c.id() == pid)
-        .expect("the leader is one of ours");
+    let (pid, idx) = leader_process(&env, &first);
     let _ = env.others[idx].kill();
     let killed = Instant::now();
     let _ = env.others[idx].wait();
@@ -558,16 +565,7 @@ fn a_scheduler_stopped_with_sigterm_releases_its_lease_for_the_next_candidate() 
         ]));
     }
     let first = wait_for(30, "a scheduler to lead", || lease_holder(&env));
-    let pid: u32 = first
-        .split('_')
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .expect("pid in identity");
-    let idx = env
-        .others
-        .iter()
-        .position(|c| c.id() == pid)
-        .expect("the leader is one of ours");
+    let (pid, idx) = leader_process(&env, &first);
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

@@ -391,14 +391,7 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
 
 /// Checks an object name against the resource's rule; `Err` holds Kubernetes' wording.
 pub fn validate_name(rule: NameRule, name: &str) -> Result<(), String> {
-    let label_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-    };
+    let label_ok = crate::cluster::is_dns_label;
     match rule {
         NameRule::Subdomain => {
             if name.len() <= 253 && name.split('.').all(label_ok) {

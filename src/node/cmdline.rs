@@ -25,14 +25,7 @@ pub struct Ignored {
 }
 
 /// A node name as `cluster.toml` allows it: a DNS label.
-pub fn is_node_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+pub use crate::cluster::is_dns_label as is_node_name;
 
 /// Parses the text of `/proc/cmdline`. The last valid `kimg.node` wins, like kernel options.
 pub fn parse(text: &str) -> Cmdline {
