@@ -10,6 +10,17 @@ use std::path::{Path, PathBuf};
 /// file or the new one, never a part: a temp file beside it, fsync, rename, fsync of the
 /// directory. The parent directory must exist.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_replacing(path, bytes, mode, true)
+}
+
+/// [`write_atomic`] without the fsyncs: readers never see a part, but a power loss may
+/// lose the write. For state a reboot makes worthless anyway (tmpfs files, the kubelet's
+/// pod checkpoints), written on hot paths.
+pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_replacing(path, bytes, mode, false)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -22,11 +33,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     // The mode given to open() is masked by the umask; the file gets exactly `mode`.
     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
     fs::rename(&tmp, path)?;
-    if let Ok(d) = fs::File::open(parent) {
-        let _ = d.sync_all();
+    if durable {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }

@@ -346,7 +346,8 @@ impl Worker {
         Ok(())
     }
 
-    /// Writes the [`Checkpoint`] (atomically: a crash leaves the old one or the new one).
+    /// Writes the [`Checkpoint`] (replaced whole; not fsynced: after a power loss the
+    /// namespaces are gone and nothing is adopted anyway).
     fn save_checkpoint(&self) {
         let Some(cp) = self.record.lock().ok().map(|r| Checkpoint {
             ip: r.pod_ip.clone().unwrap_or_default(),
@@ -373,7 +374,7 @@ impl Worker {
         let path = self.pod_dir.join(CHECKPOINT);
         let written = serde_json::to_vec(&cp)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::files::write_atomic(&path, &bytes, 0o600));
+            .and_then(|bytes| crate::files::replace(&path, &bytes, 0o600));
         if let Err(e) = written {
             tracing::warn!(pod = %self.uid, error = %e, "cannot write the pod checkpoint");
         }

@@ -105,7 +105,7 @@ fn write_files(dir: &Path, files: Vec<(String, Vec<u8>, i32)>) -> Result<(), Kub
         let path = dir.join(&rel);
         let parent = path.parent().unwrap_or(dir);
         std::fs::create_dir_all(parent).map_err(KubeletError::io(parent))?;
-        crate::files::write_atomic(&path, &content, mode as u32 & 0o777)
+        crate::files::replace(&path, &content, mode as u32 & 0o777)
             .map_err(KubeletError::io(&path))?;
     }
     Ok(())

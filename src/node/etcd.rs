@@ -185,14 +185,7 @@ mod tests {
 
     #[test]
     fn the_initial_cluster_lists_every_etcd_member_over_tls() {
-        let opts = NewOptions {
-            name: Some("prod".into()),
-            vip: Some("10.0.0.100".into()),
-            etcd: vec!["10.0.0.11".into(), "10.0.0.12".into(), "10.0.0.13".into()],
-            masters: vec!["10.0.0.21".into()],
-            ..NewOptions::default()
-        };
-        let c = validate(file_from_options(&opts).unwrap(), "/c".as_ref(), None).unwrap();
+        let c = three_members();
         let node = c.node("etcd-2").unwrap();
         let spec = service(&c, node, ClusterState::New);
         let argv = spec.argv.join(" ");
