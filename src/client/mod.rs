@@ -1,5 +1,6 @@
 //! What every component that talks to the apiserver shares: the kube client built from a
-//! kubeconfig, label matching, the one Lease elector, and the one backoff.
+//! kubeconfig, label matching, the one Lease elector, the one backoff and the one watch
+//! loop.
 //!
 //! - [`client_from_kubeconfig`] and [`READ_TIMEOUT`]: how kimg's components build their
 //!   kube-rs client.
@@ -8,7 +9,9 @@
 //!   state machine over monotonic time plus the rounds that read and write the Lease. The
 //!   VIP, the scheduler and the controller-manager all use it.
 //! - [`backoff`]: capped exponential backoff (the kubelet's CrashLoopBackOff, PID 1's
-//!   service restarts).
+//!   service restarts, failed watches).
+//! - [`watch`]: the one watch loop (list, watch, bookmarks, re-list on 410, backoff), and
+//!   a cache on top of it.
 //!
 //! This folder imports nothing else of kimg, so every component may depend on it.
 
@@ -20,6 +23,7 @@ use kube::Client;
 pub mod backoff;
 pub mod labels;
 pub mod lease;
+pub mod watch;
 
 pub use backoff::Backoff;
 

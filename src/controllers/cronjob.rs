@@ -16,12 +16,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
 use serde_json::json;
 
 use super::runtime::{get, Requeue};
+use super::status;
 use super::{controller_of, Ctx, ReconcileError};
 
 /// Why a schedule cannot be used.
@@ -258,18 +259,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .and_then(|s| s.active.as_ref())
         .map_or(0, |a| a.len());
     if last.is_some() || created || cur_active != active.len() {
-        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            kind: "CronJob",
-            key: key.into(),
-            source,
-        })?;
+        status::patch_status(&ctx.client, cj.as_ref(), status).await?;
     }
     Ok(requeue)
 }

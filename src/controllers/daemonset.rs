@@ -17,11 +17,11 @@ use k8s_openapi::api::core::v1::{
     Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Taint,
     Toleration,
 };
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready};
 use super::runtime::{get, key_of, Requeue};
+use super::status;
 use super::{Ctx, ReconcileError};
 use crate::scheduler::plugins::tolerated;
 
@@ -203,31 +203,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         "numberUnavailable": (wanted.len() as i32 - ready).max(0),
         "observedGeneration": ds.metadata.generation.unwrap_or(0),
     });
-    let cur = ds
-        .status
-        .as_ref()
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or_default();
-    let same = status
-        .as_object()
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| cur.get(k).cloned().unwrap_or(json!(0)) == *v);
-    if !same {
-        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = ds.metadata.name.as_deref().unwrap_or_default();
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            kind: "DaemonSet",
-            key: key.into(),
-            source,
-        })?;
-    }
+    status::patch_status_if_changed(&ctx.client, ds.as_ref(), status).await?;
     Ok(None)
 }
 

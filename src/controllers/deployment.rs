@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::pods::{self, is_active, is_ready};
 use super::runtime::{get, Requeue};
+use super::status;
 use super::{controller_of, Ctx, ReconcileError};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
@@ -485,51 +486,9 @@ async fn update_status(
             cond("Progressing", true, preason, &pmsg),
         ],
     });
-    let cur = d
-        .status
-        .as_ref()
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or_default();
-    let same = [
-        "observedGeneration",
-        "replicas",
-        "updatedReplicas",
-        "readyReplicas",
-        "availableReplicas",
-        "unavailableReplicas",
-    ]
-    .iter()
-    .all(|k| cur.get(*k).cloned().unwrap_or(json!(0)) == status[*k])
-        && old_conds.len() == 2
-        && old_conds.iter().all(|c| {
-            status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|n| {
-                    n["type"] == c.type_.as_str()
-                        && n["status"] == c.status.as_str()
-                        && n["reason"] == c.reason.as_deref().unwrap_or_default()
-                })
-        });
-    if same {
-        return Ok(());
-    }
-    let ns = d.metadata.namespace.as_deref().unwrap_or("default");
-    let name = d.metadata.name.as_deref().unwrap_or_default();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": status})),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|source| ReconcileError::Status {
-        kind: "Deployment",
-        key: format!("{ns}/{name}"),
-        source,
-    })
+    status::patch_status_if_changed(&ctx.client, d, status)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready, phase};
 use super::runtime::{get, Requeue};
+use super::status;
 use super::{Ctx, ReconcileError};
 
 /// What a Job should do next, from its counts (pure, for tests).
@@ -186,29 +186,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
             status["active"] = json!(0);
         }
     }
-    let cur = job
-        .status
-        .as_ref()
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or_default();
-    let same = status.as_object().into_iter().flatten().all(|(k, v)| {
-        k == "startTime" && cur.get(k).is_some() || cur.get(k).cloned().unwrap_or(json!(0)) == *v
-    });
-    if !same {
-        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = job.metadata.name.as_deref().unwrap_or_default();
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            kind: "Job",
-            key: key.into(),
-            source,
-        })?;
-    }
+    status::patch_status_if_changed(&ctx.client, job.as_ref(), status).await?;
     Ok(None)
 }
 

@@ -24,6 +24,7 @@ pub mod pods;
 pub mod replicaset;
 pub mod runtime;
 pub mod serviceaccount;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;

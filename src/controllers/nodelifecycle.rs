@@ -24,6 +24,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::runtime::get;
+use super::status;
 use super::{Ctx, ReconcileError};
 
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
@@ -173,17 +174,7 @@ async fn check(
                 c
             })
             .collect();
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"conditions": conds}})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            kind: "Node",
-            key: name.clone(),
-            source,
-        })?;
+        status::patch_status(&ctx.client, node, json!({"conditions": conds})).await?;
         tracing::info!(node = %name, "node stopped heartbeating: Unknown");
     }
     let existing = node

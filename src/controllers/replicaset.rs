@@ -14,12 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready};
 use super::runtime::{get, Requeue};
+use super::status;
 use super::{Ctx, ReconcileError};
 
 /// Pods created or deleted but not yet seen so in the cache, per owner key.
@@ -147,30 +146,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         "availableReplicas": ready,
         "observedGeneration": rs.metadata.generation.unwrap_or(0),
     });
-    let cur = rs.status.as_ref().map(|s| {
-        json!({
-            "replicas": s.replicas,
-            "fullyLabeledReplicas": s.fully_labeled_replicas.unwrap_or(0),
-            "readyReplicas": s.ready_replicas.unwrap_or(0),
-            "availableReplicas": s.available_replicas.unwrap_or(0),
-            "observedGeneration": s.observed_generation.unwrap_or(0),
-        })
-    });
-    if cur.as_ref() != Some(&status) {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
-        let name = rs.metadata.name.as_deref().unwrap_or_default();
-        api.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": status})),
-        )
-        .await
-        .map_err(|source| ReconcileError::Status {
-            kind: "ReplicaSet",
-            key: key.into(),
-            source,
-        })?;
-    }
+    status::patch_status_if_changed(&ctx.client, rs.as_ref(), status).await?;
     Ok(None)
 }
 

@@ -1,8 +1,9 @@
 //! The controller machinery: watch → cache → queue → reconcile.
 //!
-//! How: [`informer`] runs a kube-runtime watcher (an explicit state machine that re-lists
-//! after `410 Gone`) into a reflector [`Store`] — one writer, cheap cloneable readers,
-//! possibly stale — and calls a handler with every object it applies or deletes. Handlers
+//! How: [`informer`] follows a resource through the one watch loop
+//! ([`crate::client::watch`]: re-list after `410 Gone`, backoff) into a reflector [`Store`]
+//! — one writer, cheap cloneable readers, possibly stale — and calls a handler with every
+//! object it applies or deletes. Handlers
 //! map objects to keys on a [`Queue`], which holds each key at most once. [`work`] waits
 //! until the caches have synced, then reconciles keys one at a time; a reconcile returns
 //! when to look again, and errors are retried with a capped backoff.
@@ -15,7 +16,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -106,37 +106,15 @@ where
     store.get(&r)
 }
 
-/// Starts a watch of `api` into a cache; `on_change` sees every applied object and,
-/// with `true`, every deleted one.
+/// Starts a watch of `api` into a cache (the one watch loop, [`crate::client::watch`]);
+/// `on_change` sees every applied object and, with `true`, every deleted one.
 pub fn informer<K, F>(api: Api<K>, cfg: watcher::Config, on_change: F) -> Store<K>
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     F: Fn(&K, bool) + Send + 'static,
 {
-    let (reader, mut writer) = reflector::store::<K>();
-    tokio::spawn(async move {
-        let mut stream = watcher(api, cfg).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    writer.apply_watcher_event(&ev);
-                    match &ev {
-                        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                            on_change(o, false)
-                        }
-                        watcher::Event::Delete(o) => on_change(o, true),
-                        watcher::Event::Init | watcher::Event::InitDone => {}
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
-    reader
+    crate::client::watch::cached(api, cfg, on_change).0
 }
 
 /// What a reconcile decided: look again after a while, or only on the next change.

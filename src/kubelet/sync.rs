@@ -492,7 +492,7 @@ impl PodSync {
             // A rotated certificate means a new client: re-watch (and re-list) with it.
             let generation = self.client.generation();
             let api: Api<Pod> = Api::all(self.client.get());
-            let mut stream = watcher(api, cfg.clone()).boxed();
+            let mut stream = crate::client::watch::events(api, cfg.clone());
             let mut check = tokio::time::interval(Duration::from_secs(30));
             loop {
                 let ev = tokio::select! {
@@ -510,18 +510,14 @@ impl PodSync {
         }
     }
 
-    async fn handle(
-        self: Arc<Self>,
-        ev: Result<watcher::Event<Pod>, watcher::Error>,
-        listed: &mut HashSet<String>,
-    ) {
+    async fn handle(self: Arc<Self>, ev: watcher::Event<Pod>, listed: &mut HashSet<String>) {
         match ev {
-            Ok(watcher::Event::Init) => listed.clear(),
-            Ok(watcher::Event::InitApply(p)) => {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(p) => {
                 listed.extend(p.metadata.uid.clone());
                 tokio::spawn(self.clone().pod_changed(p));
             }
-            Ok(watcher::Event::InitDone) => {
+            watcher::Event::InitDone => {
                 let gone: Vec<(String, PodRef)> = lock(&self.known)
                     .iter()
                     .filter(|(u, _)| !listed.contains(*u))
@@ -536,10 +532,10 @@ impl PodSync {
                     ));
                 }
             }
-            Ok(watcher::Event::Apply(p)) => {
+            watcher::Event::Apply(p) => {
                 tokio::spawn(self.clone().pod_changed(p));
             }
-            Ok(watcher::Event::Delete(p)) => {
+            watcher::Event::Delete(p) => {
                 if let Some(uid) = p.metadata.uid.clone() {
                     let r = pod_ref(&p);
                     tokio::spawn(self.clone().finish_delete(
@@ -549,10 +545,6 @@ impl PodSync {
                         false,
                     ));
                 }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "pod watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }

@@ -16,11 +16,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::sync::Notify;
 
@@ -81,8 +80,8 @@ fn snapshot(services: &Store<Service>, slices: &Store<EndpointSlice>) -> Cluster
     }
 }
 
-/// Follows one resource with a reflector, waking `changed` on every event. Runs until the
-/// process ends; watch errors are retried with back-off by the watcher.
+/// Follows one resource into a cache (the one watch loop, [`crate::client::watch`]),
+/// waking `changed` on every event. Runs until the process ends.
 pub(super) fn follow<K>(
     api: Api<K>,
     changed: Arc<Notify>,
@@ -96,20 +95,9 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
-    let task = tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watch interrupted; re-listing");
-            }
-            changed.notify_one();
-        }
-    });
-    (reader, task)
+    crate::client::watch::cached(api, watcher::Config::default(), move |_: &K, _| {
+        changed.notify_one()
+    })
 }
 
 /// Runs the loop until the future is dropped. The ruleset is applied once the first lists

@@ -17,7 +17,6 @@ pub mod plugins;
 pub mod quantity;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Event, Node, ObjectReference, Pod};
@@ -70,22 +69,15 @@ const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 fn forward<K, F>(api: Api<K>, tx: mpsc::Sender<Msg>, wrap: F) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
     F: Fn(watcher::Event<K>) -> Msg + Send + 'static,
 {
     tokio::spawn(async move {
         let cfg = watcher::Config::default().page_size(500);
-        let mut stream = watcher(api, cfg).boxed();
+        let mut stream = crate::client::watch::events(api, cfg);
         while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send(wrap(ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            if tx.send(wrap(ev)).await.is_err() {
+                return;
             }
         }
     })

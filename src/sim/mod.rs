@@ -30,6 +30,7 @@ use kube::runtime::watcher;
 use kube::Client;
 use serde_json::json;
 
+use crate::client::watch;
 use crate::kubelet::node;
 
 /// Fleet settings.
@@ -381,13 +382,12 @@ pub async fn run(client: Client, opts: SimOptions) -> Result<(), SimError> {
     let f = fleet.clone();
     let nodes: Api<Node> = Api::all(client.clone());
     tokio::spawn(async move {
-        let mut s = watcher(
+        let mut s = watch::events(
             nodes,
             watcher::Config::default().labels("kimg.dev/sim=true"),
-        )
-        .boxed();
+        );
         while let Some(ev) = s.next().await {
-            let Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
+            let (watcher::Event::Apply(n) | watcher::Event::InitApply(n)) = ev else {
                 continue;
             };
             let name = n.metadata.name.clone().unwrap_or_default();
@@ -421,18 +421,11 @@ pub async fn run(client: Client, opts: SimOptions) -> Result<(), SimError> {
     });
     // Pods.
     let pods: Api<Pod> = Api::all(client);
-    let mut s = watcher(pods, watcher::Config::default()).boxed();
+    let mut s = watch::events(pods, watcher::Config::default());
     while let Some(ev) = s.next().await {
-        match ev {
-            Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => {
-                let f = fleet.clone();
-                tokio::spawn(async move { f.pod_changed(p).await });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "pod watch failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+            let f = fleet.clone();
+            tokio::spawn(async move { f.pod_changed(p).await });
         }
     }
     Ok(())
