@@ -16,6 +16,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
@@ -23,7 +24,18 @@ use serde_json::json;
 
 use super::runtime::{get, Requeue};
 use super::status;
-use super::{controller_of, Ctx, ReconcileError};
+use super::{controller_of, Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a CronJob, or a Job it controls.
+pub const CONTROLLER: Controller = Controller {
+    name: "cronjob",
+    triggers: |t, q| {
+        t.own::<CronJob>(q);
+        t.owner::<Job>("CronJob", q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 /// Why a schedule cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -36,8 +36,22 @@ use rcgen::{CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, KeyU
 use serde_json::json;
 
 use super::runtime::{get, Requeue};
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
 use crate::pki::issue::Authority;
+
+/// The controller-manager's row: what wakes it — a CertificateSigningRequest; it waits only for its own cache, so an apiserver without the kind does not stall the other controllers.
+pub const CONTROLLER: Controller = Controller {
+    name: "csr",
+    triggers: |t, q| {
+        t.own::<CertificateSigningRequest>(q);
+    },
+    synced: |ctx| {
+        Box::pin(async move {
+            let _ = ctx.csrs.wait_until_ready().await;
+        })
+    },
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 const KUBELET_CLIENT: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 const CLIENT: &str = "kubernetes.io/kube-apiserver-client";
@@ -185,13 +199,9 @@ fn sign(files: &SigningFiles, signer: &str, pem: &str, expiration: Option<i32>) 
 }
 
 /// Approves and/or signs one CSR.
-#[tracing::instrument(skip(ctx, csrs))]
-pub async fn reconcile(
-    ctx: &Ctx,
-    csrs: &kube::runtime::reflector::Store<CertificateSigningRequest>,
-    key: &str,
-) -> Result<Requeue, ReconcileError> {
-    let Some(csr) = get(csrs, key) else {
+#[tracing::instrument(skip(ctx))]
+pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> {
+    let Some(csr) = get(&ctx.csrs, key) else {
         return Ok(None);
     };
     let conds = csr

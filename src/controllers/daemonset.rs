@@ -14,16 +14,29 @@ use std::collections::HashSet;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{
-    Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Taint,
-    Toleration,
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+    Taint, Toleration,
 };
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready};
-use super::runtime::{get, key_of, Requeue};
+use super::runtime::{get, key_of, Queue, Requeue};
 use super::status;
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
 use crate::scheduler::plugins::tolerated;
+
+/// The controller-manager's row: what wakes it — a DaemonSet, a pod it controls, or any node (every DaemonSet is checked again).
+pub const CONTROLLER: Controller = Controller {
+    name: "daemonset",
+    triggers: |t, q| {
+        t.own::<DaemonSet>(q);
+        t.owner::<Pod>("DaemonSet", q);
+        let q = q.clone();
+        t.on::<Node>(move |_, _| q.add(ALL));
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, queue, key| Box::pin(async move { reconcile(&ctx, &queue, &key).await }),
+};
 
 /// Queue key meaning "every DaemonSet".
 pub const ALL: &str = "*";
@@ -75,11 +88,11 @@ fn eligible(ds: &DaemonSet, tols: &[Toleration], node: &k8s_openapi::api::core::
 }
 
 /// Reconciles one DaemonSet (`namespace/name`) or all of them ([`ALL`]).
-#[tracing::instrument(skip(ctx))]
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> {
+#[tracing::instrument(skip(ctx, queue))]
+pub async fn reconcile(ctx: &Ctx, queue: &Queue, key: &str) -> Result<Requeue, ReconcileError> {
     if key == ALL {
         for ds in ctx.daemonsets.state() {
-            ctx.queues.daemonsets.add(&key_of(ds.as_ref()));
+            queue.add(&key_of(ds.as_ref()));
         }
         return Ok(None);
     }

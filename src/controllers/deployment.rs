@@ -27,7 +27,18 @@ use sha2::{Digest, Sha256};
 use super::pods::{self, is_active, is_ready};
 use super::runtime::{get, Requeue};
 use super::status;
-use super::{controller_of, Ctx, ReconcileError};
+use super::{controller_of, Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a Deployment, or a ReplicaSet it controls.
+pub const CONTROLLER: Controller = Controller {
+    name: "deployment",
+    triggers: |t, q| {
+        t.own::<Deployment>(q);
+        t.owner::<ReplicaSet>("Deployment", q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH: &str = "pod-template-hash";

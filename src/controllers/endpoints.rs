@@ -20,8 +20,19 @@ use serde_json::{json, Value};
 
 use super::pods::is_active;
 use super::runtime::Requeue;
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
 use crate::client::labels::map_matches;
+
+/// The controller-manager's row: what wakes it — any pod or Service of a namespace (keys are namespaces).
+pub const CONTROLLER: Controller = Controller {
+    name: "endpoints",
+    triggers: |t, q| {
+        t.namespace::<Pod>(q);
+        t.namespace::<Service>(q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 fn target_port(port: &k8s_openapi::api::core::v1::ServicePort, pod: &Pod) -> Option<i32> {
     match port.target_port.as_ref() {

@@ -24,8 +24,41 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::Resource;
 use serde_json::json;
 
-use super::runtime::{get, key_of, Queue, Requeue};
-use super::{Ctx, ReconcileError};
+use super::runtime::{get, key_of, Queue, Requeue, Triggers};
+use super::{Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a dependent with owner references (is its owner still there?) and an owner deleted or being deleted with finalizers.
+pub const CONTROLLER: Controller = Controller {
+    name: "garbage-collector",
+    triggers: |t, q| {
+        dependents::<Pod>(t, q);
+        dependents::<ReplicaSet>(t, q);
+        dependents::<Job>(t, q);
+        owners::<ReplicaSet>(t, q);
+        owners::<Deployment>(t, q);
+        owners::<DaemonSet>(t, q);
+        owners::<Job>(t, q);
+        owners::<CronJob>(t, q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, queue, key| Box::pin(async move { reconcile(&ctx, &queue, &key).await }),
+};
+
+/// A `K` with owner references queues itself as a dependent (is its owner still there?).
+fn dependents<K: Resource<DynamicType = ()> + 'static>(t: &mut Triggers, q: &Queue) {
+    let q = q.clone();
+    t.on::<K>(move |o, _| {
+        if o.meta().owner_references.is_some() {
+            q.add(&dependent_key(&K::kind(&()), &key_of(o)));
+        }
+    });
+}
+
+/// A `K` deleted, or being deleted with finalizers, queues its dependents ([`owner_changed`]).
+fn owners<K: Resource<DynamicType = ()> + 'static>(t: &mut Triggers, q: &Queue) {
+    let q = q.clone();
+    t.on::<K>(move |o, deleted| owner_changed(&q, &K::kind(&()), o.meta(), deleted));
+}
 
 /// Queue key of a dependent.
 pub fn dependent_key(kind: &str, key: &str) -> String {
@@ -219,8 +252,8 @@ fn dependent_refs(ctx: &Ctx, kind: &str, key: &str) -> Option<Vec<OwnerReference
 }
 
 /// Reconciles one queue key (`dep/…`, `gone/<ns>/<uid>` or `own/…`).
-#[tracing::instrument(skip(ctx))]
-pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> {
+#[tracing::instrument(skip(ctx, queue))]
+pub async fn reconcile(ctx: &Ctx, queue: &Queue, key: &str) -> Result<Requeue, ReconcileError> {
     let mut parts = key.splitn(3, '/');
     let (Some(what), Some(a), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
         return Ok(None);
@@ -228,7 +261,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
     match what {
         "gone" => {
             for (kind, k, _) in dependents_of(ctx, a, rest) {
-                ctx.queues.gc.add(&dependent_key(kind, &k));
+                queue.add(&dependent_key(kind, &k));
             }
             Ok(None)
         }

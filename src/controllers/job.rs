@@ -13,12 +13,24 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready, phase};
 use super::runtime::{get, Requeue};
 use super::status;
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a Job, or a pod it controls.
+pub const CONTROLLER: Controller = Controller {
+    name: "job",
+    triggers: |t, q| {
+        t.own::<Job>(q);
+        t.owner::<Pod>("Job", q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 /// What a Job should do next, from its counts (pure, for tests).
 #[derive(Debug, PartialEq, Eq)]

@@ -2,10 +2,11 @@
 //! keep the cluster tidy, each in its own file, each watch → cache → queue → reconcile
 //! ([`runtime`]).
 //!
-//! How: [`run`] starts one informer per kind (pods, nodes, leases, workloads, services,
-//! namespaces); their handlers route every change to the queues of the controllers that
-//! care (a pod to its owning ReplicaSet, DaemonSet or Job, to its namespace's endpoints and
-//! to the garbage collector). Each controller's `reconcile(ctx, key)` is idempotent and
+//! How: each controller's file declares a row of [`CONTROLLERS`]: its name, its triggers
+//! (which changes of which kinds put which keys on its queue — a pod wakes its owning
+//! ReplicaSet, its namespace's endpoints and the garbage collector), the caches it waits
+//! for, and its reconcile. [`run`] collects the triggers, starts one informer per kind
+//! that calls them, and runs every row. Each controller's `reconcile(ctx, key)` is idempotent and
 //! reads the shared, possibly stale, caches in [`Ctx`]. [`run_with_election`] runs it all
 //! under the `kube-controller-manager` Lease.
 //!
@@ -29,18 +30,20 @@ pub mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceAccount};
 use kube::api::Api;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::Client;
 
 use crate::client::lease::{self, LeaderError, LeaseConfig};
-use runtime::{informer, key_of, queue, work, Queue};
+pub use runtime::controller_of;
+use runtime::{queue, work, Triggers};
 
 /// Controller-manager settings (timers shortened in tests).
 #[derive(Debug, Clone)]
@@ -110,21 +113,6 @@ pub enum ReconcileError {
     },
 }
 
-/// The queues of all controllers.
-#[derive(Clone)]
-pub struct Queues {
-    pub replicasets: Queue,
-    pub deployments: Queue,
-    pub daemonsets: Queue,
-    pub jobs: Queue,
-    pub cronjobs: Queue,
-    /// Keyed by namespace: all services of a namespace are recomputed together.
-    pub endpoints: Queue,
-    pub gc: Queue,
-    pub namespaces: Queue,
-    pub nodes: Queue,
-}
-
 /// What every reconcile shares: the client, the caches and the queues.
 pub struct Ctx {
     pub client: Client,
@@ -140,275 +128,101 @@ pub struct Ctx {
     pub services: Store<Service>,
     pub namespaces: Store<Namespace>,
     pub serviceaccounts: Store<ServiceAccount>,
-    pub queues: Queues,
+    pub csrs: Store<CertificateSigningRequest>,
     pub expectations: replicaset::Expectations,
     /// Pod CIDRs handed out by this process (the node cache may not show them yet).
     pub allocated_cidrs: std::sync::Mutex<std::collections::HashSet<Ipv4Net>>,
 }
 
 impl Ctx {
-    /// Waits until every cache has its initial list.
-    pub async fn synced(&self) {
-        let _ = futures::join!(
-            self.pods.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.leases.wait_until_ready(),
-            self.replicasets.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.daemonsets.wait_until_ready(),
-            self.jobs.wait_until_ready(),
-            self.cronjobs.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-            self.serviceaccounts.wait_until_ready(),
-        );
+    /// Waits until every cache but the CSRs' has its initial list.
+    pub fn synced(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = futures::join!(
+                self.pods.wait_until_ready(),
+                self.nodes.wait_until_ready(),
+                self.leases.wait_until_ready(),
+                self.replicasets.wait_until_ready(),
+                self.deployments.wait_until_ready(),
+                self.daemonsets.wait_until_ready(),
+                self.jobs.wait_until_ready(),
+                self.cronjobs.wait_until_ready(),
+                self.services.wait_until_ready(),
+                self.namespaces.wait_until_ready(),
+                self.serviceaccounts.wait_until_ready(),
+            );
+        })
     }
 }
 
-/// The controller owning `obj` (its `controller: true` owner reference): (kind, name, uid).
-pub fn controller_of<K: Resource>(obj: &K) -> Option<(&str, &str, &str)> {
-    obj.meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
-}
+/// Every controller of the controller-manager, one row each (its file declares the row:
+/// name, triggers, caches it waits for, reconcile). Node lifecycle is a periodic sweep
+/// instead ([`nodelifecycle::run`]).
+pub const CONTROLLERS: &[Controller] = &[
+    replicaset::CONTROLLER,
+    deployment::CONTROLLER,
+    daemonset::CONTROLLER,
+    job::CONTROLLER,
+    cronjob::CONTROLLER,
+    endpoints::CONTROLLER,
+    gc::CONTROLLER,
+    serviceaccount::CONTROLLER,
+    nodeipam::CONTROLLER,
+    csr::CONTROLLER,
+];
 
-fn route_owner(q: &Queues, obj: &Pod) {
-    if let Some((kind, name, _)) = controller_of(obj) {
-        let ns = obj.metadata.namespace.as_deref().unwrap_or("default");
-        let key = format!("{ns}/{name}");
-        match kind {
-            "ReplicaSet" => q.replicasets.add(&key),
-            "DaemonSet" => q.daemonsets.add(&key),
-            "Job" => q.jobs.add(&key),
-            _ => {}
-        }
-    }
-}
+/// A row of [`CONTROLLERS`].
+pub type Controller = runtime::Controller<Ctx, ReconcileError>;
 
 /// Starts the informers and all controllers; runs until the process stops.
 pub async fn run(client: Client, opts: Options) {
-    let (rs_q, rs_rx) = queue();
-    let (dep_q, dep_rx) = queue();
-    let (ds_q, ds_rx) = queue();
-    let (job_q, job_rx) = queue();
-    let (cj_q, cj_rx) = queue();
-    let (ep_q, ep_rx) = queue();
-    let (gc_q, gc_rx) = queue();
-    let (ns_q, ns_rx) = queue();
-    let (node_q, node_rx) = queue();
-    let queues = Queues {
-        replicasets: rs_q,
-        deployments: dep_q,
-        daemonsets: ds_q,
-        jobs: job_q,
-        cronjobs: cj_q,
-        endpoints: ep_q,
-        gc: gc_q,
-        namespaces: ns_q,
-        nodes: node_q,
-    };
-    let wc = watcher::Config::default;
-    let q = queues.clone();
-    let pods = informer(
-        Api::<Pod>::all(client.clone()),
-        wc(),
-        move |p: &Pod, deleted| {
-            route_owner(&q, p);
-            q.endpoints
-                .add(p.metadata.namespace.as_deref().unwrap_or("default"));
-            if p.metadata.owner_references.is_some() {
-                q.gc.add(&gc::dependent_key("Pod", &key_of(p)));
-            }
-            let _ = deleted;
-        },
+    let mut triggers = Triggers::default();
+    let mut queues = Vec::new();
+    for c in CONTROLLERS {
+        let (q, rx) = queue();
+        (c.triggers)(&mut triggers, &q);
+        queues.push((c, q, rx));
+    }
+    let ctx = Arc::new(caches(client, opts, &mut triggers));
+    for kind in triggers.unwatched() {
+        tracing::error!(%kind, "a controller is triggered by a kind that nothing watches");
+    }
+    let workers = queues.into_iter().map(|(c, q, rx)| {
+        let ctx = ctx.clone();
+        async move {
+            let ready = (c.synced)(&ctx);
+            work(c.name, q.clone(), rx, ready, |k| {
+                (c.reconcile)(ctx.clone(), q.clone(), k)
+            })
+            .await
+        }
+    });
+    futures::join!(
+        futures::future::join_all(workers),
+        nodelifecycle::run(ctx.clone())
     );
-    let q = queues.clone();
-    let nodes = informer(
-        Api::<Node>::all(client.clone()),
-        wc(),
-        move |n: &Node, _| {
-            q.nodes.add(&key_of(n));
-            q.daemonsets.add(daemonset::ALL);
-        },
-    );
-    let leases = informer(
-        Api::<Lease>::namespaced(client.clone(), "kube-node-lease"),
-        wc(),
-        |_: &Lease, _| {},
-    );
-    let q = queues.clone();
-    let replicasets = informer(
-        Api::<ReplicaSet>::all(client.clone()),
-        wc(),
-        move |rs: &ReplicaSet, deleted| {
-            let key = key_of(rs);
-            q.replicasets.add(&key);
-            if let Some(("Deployment", name, _)) = controller_of(rs) {
-                let ns = rs.metadata.namespace.as_deref().unwrap_or("default");
-                q.deployments.add(&format!("{ns}/{name}"));
-            }
-            if rs.metadata.owner_references.is_some() {
-                q.gc.add(&gc::dependent_key("ReplicaSet", &key));
-            }
-            gc::owner_changed(&q.gc, "ReplicaSet", rs.meta(), deleted);
-        },
-    );
-    let q = queues.clone();
-    let deployments = informer(
-        Api::<Deployment>::all(client.clone()),
-        wc(),
-        move |d: &Deployment, deleted| {
-            q.deployments.add(&key_of(d));
-            gc::owner_changed(&q.gc, "Deployment", d.meta(), deleted);
-        },
-    );
-    let q = queues.clone();
-    let daemonsets = informer(
-        Api::<DaemonSet>::all(client.clone()),
-        wc(),
-        move |d: &DaemonSet, deleted| {
-            q.daemonsets.add(&key_of(d));
-            gc::owner_changed(&q.gc, "DaemonSet", d.meta(), deleted);
-        },
-    );
-    let q = queues.clone();
-    let jobs = informer(
-        Api::<Job>::all(client.clone()),
-        wc(),
-        move |j: &Job, deleted| {
-            let key = key_of(j);
-            q.jobs.add(&key);
-            if let Some(("CronJob", name, _)) = controller_of(j) {
-                let ns = j.metadata.namespace.as_deref().unwrap_or("default");
-                q.cronjobs.add(&format!("{ns}/{name}"));
-            }
-            if j.metadata.owner_references.is_some() {
-                q.gc.add(&gc::dependent_key("Job", &key));
-            }
-            gc::owner_changed(&q.gc, "Job", j.meta(), deleted);
-        },
-    );
-    let q = queues.clone();
-    let cronjobs = informer(
-        Api::<CronJob>::all(client.clone()),
-        wc(),
-        move |c: &CronJob, deleted| {
-            q.cronjobs.add(&key_of(c));
-            gc::owner_changed(&q.gc, "CronJob", c.meta(), deleted);
-        },
-    );
-    let q = queues.clone();
-    let services = informer(
-        Api::<Service>::all(client.clone()),
-        wc(),
-        move |s: &Service, _| {
-            q.endpoints
-                .add(s.metadata.namespace.as_deref().unwrap_or("default"));
-        },
-    );
-    let q = queues.clone();
-    let namespaces = informer(
-        Api::<Namespace>::all(client.clone()),
-        wc(),
-        move |n: &Namespace, _| q.namespaces.add(&key_of(n)),
-    );
-    let q = queues.clone();
-    let serviceaccounts = informer(
-        Api::<ServiceAccount>::all(client.clone()),
-        wc(),
-        move |s: &ServiceAccount, _| {
-            q.namespaces
-                .add(s.metadata.namespace.as_deref().unwrap_or("default"))
-        },
-    );
-    // CSRs have their own readiness: an apiserver without the kind must not stall the rest.
-    let (csr_q, csr_rx) = queue();
-    let q = csr_q.clone();
-    let csrs = informer(
-        Api::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::all(client.clone()),
-        wc(),
-        move |c: &k8s_openapi::api::certificates::v1::CertificateSigningRequest, _| {
-            q.add(&key_of(c))
-        },
-    );
-    let ctx = Arc::new(Ctx {
+}
+
+/// The shared caches, one informer per kind, each calling the triggers registered for it.
+fn caches(client: Client, opts: Options, t: &mut Triggers) -> Ctx {
+    Ctx {
+        pods: t.informer(Api::all(client.clone())),
+        nodes: t.informer(Api::all(client.clone())),
+        leases: t.informer(Api::namespaced(client.clone(), "kube-node-lease")),
+        replicasets: t.informer(Api::all(client.clone())),
+        deployments: t.informer(Api::all(client.clone())),
+        daemonsets: t.informer(Api::all(client.clone())),
+        jobs: t.informer(Api::all(client.clone())),
+        cronjobs: t.informer(Api::all(client.clone())),
+        services: t.informer(Api::all(client.clone())),
+        namespaces: t.informer(Api::all(client.clone())),
+        serviceaccounts: t.informer(Api::all(client.clone())),
+        csrs: t.informer(Api::all(client.clone())),
         client,
         opts,
-        pods,
-        nodes,
-        leases,
-        replicasets,
-        deployments,
-        daemonsets,
-        jobs,
-        cronjobs,
-        services,
-        namespaces,
-        serviceaccounts,
-        queues: queues.clone(),
         expectations: Default::default(),
         allocated_cidrs: Default::default(),
-    });
-    let c = &ctx;
-    let q = &queues;
-    futures::join!(
-        work(
-            "replicaset",
-            q.replicasets.clone(),
-            rs_rx,
-            c.synced(),
-            |k| {
-                let c = c.clone();
-                async move { replicaset::reconcile(&c, &k).await }
-            }
-        ),
-        work(
-            "deployment",
-            q.deployments.clone(),
-            dep_rx,
-            c.synced(),
-            |k| {
-                let c = c.clone();
-                async move { deployment::reconcile(&c, &k).await }
-            }
-        ),
-        work("daemonset", q.daemonsets.clone(), ds_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { daemonset::reconcile(&c, &k).await }
-        }),
-        work("job", q.jobs.clone(), job_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { job::reconcile(&c, &k).await }
-        }),
-        work("cronjob", q.cronjobs.clone(), cj_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { cronjob::reconcile(&c, &k).await }
-        }),
-        work("endpoints", q.endpoints.clone(), ep_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { endpoints::reconcile(&c, &k).await }
-        }),
-        work("garbage-collector", q.gc.clone(), gc_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { gc::reconcile(&c, &k).await }
-        }),
-        work("namespace", q.namespaces.clone(), ns_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { serviceaccount::reconcile(&c, &k).await }
-        }),
-        work("node", q.nodes.clone(), node_rx, c.synced(), |k| {
-            let c = c.clone();
-            async move { nodeipam::reconcile(&c, &k).await }
-        }),
-        nodelifecycle::run(c.clone()),
-        work("csr", csr_q.clone(), csr_rx, csrs.wait_until_ready(), |k| {
-            let (c, csrs) = (c.clone(), csrs.clone());
-            async move { csr::reconcile(&c, &csrs, &k).await }
-        }),
-    );
+    }
 }
 
 /// Runs the controllers while holding the `kube-controller-manager` Lease; campaigns again
@@ -426,5 +240,29 @@ pub async fn run_with_election(
             Ok(_) => return,
             Err(LeaderError::LostLease(l)) => tracing::warn!(lease = %l, "stopped controlling"),
         }
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_trigger_has_an_informer_and_every_controller_a_distinct_name() {
+        let mut t = Triggers::default();
+        let mut names = std::collections::HashSet::new();
+        for c in CONTROLLERS {
+            assert!(
+                names.insert(c.name),
+                "two controllers are called {}",
+                c.name
+            );
+            let (q, _rx) = queue();
+            (c.triggers)(&mut t, &q);
+        }
+        // Nothing listens there: the informers fail and retry in the background.
+        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let _ctx = caches(Client::try_from(cfg).unwrap(), Options::default(), &mut t);
+        assert_eq!(t.unwatched(), Vec::<&str>::new());
     }
 }

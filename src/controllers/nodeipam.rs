@@ -15,7 +15,17 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::runtime::{get, Requeue};
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a node.
+pub const CONTROLLER: Controller = Controller {
+    name: "node",
+    triggers: |t, q| {
+        t.own::<Node>(q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 /// The lowest /24 of `cluster` not in `taken`.
 pub fn next_free(cluster: Ipv4Net, taken: &HashSet<Ipv4Net>) -> Option<Ipv4Net> {

@@ -14,12 +14,25 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
 
 use super::pods::{self, is_active, is_ready};
 use super::runtime::{get, Requeue};
 use super::status;
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a ReplicaSet, or a pod it controls.
+pub const CONTROLLER: Controller = Controller {
+    name: "replicaset",
+    triggers: |t, q| {
+        t.own::<ReplicaSet>(q);
+        t.owner::<Pod>("ReplicaSet", q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 /// Pods created or deleted but not yet seen so in the cache, per owner key.
 #[derive(Default)]

@@ -11,11 +11,13 @@
 //! Limits: one worker per controller (keys are reconciled sequentially), no rate limiting
 //! beyond the error backoff.
 
-use std::collections::HashSet;
+use std::any::{Any, TypeId};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
@@ -119,6 +121,106 @@ where
 
 /// What a reconcile decided: look again after a while, or only on the next change.
 pub type Requeue = Option<Duration>;
+
+/// The controller owning `obj` (its `controller: true` owner reference): (kind, name, uid).
+pub fn controller_of<K: Resource>(obj: &K) -> Option<(&str, &str, &str)> {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| (o.kind.as_str(), o.name.as_str(), o.uid.as_str()))
+}
+
+type Handler<K> = Box<dyn Fn(&K, bool) + Send + Sync>;
+
+/// What wakes the controllers: for each watched kind, the handlers that map a changed
+/// (or, with `true`, deleted) object to keys on a controller's queue. Each controller
+/// registers its own ([`Controller::triggers`]); the controller-manager then starts one
+/// informer per kind that calls them all ([`Triggers::informer`]).
+#[derive(Default)]
+pub struct Triggers {
+    by_kind: HashMap<TypeId, (&'static str, Box<dyn Any + Send>)>,
+}
+
+impl Triggers {
+    /// Calls `f` with every change of a `K`.
+    pub fn on<K: 'static>(&mut self, f: impl Fn(&K, bool) + Send + Sync + 'static) {
+        let (_, handlers) = self.by_kind.entry(TypeId::of::<K>()).or_insert_with(|| {
+            (
+                std::any::type_name::<K>(),
+                Box::new(Vec::<Handler<K>>::new()),
+            )
+        });
+        if let Some(v) = handlers.downcast_mut::<Vec<Handler<K>>>() {
+            v.push(Box::new(f));
+        }
+    }
+
+    /// A change of a `K` queues its own key.
+    pub fn own<K: Resource + 'static>(&mut self, q: &Queue) {
+        let q = q.clone();
+        self.on::<K>(move |o, _| q.add(&key_of(o)));
+    }
+
+    /// A change of a `K` whose controller is a `kind` queues that controller's key.
+    pub fn owner<K: Resource + 'static>(&mut self, kind: &'static str, q: &Queue) {
+        let q = q.clone();
+        self.on::<K>(move |o, _| {
+            if let Some((k, name, _)) = controller_of(o) {
+                if k == kind {
+                    let ns = o.meta().namespace.as_deref().unwrap_or("default");
+                    q.add(&format!("{ns}/{name}"));
+                }
+            }
+        });
+    }
+
+    /// A change of a `K` queues its namespace.
+    pub fn namespace<K: Resource + 'static>(&mut self, q: &Queue) {
+        let q = q.clone();
+        self.on::<K>(move |o, _| q.add(o.meta().namespace.as_deref().unwrap_or("default")));
+    }
+
+    /// Follows `api` into a cache whose every change goes to the handlers registered for
+    /// `K` (none: a plain cache).
+    pub fn informer<K>(&mut self, api: Api<K>) -> Store<K>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let handlers: Vec<Handler<K>> = self
+            .by_kind
+            .remove(&TypeId::of::<K>())
+            .and_then(|(_, h)| h.downcast::<Vec<Handler<K>>>().ok())
+            .map(|h| *h)
+            .unwrap_or_default();
+        informer(api, watcher::Config::default(), move |o: &K, deleted| {
+            for h in &handlers {
+                h(o, deleted)
+            }
+        })
+    }
+
+    /// Kinds that handlers were registered for but no informer was started for.
+    pub fn unwatched(&self) -> Vec<&'static str> {
+        self.by_kind.values().map(|(name, _)| *name).collect()
+    }
+}
+
+/// A reconcile as a table entry: the shared caches, the controller's own queue, the key.
+pub type ReconcileFn<C, E> = fn(Arc<C>, Queue, Arc<str>) -> BoxFuture<'static, Result<Requeue, E>>;
+
+/// One controller, as a row of the controller-manager's table: its name, what wakes it,
+/// and its reconcile.
+pub struct Controller<C, E> {
+    pub name: &'static str,
+    /// Registers the handlers that put keys on this controller's queue.
+    pub triggers: fn(&mut Triggers, &Queue),
+    /// Completes once the caches this controller reads have their first list.
+    pub synced: for<'a> fn(&'a C) -> BoxFuture<'a, ()>,
+    pub reconcile: ReconcileFn<C, E>,
+}
 
 /// Reconciles keys from `rx` forever, after `ready` (the caches' sync) completes.
 pub async fn work<F, Fut, E>(

@@ -10,12 +10,23 @@
 //! `kube-root-ca.crt` comes back at the namespace's next reconcile, not at once (the
 //! controller keeps no ConfigMap cache).
 
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 
 use super::runtime::{get, Requeue};
-use super::{Ctx, ReconcileError};
+use super::{Controller, Ctx, ReconcileError};
+
+/// The controller-manager's row: what wakes it — a namespace, or a ServiceAccount in it (keys are namespaces).
+pub const CONTROLLER: Controller = Controller {
+    name: "namespace",
+    triggers: |t, q| {
+        t.own::<Namespace>(q);
+        t.namespace::<ServiceAccount>(q);
+    },
+    synced: Ctx::synced,
+    reconcile: |ctx, _, key| Box::pin(async move { reconcile(&ctx, &key).await }),
+};
 
 /// The ConfigMap with the cluster CA in every namespace.
 pub const ROOT_CA_CONFIGMAP: &str = crate::apiserver::sa_admission::ROOT_CA_CONFIGMAP;
