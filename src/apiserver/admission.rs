@@ -27,11 +27,11 @@
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::http::{Req, Target};
 use super::node_authz::node_name;
 use super::object::meta_str;
 use super::pod_security;
 use super::rbac::{self, Attributes};
-use super::server::{Req, Target};
 use super::tls::User;
 use super::State;
 

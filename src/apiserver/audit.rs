@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::server::Target;
+use super::http::Target;
 use super::tls::User;
 
 /// Where a master writes its audit log (on `STATE`, so it survives reboots).

@@ -20,11 +20,11 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
+use super::http::{json_response, Req, Response, Target};
 use super::list::{list_objects, ListQuery};
-use super::object::{self, meta_mut, meta_str, set_rv, to_bytes};
+use super::object::{self, finalizers, meta_mut, meta_str, set_rv, to_bytes};
 use super::resources::RESOURCES;
-use super::rest::{conflict, name_of, read, store_err};
-use super::server::{json_response, Req, Response, Target};
+use super::storage::{conflict, name_of, read, store_err};
 use super::State;
 use crate::store::StoreError;
 
@@ -105,29 +105,6 @@ impl DeleteOptions {
             _ => None,
         }
     }
-}
-
-fn finalizers(obj: &Value) -> Vec<String> {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|f| {
-            f.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Whether an object marked for deletion may now go: no finalizers, no grace pending.
-pub fn finished(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp").is_some()
-        && finalizers(obj).is_empty()
-        && obj
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            == 0
 }
 
 /// The grace period a deletion of `obj` gets: 0 (at once) for everything but pods bound to
@@ -294,6 +271,7 @@ pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apiserver::object::finished;
     use crate::apiserver::resources::by_plural;
     use crate::store::MemoryStore;
     use std::sync::Arc;

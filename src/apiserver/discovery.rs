@@ -11,8 +11,8 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::http::{full_response, json_response, Req, Response};
 use super::resources::{self, Resource, RESOURCES, VERBS};
-use super::server::{full_response, json_response, Req, Response};
 use super::{subresource, State};
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";

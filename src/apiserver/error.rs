@@ -9,7 +9,7 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use super::server::{json_response, Response};
+use super::http::{json_response, Response};
 use crate::store::StoreError;
 
 /// Why a request failed; see the module docs.

@@ -33,9 +33,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::http::{full_response, Response, Target};
 use super::resources;
-use super::rest::read;
-use super::server::{full_response, Response, Target};
+use super::storage::read;
 use super::tls::TlsError;
 use super::State;
 
@@ -224,7 +224,7 @@ pub async fn serve(
     mut req: Request<Incoming>,
 ) -> Result<Response, ApiError> {
     let raw_query = req.uri().query().map(str::to_string);
-    let container = super::server::parse_query(raw_query.as_deref()).remove("container");
+    let container = super::http::parse_query(raw_query.as_deref()).remove("container");
     let (addr, container) = locate(state, t, container.as_deref()).await?;
     let ns = t.namespace.clone().unwrap_or_default();
     let pod = t.name.clone().unwrap_or_default();

@@ -14,10 +14,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::http::Req;
 use super::object::{self, parse_rv};
 use super::resources::Resource;
 use super::selector::Selector;
-use super::server::Req;
 use super::State;
 use crate::store::ListOptions;
 

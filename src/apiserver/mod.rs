@@ -39,15 +39,18 @@
 //! ownership or conflicts.
 
 mod admission;
+mod attributes;
 pub mod audit;
 mod authn;
 mod bootstrap;
 mod cache;
+mod clock;
 pub mod compactor;
 mod defaults;
 mod delete;
 mod discovery;
 mod error;
+mod http;
 pub mod jwt;
 mod kubelet_proxy;
 mod list;
@@ -66,6 +69,7 @@ mod schemas;
 mod selector;
 mod server;
 mod service;
+mod storage;
 mod subresource;
 mod table;
 mod tls;

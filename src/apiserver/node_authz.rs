@@ -19,9 +19,9 @@
 
 use serde_json::Value;
 
+use super::attributes::Attributes;
 use super::error::ApiError;
 use super::object::from_kv;
-use super::rbac::Attributes;
 use super::tls::User;
 use super::State;
 

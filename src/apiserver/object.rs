@@ -7,8 +7,8 @@
 
 use rand::Rng;
 use serde_json::{Map, Value};
-use time::OffsetDateTime;
 
+pub use super::clock::{now, timestamp};
 use super::error::ApiError;
 use super::resources::Resource;
 use crate::store::KeyValue;
@@ -191,17 +191,6 @@ pub fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(field)?.as_str()
 }
 
-/// The current time as Kubernetes writes it (`2006-01-02T15:04:05Z`).
-pub fn now() -> String {
-    timestamp(OffsetDateTime::now_utc())
-}
-
-/// A time formatted as a Kubernetes timestamp.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    t.format(&f).unwrap_or_default()
-}
-
 /// A random (version 4) UUID.
 pub fn new_uid() -> String {
     let mut b: [u8; 16] = rand::thread_rng().gen();
@@ -279,6 +268,30 @@ pub fn rv_of(obj: &Value) -> Result<Option<i64>, ApiError> {
         None | Some("") => Ok(None),
         Some(s) => parse_rv(s).map(Some),
     }
+}
+
+/// The finalizers an object still waits for.
+pub fn finalizers(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|f| {
+            f.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether an object marked for deletion may now go: no finalizers, no grace pending.
+pub fn finished(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+        && finalizers(obj).is_empty()
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
 }
 
 #[cfg(test)]

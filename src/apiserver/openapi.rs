@@ -14,8 +14,8 @@ use hyper::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::http::{json_response, Response};
 use super::resources::{self, RESOURCES};
-use super::server::{json_response, Response};
 
 fn prefix(group: &str, version: &str) -> String {
     if group.is_empty() {

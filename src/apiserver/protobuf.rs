@@ -17,8 +17,8 @@
 use base64::Engine;
 use serde_json::{json, Map, Value};
 
+use super::clock::timestamp;
 use super::error::ApiError;
-use super::object::timestamp;
 
 /// The media type of the protobuf encoding.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";

@@ -22,24 +22,12 @@ use std::sync::Arc;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
+pub use super::attributes::Attributes;
 use super::error::ApiError;
+use super::http::{json_response, Req, Response};
 use super::object::{decode, from_kv};
-use super::server::{json_response, Req, Response};
 use super::tls::User;
 use super::State;
-
-/// What a request asks to do.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Attributes {
-    pub verb: String,
-    pub group: String,
-    pub resource: String,
-    pub subresource: String,
-    pub namespace: String,
-    pub name: String,
-    /// Set for non-resource requests (`/healthz`, `/apis`…); the resource fields are empty.
-    pub path: Option<String>,
-}
 
 fn strs(v: &Value) -> Vec<&str> {
     v.as_array()

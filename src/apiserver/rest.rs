@@ -15,68 +15,16 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::http::{full_response, json_response, Req, Response, Target};
 use super::list::{list_objects, visit_objects, ListQuery};
 use super::object::{
     self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
     to_stored,
 };
 use super::patch::{self, PatchKind};
-use super::resources::{self, Resource};
-use super::server::{full_response, json_response, Req, Response, Target};
+use super::resources;
+use super::storage::{conflict, invalid, name_of, not_found, read, store_err};
 use super::{admission, defaults, table, State};
-use crate::store::StoreError;
-
-pub(super) fn name_of(t: &Target) -> &str {
-    t.name.as_deref().unwrap_or_default()
-}
-
-pub(super) fn not_found(res: &Resource, name: &str) -> ApiError {
-    ApiError::NotFound {
-        group: res.group.into(),
-        resource: res.plural.into(),
-        name: name.into(),
-    }
-}
-
-pub(super) fn conflict(res: &Resource, name: &str) -> ApiError {
-    ApiError::Conflict {
-        group: res.group.into(),
-        resource: res.plural.into(),
-        name: name.into(),
-    }
-}
-
-pub(super) fn store_err(res: &Resource, name: &str, e: StoreError) -> ApiError {
-    match e {
-        StoreError::NotFound { .. } => not_found(res, name),
-        StoreError::Conflict { .. } => conflict(res, name),
-        StoreError::AlreadyExists { .. } => ApiError::AlreadyExists {
-            group: res.group.into(),
-            resource: res.plural.into(),
-            name: name.into(),
-        },
-        other => other.into(),
-    }
-}
-
-pub(super) fn invalid(res: &Resource, name: &str, reason: String) -> ApiError {
-    ApiError::Invalid {
-        kind: res.kind.into(),
-        name: name.into(),
-        reason,
-    }
-}
-
-/// Reads one object and its `mod_revision`.
-pub(super) async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
-    let key = t.res.key(t.namespace.as_deref(), name_of(t));
-    let kv = st
-        .store
-        .get(&key)
-        .await?
-        .ok_or_else(|| not_found(t.res, name_of(t)))?;
-    Ok((object::from_kv(&kv)?, kv.mod_revision))
-}
 
 /// The `autoscaling/v1` Scale view of a scalable object.
 pub(super) fn scale_of(obj: &Value) -> Value {
@@ -410,7 +358,7 @@ async fn commit(
     if req.q("dryRun").is_some() {
         return Ok(new);
     }
-    if super::delete::finished(&new) {
+    if object::finished(&new) {
         let (rev, _) = st
             .store
             .delete(&key, Some(expected))

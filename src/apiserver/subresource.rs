@@ -16,11 +16,11 @@ use serde_json::{json, Value};
 
 use super::delete::{delete_object, DeleteOptions};
 use super::error::ApiError;
+use super::http::{json_response, Req, Response, Target};
 use super::jwt::SaClaims;
 use super::object::{decode, meta_mut, now, timestamp, to_stored};
 use super::resources::Resource;
-use super::rest::{conflict, name_of, read, store_err};
-use super::server::{json_response, Req, Response, Target};
+use super::storage::{conflict, name_of, read, store_err};
 use super::State;
 use crate::store::StoreError;
 

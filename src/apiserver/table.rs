@@ -11,8 +11,8 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::http::Req;
 use super::resources::Resource;
-use super::server::Req;
 
 /// A column: name, type, priority (0 always shown, 1 with `-o wide`).
 type Col = (&'static str, &'static str, u8);

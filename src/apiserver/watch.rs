@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::http::{stream_response, Req, Response, Target};
 use super::list::{list_objects, ListQuery};
 use super::object::{self, parse_rv};
-use super::server::{stream_response, Req, Response, Target};
 use super::{table, State};
 use crate::store::{StoreError, WatchEventKind, WatchStream};
 
