@@ -131,7 +131,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("bench");
-    kimg::cluster::create(&dir, &kimg::cluster::NewOptions::default(), false).expect("cluster");
+    kimg::pki::create_cluster(&dir, &kimg::cluster::NewOptions::default(), false).expect("cluster");
     let pki = kimg::pki::pki_dir(&dir);
     let etcd = rt
         .block_on(LocalEtcd::start())

@@ -96,7 +96,7 @@ fn load_cluster(dir: Option<&Path>, steps: &Steps) -> Result<Cluster, BuildError
             let d = Path::new("cluster");
             if !d.join(crate::cluster::CLUSTER_FILE).exists() {
                 steps.note("no --cluster given and ./cluster is missing: creating the single-machine default there");
-                crate::cluster::create(d, &Default::default(), false)?;
+                crate::pki::create_cluster(d, &Default::default(), false)?;
             }
             Ok(Cluster::load(d)?)
         }

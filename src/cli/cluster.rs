@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use time::OffsetDateTime;
 
-use crate::cluster::{self, Cluster, NewOptions, Role};
+use crate::cluster::{Cluster, NewOptions, Role};
 use crate::pki;
 
 // Parsed once per process; boxing the big variant would buy nothing.
@@ -113,7 +113,7 @@ pub fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
                 dns,
                 vip_timing,
             };
-            let c = cluster::create(&dir, &opts, force)?;
+            let c = crate::pki::create_cluster(&dir, &opts, force)?;
             for w in &c.warnings {
                 eprintln!("warning: {w}");
             }

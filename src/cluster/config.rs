@@ -256,22 +256,6 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Loads and validates `DIR/cluster.toml`.
-    pub fn load(dir: &Path) -> Result<Cluster, ClusterError> {
-        let path = dir.join(CLUSTER_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ClusterError::Missing {
-                    dir: dir.to_path_buf(),
-                })
-            }
-            Err(source) => return Err(ClusterError::Read { path, source }),
-        };
-        let file = parse(&text, &path)?;
-        super::validate::validate(file, dir, Some((&path, &text)))
-    }
-
     /// The canonical text of `cluster.toml` for this cluster.
     pub fn to_toml(&self) -> String {
         render(&self.file)
@@ -280,7 +264,8 @@ impl Cluster {
     /// Writes `DIR/cluster.toml` (atomically: temp file + rename).
     pub fn save(&self) -> Result<(), ClusterError> {
         let path = self.dir.join(CLUSTER_FILE);
-        crate::pki::write_atomic(&path, self.to_toml().as_bytes(), 0o644)
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| crate::files::write_atomic(&path, self.to_toml().as_bytes(), 0o644))
             .map_err(|source| ClusterError::Write { path, source })
     }
 

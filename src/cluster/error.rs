@@ -48,7 +48,7 @@ pub enum ClusterError {
     #[error("{}", render_all(.0))]
     Invalid(Vec<FieldError>),
     #[error("creating the cluster's keys failed")]
-    Pki(#[from] crate::pki::PkiError),
+    Secrets(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{dir} already holds a cluster; refusing to overwrite its keys (pass --force to replace it; the old secrets are kept as a backup)")]
     Exists { dir: PathBuf },
 }

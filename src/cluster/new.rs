@@ -191,11 +191,22 @@ pub fn file_from_options(opts: &NewOptions) -> Result<ClusterFile, ClusterError>
     })
 }
 
-/// Writes a new cluster directory: `cluster.toml`, `secrets/pki/*`, `secrets/tokens.toml`
-/// with one never-expiring token for images. Everything is produced in a sibling temp
-/// directory and renamed into place, so a crash leaves either nothing or a whole cluster.
-/// With `force`, an existing directory's `secrets/` is kept as `secrets.replaced-<unix>`.
-pub fn create(dir: &Path, opts: &NewOptions, force: bool) -> Result<Cluster, ClusterError> {
+/// What [`create`] calls to fill a staged cluster's `secrets/` (`crate::pki::create_cluster`
+/// passes the CA, the leaf certificates and the image token; this folder does not know
+/// how keys are made).
+pub type MakeSecrets<'a> =
+    &'a dyn Fn(&Cluster) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Writes a new cluster directory: `cluster.toml`, then `secrets/` by `secrets`.
+/// Everything is produced in a sibling temp directory and renamed into place, so a crash
+/// leaves either nothing or a whole cluster. With `force`, an existing directory's
+/// `secrets/` is kept as `secrets.replaced-<unix>`.
+pub fn create(
+    dir: &Path,
+    opts: &NewOptions,
+    force: bool,
+    secrets: MakeSecrets<'_>,
+) -> Result<Cluster, ClusterError> {
     let file = file_from_options(opts)?;
     let exists = dir.join(CLUSTER_FILE).exists() || dir.join("secrets").exists();
     if exists && !force {
@@ -222,8 +233,7 @@ pub fn create(dir: &Path, opts: &NewOptions, force: bool) -> Result<Cluster, Clu
     let result = (|| {
         let staged = validate::validate(file, &staging, None)?;
         staged.save()?;
-        crate::pki::ensure(&staged)?;
-        crate::pki::token::create(&staging, None, "baked into images by kimg build")?;
+        secrets(&staged).map_err(ClusterError::Secrets)?;
         Ok::<_, ClusterError>(staged)
     })();
     if let Err(e) = result {

@@ -80,6 +80,25 @@ impl<'a> Checker<'a> {
     }
 }
 
+// Loading lives beside validation so that the types (`config.rs`) import nothing of it.
+impl Cluster {
+    /// Loads and validates `DIR/cluster.toml`.
+    pub fn load(dir: &Path) -> Result<Cluster, ClusterError> {
+        let path = dir.join(super::config::CLUSTER_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::Missing {
+                    dir: dir.to_path_buf(),
+                })
+            }
+            Err(source) => return Err(ClusterError::Read { path, source }),
+        };
+        let file = super::config::parse(&text, &path)?;
+        validate(file, dir, Some((&path, &text)))
+    }
+}
+
 /// The 1-based line of a dotted key path in a TOML text, if the key is present.
 pub fn line_of_key(text: &str, field: &str) -> Option<usize> {
     let doc = ImDocument::parse(text).ok()?;

@@ -235,7 +235,7 @@ mod tests {
                 other => panic!("unexpected flag {other}"),
             }
         }
-        let c = crate::cluster::create(dir.path(), &opts, false).unwrap();
+        let c = crate::pki::create_cluster(dir.path(), &opts, false).unwrap();
         (dir, c)
     }
 
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn a_machine_without_a_mac_is_refused_with_its_name() {
         let dir = tempfile::tempdir().unwrap();
-        let c = crate::cluster::create(dir.path(), &NewOptions::default(), false).unwrap();
+        let c = crate::pki::create_cluster(dir.path(), &NewOptions::default(), false).unwrap();
         let err = machines(&c).unwrap_err().to_string();
         assert!(err.contains("node node-1 has no MAC"), "{err}");
     }

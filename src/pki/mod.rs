@@ -60,6 +60,20 @@ pub fn pki_dir(cluster_dir: &Path) -> PathBuf {
     secrets_dir(cluster_dir).join("pki")
 }
 
+/// Writes a new cluster directory ([`crate::cluster::create`]) with its secrets: the CAs
+/// and leaf certificates ([`ensure`]) and one never-expiring bootstrap token for images.
+pub fn create_cluster(
+    dir: &Path,
+    opts: &crate::cluster::NewOptions,
+    force: bool,
+) -> Result<Cluster, crate::cluster::ClusterError> {
+    crate::cluster::create(dir, opts, force, &|staged| {
+        ensure(staged)?;
+        token::create(&staged.dir, None, "baked into images by kimg build")?;
+        Ok(())
+    })
+}
+
 /// Writes `bytes` to `path` atomically with `mode` ([`crate::files::write_atomic`]),
 /// creating missing parent directories with mode 0700 (they hold secrets).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
