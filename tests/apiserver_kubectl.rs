@@ -154,6 +154,17 @@ spec:
         - containerPort: 80
 ";
 
+const PDB: &str = "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: demo
+spec:
+  minAvailable: 50%
+  selector:
+    matchLabels: {app: web}
+";
+
 fn kubectl_session(up: &Up) {
     let ns = up.ok(&["get", "ns"]);
     assert!(ns.starts_with("NAME"), "{ns}");
@@ -624,9 +635,44 @@ fn kubectl_session(up: &Up) {
         "leases",
         "certificatesigningrequests",
         "clusterrolebindings",
+        "poddisruptionbudgets",
+        "pdb",
+        "policy/v1",
     ] {
         assert!(resources.contains(want), "{want} in {resources}");
     }
+    // A kind served from its own file (PodDisruptionBudget): apply, columns, validation.
+    let pdb = write(&up.dir, "pdb.yaml", PDB);
+    assert!(up
+        .ok(&["apply", "-f", &pdb])
+        .contains("poddisruptionbudget.policy/web created"));
+    let listed = up.ok(&["-n", "demo", "get", "pdb"]);
+    assert!(
+        listed.contains("MIN AVAILABLE")
+            && listed.contains("MAX UNAVAILABLE")
+            && listed
+                .lines()
+                .any(|l| l.starts_with("web") && l.contains("50%") && l.contains("N/A")),
+        "{listed}"
+    );
+    let both = write(
+        &up.dir,
+        "pdb-both.yaml",
+        &PDB.replace("minAvailable: 50%", "minAvailable: 1\n  maxUnavailable: 1"),
+    );
+    let refused = up.fails(&["apply", "-f", &both]);
+    assert!(
+        refused.contains("is invalid")
+            && refused.contains("minAvailable and maxUnavailable cannot be both set"),
+        "{refused}"
+    );
+    let pct = write(&up.dir, "pdb-pct.yaml", &PDB.replace("50%", "150%"));
+    assert!(up
+        .fails(&["apply", "-f", &pct])
+        .contains("spec.minAvailable: Invalid value: \"150%\": must not be greater than 100%"));
+    assert!(up
+        .ok(&["explain", "pdb.spec.minAvailable"])
+        .contains("minAvailable"));
     assert!(up
         .ok(&["-n", "demo", "delete", "cm", "cfg"])
         .contains("configmap \"cfg\" deleted"));

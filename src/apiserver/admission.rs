@@ -46,6 +46,15 @@ pub async fn admit(
     new: &Value,
 ) -> Result<(), ApiError> {
     let user = req.user.as_ref();
+    if let Some(validate) = t.res.strategy.and_then(|s| s.validate) {
+        if t.sub.is_none() {
+            validate(new, old).map_err(|reason| ApiError::Invalid {
+                kind: t.res.kind.to_string(),
+                name: meta_str(new, "name").unwrap_or_default().to_string(),
+                reason,
+            })?;
+        }
+    }
     if let Some(spec) = pod_spec_of(t.res.kind, new).filter(|_| t.sub.is_none()) {
         let name = meta_str(new, "name").unwrap_or_default();
         validate_volumes(spec.1, spec.0).map_err(|reason| ApiError::Invalid {

@@ -170,7 +170,9 @@ impl ApiError {
                 resource,
                 name,
             } => Some(json!({"name": name, "group": group, "kind": resource})),
-            ApiError::Invalid { kind, name, .. } => Some(json!({"name": name, "kind": kind})),
+            ApiError::Invalid { kind, name, reason } => {
+                Some(json!({"name": name, "kind": kind, "causes": causes(reason)}))
+            }
             ApiError::Forbidden {
                 group, resource, ..
             } => Some(json!({"group": group, "kind": resource})),
@@ -204,9 +206,59 @@ impl ApiError {
 /// What a 429 asks the client to wait, in seconds (kube-apiserver's value).
 const RETRY_AFTER_SECS: u64 = 1;
 
+/// `details.causes` of a 422: a reason written `<field path>: <why>` becomes one cause
+/// with that field, which kubectl prints as `The Kind "name" is invalid: <field>: <why>`
+/// (without causes it prints only the first half). A reason without a field path is one
+/// cause without a field.
+fn causes(reason: &str) -> Value {
+    let (field, message) = match reason.split_once(": ") {
+        Some((f, m)) if !f.is_empty() && !f.contains(' ') => (f, m),
+        _ => ("", reason),
+    };
+    let kind = [
+        ("Required value", "FieldValueRequired"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+    ]
+    .iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, k)| k);
+    let mut cause = json!({"reason": kind, "message": message});
+    if !field.is_empty() {
+        cause["field"] = json!(field);
+    }
+    json!([cause])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_422_names_the_field_and_why_in_its_causes() {
+        let e = ApiError::Invalid {
+            kind: "PodDisruptionBudget".into(),
+            name: "web".into(),
+            reason: "spec.minAvailable: Invalid value: \"150%\": must not be greater than 100%"
+                .into(),
+        };
+        let st = e.status_object();
+        assert_eq!(st["code"], 422);
+        let cause = &st["details"]["causes"][0];
+        assert_eq!(cause["field"], "spec.minAvailable");
+        assert_eq!(cause["reason"], "FieldValueInvalid");
+        assert_eq!(
+            cause["message"],
+            "Invalid value: \"150%\": must not be greater than 100%"
+        );
+        let required = causes("spec.selector: Required value");
+        assert_eq!(required[0]["reason"], "FieldValueRequired");
+        let free = causes("the object has no name");
+        assert_eq!(free[0]["message"], "the object has no name");
+        assert!(free[0].get("field").is_none());
+    }
 
     #[test]
     fn a_compacted_store_read_becomes_410_expired() {

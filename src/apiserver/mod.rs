@@ -52,6 +52,7 @@ mod discovery;
 mod error;
 mod http;
 pub mod jwt;
+mod kinds;
 mod kubelet_proxy;
 mod list;
 mod node_authz;

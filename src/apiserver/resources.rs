@@ -1,11 +1,14 @@
 //! The resource registry: which kinds the apiserver serves and where they are stored.
 //!
 //! What: one static table row per resource (group, version, kind, plural, scope, short
-//! names, categories, subresources). Discovery, routing, storage keys and Table output all
-//! read this table, so adding a kind is adding a row. How: objects live under
+//! names, categories, subresources) pointing at the kind's file under `kinds/` (schema,
+//! columns, validation). Discovery, routing, storage keys and Table output all read this
+//! table, so adding a kind is adding a row and a file. How: objects live under
 //! `/registry/<plural>/<namespace>/<name>` (cluster-scoped: `/registry/<plural>/<name>`) as
 //! JSON, like Kubernetes lays out etcd. Limits: one version per group; plurals are unique
 //! across groups (no `events.k8s.io` events next to core events yet).
+
+use super::kinds::{self, Strategy};
 
 /// How a resource's object names are validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,9 @@ pub struct Resource {
     /// Has a `scale` subresource (`autoscaling/v1` Scale over `.spec.replicas`).
     pub scale: bool,
     pub names: NameRule,
+    /// What the kind does beyond being stored (schema, columns, validation), in its own
+    /// file under `kinds/`; `None` for kinds that have not moved there yet.
+    pub strategy: Option<&'static Strategy>,
 }
 
 const ALL: &[&str] = &["all"];
@@ -61,7 +67,13 @@ const fn r(
         status: false,
         scale: false,
         names: NameRule::Subdomain,
+        strategy: None,
     }
+}
+
+const fn with(mut res: Resource, strategy: &'static Strategy) -> Resource {
+    res.strategy = Some(strategy);
+    res
 }
 
 const fn with_status(mut res: Resource) -> Resource {
@@ -131,14 +143,17 @@ pub static RESOURCES: &[Resource] = &[
         true,
         &["ep"],
     ),
-    r(
-        "",
-        "v1",
-        "ConfigMap",
-        "configmaps",
-        "configmap",
-        true,
-        &["cm"],
+    with(
+        r(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            "configmap",
+            true,
+            &["cm"],
+        ),
+        &kinds::configmap::STRATEGY,
     ),
     r("", "v1", "Secret", "secrets", "secret", true, &[]),
     r(
@@ -268,6 +283,18 @@ pub static RESOURCES: &[Resource] = &[
         true,
         &["ing"],
     )),
+    with(
+        with_status(r(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            true,
+            &["pdb"],
+        )),
+        &kinds::poddisruptionbudget::STRATEGY,
+    ),
     named(
         r(
             "rbac.authorization.k8s.io",

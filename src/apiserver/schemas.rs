@@ -18,6 +18,8 @@ use schemars::gen::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
+use super::resources::RESOURCES;
+
 /// Where references point in OpenAPI v3 documents.
 pub const REF_PREFIX: &str = "#/components/schemas/";
 
@@ -33,13 +35,12 @@ fn kinds(
             }),*]
         };
     }
-    k![
+    let mut kinds = k![
         "" "v1" "Namespace" => core::v1::Namespace,
         "" "v1" "Node" => core::v1::Node,
         "" "v1" "Pod" => core::v1::Pod,
         "" "v1" "Service" => core::v1::Service,
         "" "v1" "Endpoints" => core::v1::Endpoints,
-        "" "v1" "ConfigMap" => core::v1::ConfigMap,
         "" "v1" "Secret" => core::v1::Secret,
         "" "v1" "ServiceAccount" => core::v1::ServiceAccount,
         "" "v1" "Event" => core::v1::Event,
@@ -61,7 +62,14 @@ fn kinds(
         "rbac.authorization.k8s.io" "v1" "ClusterRole" => rbac::v1::ClusterRole,
         "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
         "certificates.k8s.io" "v1" "CertificateSigningRequest" => certificates::v1::CertificateSigningRequest,
-    ]
+    ];
+    // Kinds with a file of their own name their schema there.
+    for r in RESOURCES {
+        if let Some(s) = r.strategy {
+            kinds.push((r.group, r.version, r.kind, (s.schema)(g)));
+        }
+    }
+    kinds
 }
 
 struct Schemas {

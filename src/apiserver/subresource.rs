@@ -9,7 +9,7 @@
 //! like Kubernetes. `…/serviceaccounts/<name>/token` mints a service-account JWT
 //! ([`super::jwt`]). `…/certificatesigningrequests/<name>/approval` is an update of
 //! `status.conditions` only ([`super::rest`]). Limits: evictions ignore
-//! PodDisruptionBudgets (there are none yet).
+//! PodDisruptionBudgets (they are served and validated, not yet enforced here).
 
 use hyper::StatusCode;
 use serde_json::{json, Value};

@@ -9,85 +9,12 @@
 //! Limits: no custom printer columns; ages are rendered by the server at request time.
 
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 
 use super::http::Req;
+#[cfg(test)]
+use super::kinds::human_duration;
+use super::kinds::{age, len, n, or_none, s, Col};
 use super::resources::Resource;
-
-/// A column: name, type, priority (0 always shown, 1 with `-o wide`).
-type Col = (&'static str, &'static str, u8);
-
-/// Kubernetes' short human durations (`45s`, `5m10s`, `3h`, `12d`, `2y`).
-pub fn human_duration(secs: i64) -> String {
-    let s = secs.max(0);
-    let (m, h, d) = (s / 60, s / 3600, s / 86400);
-    if s < 120 {
-        format!("{s}s")
-    } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
-    } else if h < 3 {
-        format!("{m}m")
-    } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
-    } else if h < 48 {
-        format!("{h}h")
-    } else if d < 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
-    } else if d < 365 * 2 {
-        format!("{d}d")
-    } else {
-        format!("{}y", d / 365)
-    }
-}
-
-fn age(obj: &Value) -> String {
-    let Some(ts) = obj
-        .pointer("/metadata/creationTimestamp")
-        .and_then(Value::as_str)
-    else {
-        return "<unknown>".into();
-    };
-    match OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => human_duration((OffsetDateTime::now_utc() - t).whole_seconds()),
-        Err(_) => "<invalid>".into(),
-    }
-}
-
-fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
-    obj.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
-}
-
-fn n(obj: &Value, ptr: &str) -> i64 {
-    obj.pointer(ptr).and_then(Value::as_i64).unwrap_or(0)
-}
-
-fn len(obj: &Value, ptr: &str) -> usize {
-    match obj.pointer(ptr) {
-        Some(Value::Object(m)) => m.len(),
-        Some(Value::Array(a)) => a.len(),
-        _ => 0,
-    }
-}
-
-fn or_none(v: String) -> Value {
-    json!(if v.is_empty() {
-        "<none>".to_string()
-    } else {
-        v
-    })
-}
 
 fn joined(obj: &Value, list: &str, field: &str) -> String {
     obj.pointer(list)
@@ -216,7 +143,15 @@ fn node_address(node: &Value, kind: &str) -> String {
 }
 
 /// The columns of a kind and the cells of one object.
-fn columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
+/// The columns of `res` and the cells of `o`: from the kind's file when it has one.
+fn columns_and_cells(res: &Resource, o: &Value) -> (Vec<Col>, Vec<Value>) {
+    match res.strategy.and_then(|s| s.table) {
+        Some(table) => table(o),
+        None => builtin_columns_and_cells(res.kind, o),
+    }
+}
+
+fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
     let name = json!(s(o, "/metadata/name"));
     let pair = |a: &str, b: &str| json!(format!("{}/{}", n(o, a), n(o, b)));
     match kind {
@@ -441,18 +376,6 @@ fn columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                 json!(csr_condition(o)),
             ],
         ),
-        "ConfigMap" => (
-            vec![
-                ("Name", "string", 0),
-                ("Data", "integer", 0),
-                ("Age", "string", 0),
-            ],
-            vec![
-                name,
-                json!(len(o, "/data") + len(o, "/binaryData")),
-                json!(age(o)),
-            ],
-        ),
         "Secret" => (
             vec![
                 ("Name", "string", 0),
@@ -547,7 +470,7 @@ pub fn table_with(
     rv: &str,
     cont: Option<&str>,
 ) -> Value {
-    let (cols, _) = columns_and_cells(res.kind, &json!({}));
+    let (cols, _) = columns_and_cells(res, &json!({}));
     let defs: Vec<Value> = cols
         .iter()
         .map(|(name, typ, priority)| {
@@ -558,7 +481,7 @@ pub fn table_with(
     let rows: Vec<Value> = objs
         .iter()
         .map(|o| {
-            let (_, cells) = columns_and_cells(res.kind, o);
+            let (_, cells) = columns_and_cells(res, o);
             let object = match include {
                 Some("None") => Value::Null,
                 Some("Object") => o.clone(),
