@@ -170,328 +170,446 @@ fn own_binary() -> Result<Vec<u8>, BuildError> {
 /// Runs the whole build and returns the manifest it wrote.
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let started = Instant::now();
-    let steps = Steps::new(opts.quiet);
-    let mut profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
-    profile.oci_images.extend(opts.oci_archives.iter().cloned());
-    let cluster = load_cluster(opts.cluster_dir.as_deref(), &steps)?;
-    for w in &cluster.warnings {
-        steps.note(&format!("warning: {w}"));
-    }
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .unwrap_or_else(|| Path::new("out").join(&profile.name));
-    let cache_dir = match &opts.cache_dir {
-        Some(c) => c.clone(),
-        None => debian::default_cache_dir().ok_or(BuildError::NoCacheDir)?,
-    };
-    let mut source = SourceOptions::for_host(cache_dir);
-    source.mirror_override = opts.mirror.clone();
-    source.offline = opts.offline;
-    source.quiet = opts.quiet;
-
-    // 1. Packages.
-    let step = steps.start("resolve packages");
-    let wanted = role::packages(&profile);
-    let lock = debian::ensure_locked(&source, &opts.lock_path, &wanted, opts.update_lock)?;
-    let pkgs = lock.packages_for(&wanted);
-    step.done(&format!(
-        "{} packages pinned in {}",
-        pkgs.len(),
-        opts.lock_path.display()
-    ));
-
-    // 2. Extraction.
-    let step = steps.start("extract files");
-    let mut rootfs = Tree::new();
-    let mut binaries: Vec<&str> = Vec::new();
-    for part in role::parts(&profile) {
-        let pkg = find(&pkgs, part.package)?;
-        rootfs.merge(&extract(&source, pkg, part.patterns)?);
-        binaries.extend(part.binaries);
-    }
-    let mut libs = Tree::new();
-    for pkg in pkgs.iter().filter(|p| debian::resolve::is_library(&p.name)) {
-        libs.merge(&extract(&source, pkg, role::LIBRARY_PATTERNS)?);
-    }
-    let kernel_pkg = pkgs
-        .iter()
-        .copied()
-        .find(|p| p.name.starts_with("linux-image-") && p.name != profile.kernel.package())
-        .ok_or_else(|| BuildError::NotLocked {
-            package: format!("the kernel behind {}", profile.kernel.package()),
-        })?;
-    let kernel = extract(&source, kernel_pkg, role::KERNEL_PATTERNS)?;
-    step.done(&format!(
-        "{} files from {} packages",
-        rootfs.len() + libs.len(),
-        pkgs.len()
-    ));
-
-    // 3. Libraries and modules.
-    let step = steps.start("resolve libraries and kernel modules");
-    let mut candidates = libs.clone();
-    candidates.merge(&rootfs);
-    for path in elf::library_closure(&binaries, &candidates)? {
-        if !rootfs.contains(&path) {
-            if let Some(entry) = candidates.get(&path) {
-                insert_entry(&mut rootfs, &path, entry.clone());
-            }
-        }
-    }
-    let wanted_modules = role::modules(&profile);
-    let wanted_refs: Vec<&str> = wanted_modules.iter().map(String::as_str).collect();
-    let modules = kmod::select_modules(&kernel, &wanted_refs)?;
-    rootfs.merge(&modules.files);
-    let vmlinuz = kernel
-        .iter()
-        .find_map(|(p, e)| match e {
-            Entry::File { data, .. } if p.starts_with("boot/vmlinuz-") => {
-                Some(data.as_ref().clone())
-            }
-            _ => None,
-        })
-        .ok_or_else(|| BuildError::NotLocked {
-            package: format!("{} (no boot/vmlinuz-*)", kernel_pkg.name),
-        })?;
-    step.done(&format!(
-        "{} modules for kernel {}",
-        modules.load_order.len(),
-        modules.kernel_version
-    ));
-
-    // 4. Rootfs.
-    let step = steps.start("assemble rootfs");
-    let kimg = own_binary()?;
-    rootfs.insert_file("init", 0o755, kimg);
-    rootfs.insert_symlink("usr/bin/kimg", "/init");
-    for d in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "var/lib/kimg",
-        "var/log",
-        "etc",
-        "root",
-    ] {
-        rootfs.insert_dir(d, 0o755);
-    }
-    rootfs.insert_dir("tmp", 0o1777);
-    if profile.debug_shell {
-        for applet in [
-            "sh", "ls", "cat", "ps", "ip", "ping", "mount", "dmesg", "vi", "wget",
-        ] {
-            // A real tool of the image (iproute2's `ip`) wins over the applet.
-            if !rootfs.contains(&format!("bin/{applet}")) {
-                rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
-            }
-        }
-    }
-    if !profile.oci_images.is_empty() {
-        rootfs.insert_dir(OCI_DIR, 0o755);
-    }
-    for archive in &profile.oci_images {
-        let data = std::fs::read(archive).map_err(|source| BuildError::OciArchive {
-            path: archive.clone(),
-            source,
-        })?;
-        let name = archive
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image.tar".into());
-        let name = if name.ends_with(".tar") {
-            name
-        } else {
-            format!("{name}.tar")
-        };
-        rootfs.insert_file(&format!("{OCI_DIR}/{name}"), 0o644, data);
-    }
-    let config = config_tree(&cluster, &profile, &modules)?;
-    rootfs.merge(&prefixed(&config, "etc/kimg"));
-    step.done(&format!(
-        "{} entries, {} MiB of files",
-        rootfs.len(),
-        rootfs.file_bytes() >> 20
-    ));
-
-    // 5. Outputs.
-    let step = steps.start("write initrd.img");
-    let initrd = cpio::write_initrd(&rootfs, opts.epoch, cpio::Codec::Zstd)?;
-    step.done(&format!("{} MiB", initrd.len() >> 20));
-    let parent = out_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|source| BuildError::from_io(parent, source))?;
-    let staging = parent.join(format!(
-        ".{}.build-{}",
-        out_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("out"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|source| BuildError::from_io(&staging, source))?;
-    // Master and etcd images carry the cluster's private keys: only the builder may read
-    // them. A worker's outputs (CA certificate, bootstrap token) stay readable, as TFTP
-    // and HTTP servers serve only world-readable files.
-    set_mode(
-        &staging,
-        if pxe_carries_keys(&profile) {
-            0o700
-        } else {
-            0o755
-        },
-    )?;
-    let result = write_outputs(
-        opts, &profile, &cluster, &staging, &initrd, &vmlinuz, &config, &steps, &source, &pkgs,
-    );
-    let outputs = match result {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
-        }
-    };
-    let manifest = Manifest {
-        profile: profile.name.clone(),
-        roles: profile
-            .roles
-            .iter()
-            .map(|r| r.as_str().to_string())
-            .collect(),
-        cluster: cluster.name.clone(),
-        kernel_version: modules.kernel_version.clone(),
-        kimg_version: env!("CARGO_PKG_VERSION").to_string(),
-        source_date_epoch: opts.epoch,
-        outputs,
-        packages: pkgs
-            .iter()
-            .map(|p| InputRecord {
-                name: p.name.clone(),
-                version: p.version.clone(),
-                sha256: p.sha256.clone(),
-            })
-            .collect(),
-        modules: modules.load_order.clone(),
+    let job = Job::prepare(opts)?;
+    let lock = job.resolve_packages()?;
+    let pkgs = lock.packages_for(&role::packages(&job.profile));
+    let files = job.extract_files(&pkgs)?;
+    let (rootfs, modules, vmlinuz) = job.add_libraries_and_modules(files)?;
+    let (rootfs, config) = job.assemble_rootfs(rootfs, &modules)?;
+    let image = Image {
+        initrd: job.write_initrd(&rootfs)?,
+        vmlinuz,
+        config,
+        pkgs,
+        modules,
         rootfs_files: rootfs.len(),
     };
-    let json =
-        serde_json::to_string_pretty(&manifest).expect("the manifest always serialises") + "\n";
-    let mpath = staging.join("manifest.json");
-    std::fs::write(&mpath, json).map_err(|source| BuildError::from_io(&mpath, source))?;
-    if out_dir.exists() {
-        std::fs::remove_dir_all(&out_dir)
-            .map_err(|source| BuildError::from_io(&out_dir, source))?;
-    }
-    std::fs::rename(&staging, &out_dir).map_err(|source| BuildError::from_io(&out_dir, source))?;
-    steps.note(&format!(
+    let manifest = job.write_outputs(&image)?;
+    job.steps.note(&format!(
         "built {} in {:.1}s → {}",
-        profile.name,
+        job.profile.name,
         started.elapsed().as_secs_f64(),
-        out_dir.display()
+        job.out_dir.display()
     ));
     Ok(manifest)
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
-fn write_outputs(
-    opts: &BuildOptions,
-    profile: &Profile,
-    cluster: &Cluster,
-    dir: &Path,
-    initrd: &[u8],
-    vmlinuz: &[u8],
-    config: &Tree,
-    steps: &Steps,
-    source: &SourceOptions,
-    pkgs: &[&LockedPackage],
-) -> Result<BTreeMap<String, OutputRecord>, BuildError> {
-    let mut outputs = BTreeMap::new();
-    let mut put = |name: &str, data: &[u8]| -> Result<(), BuildError> {
-        let path = dir.join(name);
-        std::fs::write(&path, data).map_err(|source| BuildError::from_io(&path, source))?;
-        set_mode(&path, output_mode(profile, name))?;
-        outputs.insert(
-            name.to_string(),
-            OutputRecord {
-                sha256: sha256_hex(data),
-                size: data.len() as u64,
-            },
-        );
-        Ok(())
-    };
-    let cmdline = format!("{}\n", profile.cmdline.trim());
-    let keys_in_pxe = pxe_carries_keys(profile) && !opts.allow_secrets_in_pxe;
-    if profile.outputs.pxe && keys_in_pxe {
-        // The kernel holds nothing secret (and QEMU's KVM probe boots it).
-        put("vmlinuz", vmlinuz)?;
-        steps.note(&format!(
-            "no PXE bundle (initrd.img, boot.ipxe) for {}: its initrd carries the cluster's \
-             private keys, which anyone who reaches a PXE server can download; boot it from \
-             disk.raw, or pass --allow-secrets-in-pxe on a network you trust",
-            profile.name
-        ));
-    } else if profile.outputs.pxe {
-        put("vmlinuz", vmlinuz)?;
-        put("initrd.img", initrd)?;
-        put("cmdline", cmdline.as_bytes())?;
-        let ipxe = format!(
-            "#!ipxe\n# kimg {} image of cluster {}\nkernel vmlinuz initrd=initrd.img {}\ninitrd initrd.img\nboot\n",
-            profile.name,
-            cluster.name,
-            profile.cmdline.trim()
-        );
-        put("boot.ipxe", ipxe.as_bytes())?;
-    }
-    if profile.outputs.disk {
-        let step = steps.start("write disk.raw (GPT: ESP + STATE)");
-        let efi_pkg = find(pkgs, role::SYSTEMD_BOOT.package)?;
-        let efi_tree = extract(source, efi_pkg, role::SYSTEMD_BOOT.patterns)?;
-        let efi = file_data(&efi_tree, role::SYSTEMD_BOOT.patterns[0]).ok_or_else(|| {
-            BuildError::NotLocked {
-                package: "systemd-boot-efi (no systemd-bootx64.efi)".into(),
-            }
-        })?;
-        let title = format!("kimg {} ({})", profile.name, cluster.name);
-        // The disk's own boot entry says STATE is on this disk (see node::cmdline).
-        let esp = disk::systemd_boot_esp(
-            efi,
-            vmlinuz.to_vec(),
-            initrd.to_vec(),
-            &format!("{} kimg.state=disk", profile.cmdline.trim()),
-            &title,
-        );
-        let esp_mib = ((esp.file_bytes() * 11 / 10) >> 20) + 16;
-        let spec = disk::DiskSpec {
-            esp,
-            state: prefixed(config, "kimg"),
-            esp_size_mib: esp_mib.max(64),
-            state_size_mib: profile.state_size_mib,
-            seed: format!("{}/{}", cluster.name, profile.name),
-            epoch: opts.epoch,
-        };
-        let raw = dir.join("disk.raw");
-        disk::write_disk(&spec, &raw)?;
-        set_mode(&raw, output_mode(profile, "disk.raw"))?;
-        outputs.insert("disk.raw".into(), hash_file(&raw)?);
-        step.done(&format!(
-            "{} MiB",
-            (spec.esp_size_mib + spec.state_size_mib)
-        ));
-        if profile.outputs.qcow2 {
-            let step = steps.start("write disk.qcow2");
-            let q = dir.join("disk.qcow2");
-            disk::qcow2::write_qcow2(&raw, &q)?;
-            set_mode(&q, output_mode(profile, "disk.qcow2"))?;
-            let rec = hash_file(&q)?;
-            step.done(&format!("{} MiB", rec.size >> 20));
-            outputs.insert("disk.qcow2".into(), rec);
+/// What every stage of a build reads: the options, the profile, the cluster, where the
+/// packages come from, where the outputs go, and the progress display.
+struct Job<'a> {
+    opts: &'a BuildOptions,
+    profile: Profile,
+    cluster: Cluster,
+    source: SourceOptions,
+    out_dir: PathBuf,
+    steps: Steps,
+}
+
+/// The files that stage 2 extracted: the role's own parts, every library package, the
+/// kernel package.
+struct Extracted<'p> {
+    rootfs: Tree,
+    binaries: Vec<&'static str>,
+    libs: Tree,
+    kernel: Tree,
+    kernel_pkg: &'p LockedPackage,
+}
+
+/// What stage 5 writes out.
+struct Image<'p> {
+    initrd: Vec<u8>,
+    vmlinuz: Vec<u8>,
+    /// The first-boot configuration (`/etc/kimg` in the initrd, `STATE/kimg` on disk).
+    config: Tree,
+    pkgs: Vec<&'p LockedPackage>,
+    modules: kmod::ModuleSet,
+    rootfs_files: usize,
+}
+
+impl<'a> Job<'a> {
+    /// Stage 0: the profile, the cluster and the package source.
+    fn prepare(opts: &'a BuildOptions) -> Result<Job<'a>, BuildError> {
+        let steps = Steps::new(opts.quiet);
+        let mut profile = Profile::find(&opts.profile, opts.profiles_dir.as_deref())?;
+        profile.oci_images.extend(opts.oci_archives.iter().cloned());
+        let cluster = load_cluster(opts.cluster_dir.as_deref(), &steps)?;
+        for w in &cluster.warnings {
+            steps.note(&format!("warning: {w}"));
         }
+        let out_dir = opts
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| Path::new("out").join(&profile.name));
+        let cache_dir = match &opts.cache_dir {
+            Some(c) => c.clone(),
+            None => debian::default_cache_dir().ok_or(BuildError::NoCacheDir)?,
+        };
+        let mut source = SourceOptions::for_host(cache_dir);
+        source.mirror_override = opts.mirror.clone();
+        source.offline = opts.offline;
+        source.quiet = opts.quiet;
+        Ok(Job {
+            opts,
+            profile,
+            cluster,
+            source,
+            out_dir,
+            steps,
+        })
     }
-    Ok(outputs)
+
+    /// Stage 1: the role's packages, pinned in the lock file.
+    fn resolve_packages(&self) -> Result<debian::Lockfile, BuildError> {
+        let step = self.steps.start("resolve packages");
+        let wanted = role::packages(&self.profile);
+        let lock = debian::ensure_locked(
+            &self.source,
+            &self.opts.lock_path,
+            &wanted,
+            self.opts.update_lock,
+        )?;
+        step.done(&format!(
+            "{} packages pinned in {}",
+            lock.packages_for(&wanted).len(),
+            self.opts.lock_path.display()
+        ));
+        Ok(lock)
+    }
+
+    /// Stage 2: the files of each package.
+    fn extract_files<'p>(&self, pkgs: &[&'p LockedPackage]) -> Result<Extracted<'p>, BuildError> {
+        let step = self.steps.start("extract files");
+        let mut rootfs = Tree::new();
+        let mut binaries: Vec<&'static str> = Vec::new();
+        for part in role::parts(&self.profile) {
+            let pkg = find(pkgs, part.package)?;
+            rootfs.merge(&extract(&self.source, pkg, part.patterns)?);
+            binaries.extend(part.binaries);
+        }
+        let mut libs = Tree::new();
+        for pkg in pkgs.iter().filter(|p| debian::resolve::is_library(&p.name)) {
+            libs.merge(&extract(&self.source, pkg, role::LIBRARY_PATTERNS)?);
+        }
+        let kernel_pkg = pkgs
+            .iter()
+            .copied()
+            .find(|p| p.name.starts_with("linux-image-") && p.name != self.profile.kernel.package())
+            .ok_or_else(|| BuildError::NotLocked {
+                package: format!("the kernel behind {}", self.profile.kernel.package()),
+            })?;
+        let kernel = extract(&self.source, kernel_pkg, role::KERNEL_PATTERNS)?;
+        step.done(&format!(
+            "{} files from {} packages",
+            rootfs.len() + libs.len(),
+            pkgs.len()
+        ));
+        Ok(Extracted {
+            rootfs,
+            binaries,
+            libs,
+            kernel,
+            kernel_pkg,
+        })
+    }
+
+    /// Stage 3: the shared libraries the binaries load, the kernel modules the role needs,
+    /// and the kernel itself.
+    fn add_libraries_and_modules(
+        &self,
+        x: Extracted<'_>,
+    ) -> Result<(Tree, kmod::ModuleSet, Vec<u8>), BuildError> {
+        let step = self.steps.start("resolve libraries and kernel modules");
+        let Extracted {
+            mut rootfs,
+            binaries,
+            libs,
+            kernel,
+            kernel_pkg,
+        } = x;
+        let mut candidates = libs;
+        candidates.merge(&rootfs);
+        for path in elf::library_closure(&binaries, &candidates)? {
+            if !rootfs.contains(&path) {
+                if let Some(entry) = candidates.get(&path) {
+                    insert_entry(&mut rootfs, &path, entry.clone());
+                }
+            }
+        }
+        let wanted_modules = role::modules(&self.profile);
+        let wanted_refs: Vec<&str> = wanted_modules.iter().map(String::as_str).collect();
+        let modules = kmod::select_modules(&kernel, &wanted_refs)?;
+        rootfs.merge(&modules.files);
+        let vmlinuz = kernel
+            .iter()
+            .find_map(|(p, e)| match e {
+                Entry::File { data, .. } if p.starts_with("boot/vmlinuz-") => {
+                    Some(data.as_ref().clone())
+                }
+                _ => None,
+            })
+            .ok_or_else(|| BuildError::NotLocked {
+                package: format!("{} (no boot/vmlinuz-*)", kernel_pkg.name),
+            })?;
+        step.done(&format!(
+            "{} modules for kernel {}",
+            modules.load_order.len(),
+            modules.kernel_version
+        ));
+        Ok((rootfs, modules, vmlinuz))
+    }
+
+    /// Stage 4: kimg as `/init`, the directories, the debug shell, the OCI archives and
+    /// the first-boot configuration.
+    fn assemble_rootfs(
+        &self,
+        mut rootfs: Tree,
+        modules: &kmod::ModuleSet,
+    ) -> Result<(Tree, Tree), BuildError> {
+        let profile = &self.profile;
+        let step = self.steps.start("assemble rootfs");
+        let kimg = own_binary()?;
+        rootfs.insert_file("init", 0o755, kimg);
+        rootfs.insert_symlink("usr/bin/kimg", "/init");
+        for d in [
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "var/lib/kimg",
+            "var/log",
+            "etc",
+            "root",
+        ] {
+            rootfs.insert_dir(d, 0o755);
+        }
+        rootfs.insert_dir("tmp", 0o1777);
+        if profile.debug_shell {
+            for applet in [
+                "sh", "ls", "cat", "ps", "ip", "ping", "mount", "dmesg", "vi", "wget",
+            ] {
+                // A real tool of the image (iproute2's `ip`) wins over the applet.
+                if !rootfs.contains(&format!("bin/{applet}")) {
+                    rootfs.insert_symlink(&format!("bin/{applet}"), "busybox");
+                }
+            }
+        }
+        if !profile.oci_images.is_empty() {
+            rootfs.insert_dir(OCI_DIR, 0o755);
+        }
+        for archive in &profile.oci_images {
+            let data = std::fs::read(archive).map_err(|source| BuildError::OciArchive {
+                path: archive.clone(),
+                source,
+            })?;
+            let name = archive
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image.tar".into());
+            let name = if name.ends_with(".tar") {
+                name
+            } else {
+                format!("{name}.tar")
+            };
+            rootfs.insert_file(&format!("{OCI_DIR}/{name}"), 0o644, data);
+        }
+        let config = config_tree(&self.cluster, profile, modules)?;
+        rootfs.merge(&prefixed(&config, "etc/kimg"));
+        step.done(&format!(
+            "{} entries, {} MiB of files",
+            rootfs.len(),
+            rootfs.file_bytes() >> 20
+        ));
+        Ok((rootfs, config))
+    }
+
+    /// Stage 5a: the initrd (a zstd-compressed cpio of the rootfs).
+    fn write_initrd(&self, rootfs: &Tree) -> Result<Vec<u8>, BuildError> {
+        let step = self.steps.start("write initrd.img");
+        let initrd = cpio::write_initrd(rootfs, self.opts.epoch, cpio::Codec::Zstd)?;
+        step.done(&format!("{} MiB", initrd.len() >> 20));
+        Ok(initrd)
+    }
+
+    /// Stage 5b: every output and the manifest into a staging directory beside the output
+    /// directory, renamed over it at the end (a failed build leaves the old outputs).
+    fn write_outputs(&self, image: &Image<'_>) -> Result<Manifest, BuildError> {
+        let (opts, profile, out_dir) = (self.opts, &self.profile, &self.out_dir);
+        let parent = out_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|source| BuildError::from_io(parent, source))?;
+        let staging = parent.join(format!(
+            ".{}.build-{}",
+            out_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("out"),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(|source| BuildError::from_io(&staging, source))?;
+        // Master and etcd images carry the cluster's private keys: only the builder may read
+        // them. A worker's outputs (CA certificate, bootstrap token) stay readable, as TFTP
+        // and HTTP servers serve only world-readable files.
+        set_mode(
+            &staging,
+            if pxe_carries_keys(profile) {
+                0o700
+            } else {
+                0o755
+            },
+        )?;
+        let result = self.write_files(&staging, image);
+        let outputs = match result {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        let manifest = Manifest {
+            profile: profile.name.clone(),
+            roles: profile
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            cluster: self.cluster.name.clone(),
+            kernel_version: image.modules.kernel_version.clone(),
+            kimg_version: env!("CARGO_PKG_VERSION").to_string(),
+            source_date_epoch: opts.epoch,
+            outputs,
+            packages: image
+                .pkgs
+                .iter()
+                .map(|p| InputRecord {
+                    name: p.name.clone(),
+                    version: p.version.clone(),
+                    sha256: p.sha256.clone(),
+                })
+                .collect(),
+            modules: image.modules.load_order.clone(),
+            rootfs_files: image.rootfs_files,
+        };
+        let json =
+            serde_json::to_string_pretty(&manifest).expect("the manifest always serialises") + "\n";
+        let mpath = staging.join("manifest.json");
+        std::fs::write(&mpath, json).map_err(|source| BuildError::from_io(&mpath, source))?;
+        if out_dir.exists() {
+            std::fs::remove_dir_all(out_dir)
+                .map_err(|source| BuildError::from_io(out_dir, source))?;
+        }
+        std::fs::rename(&staging, out_dir)
+            .map_err(|source| BuildError::from_io(out_dir, source))?;
+        Ok(manifest)
+    }
+
+    /// Stage 5c: the kernel, initrd and iPXE script (PXE), the disk image and its qcow2
+    /// copy, as the profile asks, into `dir`.
+    fn write_files(
+        &self,
+        dir: &Path,
+        image: &Image<'_>,
+    ) -> Result<BTreeMap<String, OutputRecord>, BuildError> {
+        let (opts, profile, cluster, steps, source) = (
+            self.opts,
+            &self.profile,
+            &self.cluster,
+            &self.steps,
+            &self.source,
+        );
+        let (initrd, vmlinuz, config, pkgs) = (
+            &image.initrd[..],
+            &image.vmlinuz[..],
+            &image.config,
+            &image.pkgs[..],
+        );
+        let mut outputs = BTreeMap::new();
+        let mut put = |name: &str, data: &[u8]| -> Result<(), BuildError> {
+            let path = dir.join(name);
+            std::fs::write(&path, data).map_err(|source| BuildError::from_io(&path, source))?;
+            set_mode(&path, output_mode(profile, name))?;
+            outputs.insert(
+                name.to_string(),
+                OutputRecord {
+                    sha256: sha256_hex(data),
+                    size: data.len() as u64,
+                },
+            );
+            Ok(())
+        };
+        let cmdline = format!("{}\n", profile.cmdline.trim());
+        let keys_in_pxe = pxe_carries_keys(profile) && !opts.allow_secrets_in_pxe;
+        if profile.outputs.pxe && keys_in_pxe {
+            // The kernel holds nothing secret (and QEMU's KVM probe boots it).
+            put("vmlinuz", vmlinuz)?;
+            steps.note(&format!(
+                "no PXE bundle (initrd.img, boot.ipxe) for {}: its initrd carries the cluster's \
+                 private keys, which anyone who reaches a PXE server can download; boot it from \
+                 disk.raw, or pass --allow-secrets-in-pxe on a network you trust",
+                profile.name
+            ));
+        } else if profile.outputs.pxe {
+            put("vmlinuz", vmlinuz)?;
+            put("initrd.img", initrd)?;
+            put("cmdline", cmdline.as_bytes())?;
+            let ipxe = format!(
+                "#!ipxe\n# kimg {} image of cluster {}\nkernel vmlinuz initrd=initrd.img {}\ninitrd initrd.img\nboot\n",
+                profile.name,
+                cluster.name,
+                profile.cmdline.trim()
+            );
+            put("boot.ipxe", ipxe.as_bytes())?;
+        }
+        if profile.outputs.disk {
+            let step = steps.start("write disk.raw (GPT: ESP + STATE)");
+            let efi_pkg = find(pkgs, role::SYSTEMD_BOOT.package)?;
+            let efi_tree = extract(source, efi_pkg, role::SYSTEMD_BOOT.patterns)?;
+            let efi = file_data(&efi_tree, role::SYSTEMD_BOOT.patterns[0]).ok_or_else(|| {
+                BuildError::NotLocked {
+                    package: "systemd-boot-efi (no systemd-bootx64.efi)".into(),
+                }
+            })?;
+            let title = format!("kimg {} ({})", profile.name, cluster.name);
+            // The disk's own boot entry says STATE is on this disk (see node::cmdline).
+            let esp = disk::systemd_boot_esp(
+                efi,
+                vmlinuz.to_vec(),
+                initrd.to_vec(),
+                &format!("{} kimg.state=disk", profile.cmdline.trim()),
+                &title,
+            );
+            let esp_mib = ((esp.file_bytes() * 11 / 10) >> 20) + 16;
+            let spec = disk::DiskSpec {
+                esp,
+                state: prefixed(config, "kimg"),
+                esp_size_mib: esp_mib.max(64),
+                state_size_mib: profile.state_size_mib,
+                seed: format!("{}/{}", cluster.name, profile.name),
+                epoch: opts.epoch,
+            };
+            let raw = dir.join("disk.raw");
+            disk::write_disk(&spec, &raw)?;
+            set_mode(&raw, output_mode(profile, "disk.raw"))?;
+            outputs.insert("disk.raw".into(), hash_file(&raw)?);
+            step.done(&format!(
+                "{} MiB",
+                (spec.esp_size_mib + spec.state_size_mib)
+            ));
+            if profile.outputs.qcow2 {
+                let step = steps.start("write disk.qcow2");
+                let q = dir.join("disk.qcow2");
+                disk::qcow2::write_qcow2(&raw, &q)?;
+                set_mode(&q, output_mode(profile, "disk.qcow2"))?;
+                let rec = hash_file(&q)?;
+                step.done(&format!("{} MiB", rec.size >> 20));
+                outputs.insert("disk.qcow2".into(), rec);
+            }
+        }
+        Ok(outputs)
+    }
 }
 
 /// Whether a role's initrd carries private keys of the cluster (masters: the CAs' and the
