@@ -167,266 +167,18 @@ pub fn validate(
         source: source.and_then(|(p, t)| ImDocument::parse(t).ok().map(|d| (p, d, t))),
         errors: Vec::new(),
     };
-    let mut warnings = Vec::new();
-
-    if !is_dns_label(&file.name) {
-        c.fail(
-            "name",
-            format!(
-                "{:?} must be a DNS label: lower-case letters, digits and '-', at most 63",
-                file.name
-            ),
-        );
-    }
-    if !is_dns_subdomain(&file.dns_domain) {
-        c.fail(
-            "dns-domain",
-            format!("{:?} is not a valid DNS domain", file.dns_domain),
-        );
-    }
-    if file.api_port == 0 {
-        c.fail("api-port", "must be between 1 and 65535");
-    }
-    let vip = c.ip("api-vip", &file.api_vip);
-    let pod = c.cidr("pod-cidr", &file.pod_cidr);
-    let svc = c.cidr("service-cidr", &file.service_cidr);
-    let prefix = c.cidr("network.prefix", &file.network.prefix);
-    if let Some(pod) = pod {
-        if pod.prefix_len() > 24 {
-            c.fail(
-                "pod-cidr",
-                format!(
-                    "{pod} is too small: each node takes a /24, so use /24 or larger (e.g. /16)"
-                ),
-            );
-        }
-    }
-    if let Some(svc) = svc {
-        if svc.prefix_len() < 12 || svc.prefix_len() > 28 {
-            c.fail("service-cidr", format!("{svc} must be between /12 and /28"));
-        }
-    }
-    let nets = [
-        ("pod-cidr", pod),
-        ("service-cidr", svc),
-        ("network.prefix", prefix),
-    ];
-    for i in 0..nets.len() {
-        for j in (i + 1)..nets.len() {
-            if let ((a_name, Some(a)), (b_name, Some(b))) = (nets[i], nets[j]) {
-                if a.contains(&b.network()) || b.contains(&a.network()) {
-                    c.fail(b_name, format!("{b} overlaps {a_name} {a}"));
-                }
-            }
-        }
-    }
-    let gateway = match &file.network.gateway {
-        Some(g) => c.ip("network.gateway", g),
-        None => None,
-    };
-    if let (Some(g), Some(p)) = (gateway, prefix) {
-        if !p.contains(&g) {
-            c.fail(
-                "network.gateway",
-                format!("{g} is outside the node network {p}"),
-            );
-        }
-    }
-    let mut dns = Vec::new();
-    for (i, d) in file.network.dns.iter().enumerate() {
-        if let Some(ip) = c.ip(&format!("network.dns[{i}]"), d) {
-            dns.push(ip);
-        }
-    }
-    if let (Some(v), Some(p)) = (vip, prefix) {
-        if !p.contains(&v) {
-            c.fail(
-                "api-vip",
-                format!(
-                    "{v} is outside the node network {p}; the VIP must live on the masters' subnet"
-                ),
-            );
-        } else if v == p.network() || v == p.broadcast() {
-            c.fail(
-                "api-vip",
-                format!("{v} is the network or broadcast address of {p}"),
-            );
-        }
-        if Some(v) == gateway {
-            c.fail("api-vip", format!("{v} is the gateway's address"));
-        }
-    }
-
-    let mut nodes = Vec::new();
-    let mut names: HashMap<&str, usize> = HashMap::new();
-    let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
-    let mut macs: HashMap<Mac, usize> = HashMap::new();
-    for (i, n) in file.nodes.iter().enumerate() {
-        let at = |k: &str| format!("node[{i}].{k}");
-        if !is_dns_label(&n.name) {
-            c.fail(
-                &at("name"),
-                format!(
-                    "{:?} must be a DNS label: lower-case letters, digits and '-'",
-                    n.name
-                ),
-            );
-        } else if let Some(first) = names.insert(&n.name, i) {
-            c.fail(
-                &at("name"),
-                format!("duplicate node name {:?} (also node[{first}])", n.name),
-            );
-        }
-        let mut roles = Vec::new();
-        if n.roles.is_empty() {
-            c.fail(
-                &at("roles"),
-                "a node needs at least one role: etcd, master or worker",
-            );
-        }
-        for r in &n.roles {
-            match Role::parse(r) {
-                Some(role) if roles.contains(&role) => {
-                    c.fail(&at("roles"), format!("role {r:?} listed twice"))
-                }
-                Some(role) => roles.push(role),
-                None => c.fail(
-                    &at("roles"),
-                    format!("unknown role {r:?}; expected etcd, master or worker"),
-                ),
-            }
-        }
-        roles.sort();
-        let ip = c.ip(&at("ip"), &n.ip);
-        if let Some(ip) = ip {
-            if let Some(p) = prefix {
-                if !p.contains(&ip) {
-                    c.fail(&at("ip"), format!("{ip} is outside the node network {p}"));
-                }
-            }
-            if Some(ip) == vip {
-                c.fail(
-                    "api-vip",
-                    format!(
-                        "{ip} is also the address of node {:?}; the VIP must be a free address",
-                        n.name
-                    ),
-                );
-            }
-            if Some(ip) == gateway {
-                c.fail(&at("ip"), format!("{ip} is the gateway's address"));
-            }
-            if let Some(first) = ips.insert(ip, i) {
-                c.fail(
-                    &at("ip"),
-                    format!("duplicate address {ip} (also node[{first}])"),
-                );
-            }
-        }
-        let mac = match &n.mac {
-            Some(m) => match Mac::parse(m) {
-                Some(mac) => {
-                    if let Some(first) = macs.insert(mac, i) {
-                        c.fail(
-                            &at("mac"),
-                            format!("duplicate MAC {mac} (also node[{first}])"),
-                        );
-                    }
-                    Some(mac)
-                }
-                None => {
-                    c.fail(
-                        &at("mac"),
-                        format!("{m:?} is not a MAC address such as 52:54:00:12:34:56"),
-                    );
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(ip) = ip {
-            nodes.push(Node {
-                name: n.name.clone(),
-                roles,
-                ip,
-                mac,
-            });
-        }
-    }
-    let count = |role| nodes.iter().filter(|n: &&Node| n.has(role)).count();
-    if c.errors.is_empty() {
-        if count(Role::Etcd) == 0 {
-            c.fail(
-                "node",
-                "no node has the etcd role; the cluster needs 1, 3 or 5 etcd members",
-            );
-        }
-        if count(Role::Master) == 0 {
-            c.fail(
-                "node",
-                "no node has the master role; the cluster needs at least one master",
-            );
-        }
-    }
-    let etcd = count(Role::Etcd);
-    if etcd > 0 && etcd % 2 == 0 {
-        warnings.push(format!(
-            "{}node: {etcd} etcd members tolerate no more failures than {} do; use an odd count (1, 3 or 5)",
-            c.location("node"),
-            etcd - 1
-        ));
-    }
-
-    let mut vip_timing = VipTiming::default();
-    if let Some(v) = &file.vip {
-        let mut dur = |field: &str, value: &str| match humantime::parse_duration(value) {
-            Ok(d) if !d.is_zero() => Some(d),
-            _ => {
-                c.fail(
-                    field,
-                    format!("{value:?} is not a duration such as \"2s\" or \"250ms\""),
-                );
-                None
-            }
-        };
-        let lease = dur("vip.lease-duration", &v.lease_duration);
-        let renew = dur("vip.renew-deadline", &v.renew_deadline);
-        let retry = dur("vip.retry-period", &v.retry_period);
-        if let (Some(lease), Some(renew), Some(retry)) = (lease, renew, retry) {
-            if renew >= lease {
-                c.fail(
-                    "vip.renew-deadline",
-                    "must be shorter than lease-duration: the holder must drop the VIP before another master may take it",
-                );
-            } else if retry >= renew {
-                c.fail("vip.retry-period", "must be shorter than renew-deadline");
-            }
-            vip_timing = VipTiming {
-                lease_duration: lease,
-                renew_deadline: renew,
-                retry_period: retry,
-            };
-        }
-    }
-
-    for r in &file.insecure_registries {
-        let (host, port) = r.rsplit_once(':').unwrap_or((r, "1"));
-        let host_ok = !host.is_empty()
-            && host
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-');
-        if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
-            c.fail(
-                "insecure-registries",
-                format!("{r:?} is not a registry address such as \"192.168.1.100:5000\""),
-            );
-        }
-    }
+    c.names_and_ports(&file);
+    let net = c.networks(&file);
+    let nodes = c.node_table(&file, &net);
+    let warnings = c.role_counts(&nodes);
+    let vip_timing = c.vip_timing(&file);
+    c.insecure_registries(&file);
 
     if !c.errors.is_empty() {
         return Err(ClusterError::Invalid(c.errors));
     }
-    let (Some(api_vip), Some(pod_cidr), Some(service_cidr), Some(prefix)) = (vip, pod, svc, prefix)
+    let (Some(api_vip), Some(pod_cidr), Some(service_cidr), Some(prefix)) =
+        (net.vip, net.pod, net.svc, net.prefix)
     else {
         unreachable!("every missing value recorded an error");
     };
@@ -442,8 +194,8 @@ pub fn validate(
         insecure_registries: file.insecure_registries.clone(),
         network: Network {
             prefix,
-            gateway,
-            dns,
+            gateway: net.gateway,
+            dns: net.dns,
             ntp: file.network.ntp.clone(),
         },
         vip_timing,
@@ -451,6 +203,307 @@ pub fn validate(
         warnings,
         file,
     })
+}
+
+/// The addresses and networks of `cluster.toml`, each `None` where it did not parse (an
+/// error is then recorded).
+struct Networks {
+    vip: Option<Ipv4Addr>,
+    pod: Option<Ipv4Net>,
+    svc: Option<Ipv4Net>,
+    prefix: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+    dns: Vec<Ipv4Addr>,
+}
+
+// The stages of `validate`, in order; each records what it finds wrong and goes on.
+impl Checker<'_> {
+    /// The cluster's name, DNS domain and API port.
+    fn names_and_ports(&mut self, file: &ClusterFile) {
+        if !is_dns_label(&file.name) {
+            self.fail(
+                "name",
+                format!(
+                    "{:?} must be a DNS label: lower-case letters, digits and '-', at most 63",
+                    file.name
+                ),
+            );
+        }
+        if !is_dns_subdomain(&file.dns_domain) {
+            self.fail(
+                "dns-domain",
+                format!("{:?} is not a valid DNS domain", file.dns_domain),
+            );
+        }
+        if file.api_port == 0 {
+            self.fail("api-port", "must be between 1 and 65535");
+        }
+    }
+
+    /// The VIP, the pod, service and node networks (no overlaps), the gateway and DNS.
+    fn networks(&mut self, file: &ClusterFile) -> Networks {
+        let vip = self.ip("api-vip", &file.api_vip);
+        let pod = self.cidr("pod-cidr", &file.pod_cidr);
+        let svc = self.cidr("service-cidr", &file.service_cidr);
+        let prefix = self.cidr("network.prefix", &file.network.prefix);
+        if let Some(pod) = pod {
+            if pod.prefix_len() > 24 {
+                self.fail(
+                    "pod-cidr",
+                    format!(
+                        "{pod} is too small: each node takes a /24, so use /24 or larger (e.g. /16)"
+                    ),
+                );
+            }
+        }
+        if let Some(svc) = svc {
+            if svc.prefix_len() < 12 || svc.prefix_len() > 28 {
+                self.fail("service-cidr", format!("{svc} must be between /12 and /28"));
+            }
+        }
+        let nets = [
+            ("pod-cidr", pod),
+            ("service-cidr", svc),
+            ("network.prefix", prefix),
+        ];
+        for i in 0..nets.len() {
+            for j in (i + 1)..nets.len() {
+                if let ((a_name, Some(a)), (b_name, Some(b))) = (nets[i], nets[j]) {
+                    if a.contains(&b.network()) || b.contains(&a.network()) {
+                        self.fail(b_name, format!("{b} overlaps {a_name} {a}"));
+                    }
+                }
+            }
+        }
+        let gateway = match &file.network.gateway {
+            Some(g) => self.ip("network.gateway", g),
+            None => None,
+        };
+        if let (Some(g), Some(p)) = (gateway, prefix) {
+            if !p.contains(&g) {
+                self.fail(
+                    "network.gateway",
+                    format!("{g} is outside the node network {p}"),
+                );
+            }
+        }
+        let mut dns = Vec::new();
+        for (i, d) in file.network.dns.iter().enumerate() {
+            if let Some(ip) = self.ip(&format!("network.dns[{i}]"), d) {
+                dns.push(ip);
+            }
+        }
+        if let (Some(v), Some(p)) = (vip, prefix) {
+            if !p.contains(&v) {
+                self.fail(
+                    "api-vip",
+                    format!(
+                        "{v} is outside the node network {p}; the VIP must live on the masters' subnet"
+                    ),
+                );
+            } else if v == p.network() || v == p.broadcast() {
+                self.fail(
+                    "api-vip",
+                    format!("{v} is the network or broadcast address of {p}"),
+                );
+            }
+            if Some(v) == gateway {
+                self.fail("api-vip", format!("{v} is the gateway's address"));
+            }
+        }
+        Networks {
+            vip,
+            pod,
+            svc,
+            prefix,
+            gateway,
+            dns,
+        }
+    }
+
+    /// The node table: unique names, addresses and MACs on the node network, known roles.
+    fn node_table(&mut self, file: &ClusterFile, net: &Networks) -> Vec<Node> {
+        let (vip, prefix, gateway) = (net.vip, net.prefix, net.gateway);
+        let mut nodes = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut ips: HashMap<Ipv4Addr, usize> = HashMap::new();
+        let mut macs: HashMap<Mac, usize> = HashMap::new();
+        for (i, n) in file.nodes.iter().enumerate() {
+            let at = |k: &str| format!("node[{i}].{k}");
+            if !is_dns_label(&n.name) {
+                self.fail(
+                    &at("name"),
+                    format!(
+                        "{:?} must be a DNS label: lower-case letters, digits and '-'",
+                        n.name
+                    ),
+                );
+            } else if let Some(first) = names.insert(&n.name, i) {
+                self.fail(
+                    &at("name"),
+                    format!("duplicate node name {:?} (also node[{first}])", n.name),
+                );
+            }
+            let mut roles = Vec::new();
+            if n.roles.is_empty() {
+                self.fail(
+                    &at("roles"),
+                    "a node needs at least one role: etcd, master or worker",
+                );
+            }
+            for r in &n.roles {
+                match Role::parse(r) {
+                    Some(role) if roles.contains(&role) => {
+                        self.fail(&at("roles"), format!("role {r:?} listed twice"))
+                    }
+                    Some(role) => roles.push(role),
+                    None => self.fail(
+                        &at("roles"),
+                        format!("unknown role {r:?}; expected etcd, master or worker"),
+                    ),
+                }
+            }
+            roles.sort();
+            let ip = self.ip(&at("ip"), &n.ip);
+            if let Some(ip) = ip {
+                if let Some(p) = prefix {
+                    if !p.contains(&ip) {
+                        self.fail(&at("ip"), format!("{ip} is outside the node network {p}"));
+                    }
+                }
+                if Some(ip) == vip {
+                    self.fail(
+                        "api-vip",
+                        format!(
+                            "{ip} is also the address of node {:?}; the VIP must be a free address",
+                            n.name
+                        ),
+                    );
+                }
+                if Some(ip) == gateway {
+                    self.fail(&at("ip"), format!("{ip} is the gateway's address"));
+                }
+                if let Some(first) = ips.insert(ip, i) {
+                    self.fail(
+                        &at("ip"),
+                        format!("duplicate address {ip} (also node[{first}])"),
+                    );
+                }
+            }
+            let mac = match &n.mac {
+                Some(m) => match Mac::parse(m) {
+                    Some(mac) => {
+                        if let Some(first) = macs.insert(mac, i) {
+                            self.fail(
+                                &at("mac"),
+                                format!("duplicate MAC {mac} (also node[{first}])"),
+                            );
+                        }
+                        Some(mac)
+                    }
+                    None => {
+                        self.fail(
+                            &at("mac"),
+                            format!("{m:?} is not a MAC address such as 52:54:00:12:34:56"),
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some(ip) = ip {
+                nodes.push(Node {
+                    name: n.name.clone(),
+                    roles,
+                    ip,
+                    mac,
+                });
+            }
+        }
+        nodes
+    }
+
+    /// At least one etcd member and one master; a warning for an even etcd count.
+    fn role_counts(&mut self, nodes: &[Node]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let count = |role| nodes.iter().filter(|n: &&Node| n.has(role)).count();
+        if self.errors.is_empty() {
+            if count(Role::Etcd) == 0 {
+                self.fail(
+                    "node",
+                    "no node has the etcd role; the cluster needs 1, 3 or 5 etcd members",
+                );
+            }
+            if count(Role::Master) == 0 {
+                self.fail(
+                    "node",
+                    "no node has the master role; the cluster needs at least one master",
+                );
+            }
+        }
+        let etcd = count(Role::Etcd);
+        if etcd > 0 && etcd % 2 == 0 {
+            warnings.push(format!(
+                "{}node: {etcd} etcd members tolerate no more failures than {} do; use an odd count (1, 3 or 5)",
+                self.location("node"),
+                etcd - 1
+            ));
+        }
+        warnings
+    }
+
+    /// `[vip]` timings: lease > renew deadline > retry period.
+    fn vip_timing(&mut self, file: &ClusterFile) -> VipTiming {
+        let mut vip_timing = VipTiming::default();
+        if let Some(v) = &file.vip {
+            let mut dur = |field: &str, value: &str| match humantime::parse_duration(value) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => {
+                    self.fail(
+                        field,
+                        format!("{value:?} is not a duration such as \"2s\" or \"250ms\""),
+                    );
+                    None
+                }
+            };
+            let lease = dur("vip.lease-duration", &v.lease_duration);
+            let renew = dur("vip.renew-deadline", &v.renew_deadline);
+            let retry = dur("vip.retry-period", &v.retry_period);
+            if let (Some(lease), Some(renew), Some(retry)) = (lease, renew, retry) {
+                if renew >= lease {
+                    self.fail(
+                        "vip.renew-deadline",
+                        "must be shorter than lease-duration: the holder must drop the VIP before another master may take it",
+                    );
+                } else if retry >= renew {
+                    self.fail("vip.retry-period", "must be shorter than renew-deadline");
+                }
+                vip_timing = VipTiming {
+                    lease_duration: lease,
+                    renew_deadline: renew,
+                    retry_period: retry,
+                };
+            }
+        }
+        vip_timing
+    }
+
+    /// `insecure-registries`: `host:port` each.
+    fn insecure_registries(&mut self, file: &ClusterFile) {
+        for r in &file.insecure_registries {
+            let (host, port) = r.rsplit_once(':').unwrap_or((r, "1"));
+            let host_ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-');
+            if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+                self.fail(
+                    "insecure-registries",
+                    format!("{r:?} is not a registry address such as \"192.168.1.100:5000\""),
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
