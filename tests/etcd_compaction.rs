@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,31 +19,12 @@ const WRITES: u64 = 200_000;
 const WRITERS: u64 = 32;
 const QUOTA: i64 = 32 * 1024 * 1024;
 
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn kimg_up(dir: &std::path::Path, etcd: &str, interval: &str) -> (Up, std::path::PathBuf) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
-    cmd.args([
-        "up",
-        dir.to_str().expect("utf-8"),
-        "--listen",
-        &format!("127.0.0.1:{}", common::free_port()),
-        "--store",
-        &format!("etcd={etcd}"),
-        "--no-scheduler",
-        "--no-controller-manager",
-        "--etcd-compaction-interval",
-        interval,
-    ]);
-    let (child, kubeconfig) = common::start_up(cmd);
-    (Up(child), kubeconfig)
+fn kimg_up(
+    dir: &std::path::Path,
+    etcd: &str,
+    interval: &str,
+) -> (common::KillOnDrop, std::path::PathBuf) {
+    common::kimg_up_on_etcd(dir, etcd, &["--etcd-compaction-interval", interval])
 }
 
 /// `count` updates of one Lease by each of `WRITERS` writers; returns the writes done.

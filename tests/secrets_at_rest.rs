@@ -5,18 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 
 use kimg::store::{EtcdStore, LocalEtcd, Store};
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_ciphertext_in_etcd_and_plain_through_kubectl() {
@@ -35,19 +26,8 @@ async fn secrets_are_ciphertext_in_etcd_and_plain_through_kubectl() {
     );
     assert_eq!(mode & 0o777, 0o600, "the key file is private");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
-    cmd.args([
-        "up",
-        dir.to_str().expect("utf-8"),
-        "--listen",
-        &format!("127.0.0.1:{}", common::free_port()),
-        "--store",
-        &format!("etcd={}", etcd.config().endpoints[0]),
-        "--no-scheduler",
-        "--no-controller-manager",
-    ]);
-    let (child, kubeconfig) = common::start_up(cmd);
-    let _up = Up(child);
+    let (_up, kubeconfig) =
+        common::kimg_up_on_etcd(&dir, &etcd.config().endpoints[0].to_string(), &[]);
     let kubectl = |args: &[&str]| {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")

@@ -100,6 +100,40 @@ pub fn start_up(mut cmd: Command) -> (std::process::Child, std::path::PathBuf) {
     (child, std::path::PathBuf::from(line.trim()))
 }
 
+/// A child process killed (and reaped) on drop.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kimg up DIR` on a free loopback port over the etcd at `endpoint`, API only (no
+/// scheduler, no controller-manager), with `extra` arguments: the process and its
+/// kubeconfig.
+pub fn kimg_up_on_etcd(
+    dir: &Path,
+    endpoint: &str,
+    extra: &[&str],
+) -> (KillOnDrop, std::path::PathBuf) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+    cmd.args([
+        "up",
+        dir.to_str().expect("utf-8"),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--store",
+        &format!("etcd={endpoint}"),
+        "--no-scheduler",
+        "--no-controller-manager",
+    ])
+    .args(extra);
+    let (child, kubeconfig) = start_up(cmd);
+    (KillOnDrop(child), kubeconfig)
+}
+
 /// Runs the real `kubectl` with `kubeconfig`.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
     Command::new("kubectl")

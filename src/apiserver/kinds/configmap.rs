@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde_json::{json, Value};
 
-use super::{age, len, schema_of, Col, Strategy};
+use super::{age, len, s, schema_of, Col, Strategy};
 
 pub static STRATEGY: Strategy = Strategy {
     schema: schema_of::<ConfigMap>,
@@ -20,10 +20,7 @@ fn table(o: &Value) -> (Vec<Col>, Vec<Value>) {
             ("Age", "string", 0),
         ],
         vec![
-            json!(o
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()),
+            json!(s(o, "/metadata/name")),
             json!(len(o, "/data") + len(o, "/binaryData")),
             json!(age(o)),
         ],

@@ -6,7 +6,7 @@
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::{json, Value};
 
-use super::{age, schema_of, Col, Strategy};
+use super::{age, s, schema_of, Col, Strategy};
 
 pub static STRATEGY: Strategy = Strategy {
     schema: schema_of::<PodDisruptionBudget>,
@@ -30,10 +30,7 @@ fn table(o: &Value) -> (Vec<Col>, Vec<Value>) {
             ("Age", "string", 0),
         ],
         vec![
-            json!(o
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()),
+            json!(s(o, "/metadata/name")),
             json!(bound("/spec/minAvailable")),
             json!(bound("/spec/maxUnavailable")),
             json!(o
