@@ -471,11 +471,7 @@ impl<'a> Job<'a> {
         };
         let manifest = Manifest {
             profile: profile.name.clone(),
-            roles: profile
-                .roles
-                .iter()
-                .map(|r| r.as_str().to_string())
-                .collect(),
+            roles: profile.role_names(),
             cluster: self.cluster.name.clone(),
             kernel_version: image.modules.kernel_version.clone(),
             kimg_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -670,11 +666,7 @@ fn config_tree(
     let module_dir = format!("lib/modules/{}/", modules.kernel_version);
     let image = crate::node::ImageConfig {
         profile: profile.name.clone(),
-        roles: profile
-            .roles
-            .iter()
-            .map(|r| r.as_str().to_string())
-            .collect(),
+        roles: profile.role_names(),
         kernel_version: modules.kernel_version.clone(),
         modules: modules
             .load_order

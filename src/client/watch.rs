@@ -36,13 +36,12 @@ where
     let kind = K::kind(&Default::default()).into_owned();
     let inner = watcher(api, cfg).boxed();
     futures::stream::unfold(
-        (inner, Streak::new(Backoff::WATCH)),
-        move |(mut inner, mut streak)| {
-            let kind = kind.clone();
+        (inner, Streak::new(Backoff::WATCH), kind),
+        |(mut inner, mut streak, kind)| {
             async move {
                 loop {
                     match inner.next().await? {
-                        Ok(ev) => return Some((ev, (inner, streak))),
+                        Ok(ev) => return Some((ev, (inner, streak, kind))),
                         Err(e) => {
                             let wait = jitter(streak.failed(Instant::now()));
                             tracing::warn!(%kind, error = %e, retry_in_ms = wait.as_millis() as u64, "watch failed");

@@ -122,6 +122,11 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// The profile's roles as written in `cluster.toml` (`etcd`, `master`, `worker`).
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|r| r.as_str().to_string()).collect()
+    }
+
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }

@@ -216,7 +216,7 @@ pub async fn reconcile(ctx: &Ctx, queue: &Queue, key: &str) -> Result<Requeue, R
         "numberUnavailable": (wanted.len() as i32 - ready).max(0),
         "observedGeneration": ds.metadata.generation.unwrap_or(0),
     });
-    status::patch_status_if_changed(&ctx.client, ds.as_ref(), status).await?;
+    status::patch_status_if_changed(&ctx.client, ds.as_ref(), ds.status.as_ref(), status).await?;
     Ok(None)
 }
 

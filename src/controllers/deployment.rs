@@ -497,7 +497,7 @@ async fn update_status(
             cond("Progressing", true, preason, &pmsg),
         ],
     });
-    status::patch_status_if_changed(&ctx.client, d, status)
+    status::patch_status_if_changed(&ctx.client, d, d.status.as_ref(), status)
         .await
         .map(|_| ())
 }

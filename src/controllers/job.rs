@@ -198,7 +198,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
             status["active"] = json!(0);
         }
     }
-    status::patch_status_if_changed(&ctx.client, job.as_ref(), status).await?;
+    status::patch_status_if_changed(&ctx.client, job.as_ref(), job.status.as_ref(), status).await?;
     Ok(None)
 }
 

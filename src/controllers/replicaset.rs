@@ -159,7 +159,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         "availableReplicas": ready,
         "observedGeneration": rs.metadata.generation.unwrap_or(0),
     });
-    status::patch_status_if_changed(&ctx.client, rs.as_ref(), status).await?;
+    status::patch_status_if_changed(&ctx.client, rs.as_ref(), rs.status.as_ref(), status).await?;
     Ok(None)
 }
 

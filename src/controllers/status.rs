@@ -13,23 +13,21 @@ use serde_json::{json, Value};
 use super::runtime::key_of;
 use super::ReconcileError;
 
-/// Merge-patches `status` into the status subresource of `obj` (as cached), unless every
-/// field `status` names already has that value ([`unchanged`]). Returns whether it wrote.
-pub async fn patch_status_if_changed<K>(
+/// Merge-patches `status` into the status subresource of `obj`, unless every field
+/// `status` names already has that value in `current` (the cached object's status,
+/// [`unchanged`]). Returns whether it wrote.
+pub async fn patch_status_if_changed<K, S>(
     client: &Client,
     obj: &K,
+    current: Option<&S>,
     status: Value,
 ) -> Result<bool, ReconcileError>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::Serialize
-        + serde::de::DeserializeOwned,
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    S: serde::Serialize,
 {
-    let cur = serde_json::to_value(obj)
-        .ok()
-        .and_then(|mut v| v.get_mut("status").map(Value::take))
+    let cur = current
+        .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or(Value::Null);
     if unchanged(&cur, &status) {
         return Ok(false);

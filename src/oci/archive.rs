@@ -50,7 +50,8 @@ fn parse(what: &str, data: &[u8]) -> Result<Value, OciError> {
     })
 }
 
-fn strings(v: &Value) -> Vec<String> {
+/// The strings of a JSON array (other entries skipped; not an array: none).
+pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| {
             a.iter()

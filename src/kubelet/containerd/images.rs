@@ -368,15 +368,7 @@ impl Containerd {
         let config: serde_json::Value =
             serde_json::from_slice(&self.read_blob(config_digest).await?)
                 .map_err(|_| bad("config"))?;
-        let strings = |v: &serde_json::Value| -> Vec<String> {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|s| s.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let strings = oci::archive::strings;
         let chain_id = chain_ids(&strings(&config["rootfs"]["diff_ids"]))
             .pop()
             .ok_or_else(|| bad("rootfs"))?;
