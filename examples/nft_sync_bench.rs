@@ -64,7 +64,7 @@ fn objects(bump: usize) -> ClusterObjects {
                     ..Default::default()
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
         objects.endpoint_slices.push(EndpointSlice {
             metadata: ObjectMeta {
                 namespace: Some("bench".into()),
@@ -73,7 +73,7 @@ fn objects(bump: usize) -> ClusterObjects {
                 ..Default::default()
             },
             address_type: "IPv4".into(),
-            endpoints,
+            endpoints: Some(endpoints),
             ports: Some(vec![EndpointPort {
                 name: Some("http".into()),
                 port: Some(8080),

@@ -88,7 +88,7 @@ fn rss_kb(pid: u32) -> u64 {
 async fn client(kubeconfig: &Path) -> anyhow::Result<Client> {
     let kc = Kubeconfig::read_from(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
+    Ok(kimg::client::client_from_config(config)?)
 }
 
 fn pod(name: &str) -> anyhow::Result<Pod> {

@@ -20,6 +20,11 @@
 //! - [`files`]: atomic file replacement and log backup shifting.
 //! - [`cli`]: the command-line surface; `main.rs` only calls into it.
 
+/// The Kubernetes minor version kimg speaks (1.37): the `k8s-openapi` feature it is built
+/// with, what `/version` and the nodes' `kubeletVersion` report. kubectl 1.30 through 1.37
+/// are tested against it (`tests/kubectl_versions.rs`).
+pub const KUBE_MINOR: u32 = 37;
+
 pub mod apiserver;
 pub mod build;
 pub mod cli;

@@ -7,26 +7,19 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 use common::kimg_ok;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const EXPIRED: &str = "zzzzzz.0123456789abcdef";
 
-struct Up {
-    child: Child,
-    tmp: tempfile::TempDir,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    url: String,
-}
+struct Up(common::Up);
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Up {
+    type Target = common::Up;
+    fn deref(&self) -> &common::Up {
+        &self.0
     }
 }
 
@@ -37,12 +30,7 @@ impl Up {
 
     /// `kimg up` with extra flags.
     fn start_with(extra: &[&str]) -> Up {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("dev");
-        kimg_ok(
-            tmp.path(),
-            &["cluster", "new", dir.to_str().expect("utf-8")],
-        );
+        let (tmp, dir) = common::new_cluster();
         std::fs::write(
             dir.join("secrets/tokens.toml"),
             r#"[[token]]
@@ -60,18 +48,7 @@ groups = ["system:bootstrappers:kubeadm:default-node-token"]
 "#,
         )
         .expect("write tokens");
-        let listen = format!("127.0.0.1:{}", common::free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
-        cmd.args(["up", dir.to_str().expect("utf-8"), "--listen", &listen]);
-        cmd.args(extra);
-        let (child, kubeconfig) = common::start_up(cmd);
-        Up {
-            child,
-            tmp,
-            kubeconfig,
-            dir,
-            url: format!("https://{listen}"),
-        }
+        Up(common::Up::start(tmp, dir, extra))
     }
 
     fn ca(&self) -> String {

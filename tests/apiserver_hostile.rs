@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kimg_ok;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,18 +17,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-struct Up {
-    child: Child,
-    _tmp: tempfile::TempDir,
-    kubeconfig: PathBuf,
-    addr: std::net::SocketAddr,
-    pki: PathBuf,
+struct Up(common::Up);
+
+impl std::ops::Deref for Up {
+    type Target = common::Up;
+    fn deref(&self) -> &common::Up {
+        &self.0
+    }
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for Up {
+    fn deref_mut(&mut self) -> &mut common::Up {
+        &mut self.0
     }
 }
 
@@ -38,36 +36,19 @@ impl Up {
     /// `kimg up` with one mutating slot and a 5 s request deadline, so the limits show
     /// with a handful of requests.
     fn start() -> Up {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("c");
-        kimg_ok(
-            tmp.path(),
-            &["cluster", "new", dir.to_str().expect("utf-8")],
-        );
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", common::free_port())
-            .parse()
-            .expect("addr");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
-        cmd.args([
-            "up",
-            dir.to_str().expect("utf-8"),
-            "--listen",
-            &addr.to_string(),
-            "--no-scheduler",
-            "--no-controller-manager",
-            "--max-mutating-requests-inflight",
-            "1",
-            "--request-timeout",
-            "5s",
-        ]);
-        let (child, kubeconfig) = common::start_up(cmd);
-        Up {
-            child,
-            _tmp: tmp,
-            kubeconfig,
-            addr,
-            pki: dir.join("secrets/pki"),
-        }
+        let (tmp, dir) = common::new_cluster();
+        Up(common::Up::start(
+            tmp,
+            dir,
+            &[
+                "--no-scheduler",
+                "--no-controller-manager",
+                "--max-mutating-requests-inflight",
+                "1",
+                "--request-timeout",
+                "5s",
+            ],
+        ))
     }
 
     fn kubectl(&self, args: &[&str]) -> std::process::Output {
@@ -110,7 +91,9 @@ impl Up {
 
     fn tls(&self, cert: bool) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(self.pki.join("ca.crt")).expect("ca") {
+        for c in
+            CertificateDer::pem_file_iter(self.dir.join("secrets/pki").join("ca.crt")).expect("ca")
+        {
             roots.add(c.expect("ca cert")).expect("root");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -119,11 +102,13 @@ impl Up {
             .expect("versions")
             .with_root_certificates(roots);
         let mut config = if cert {
-            let chain = CertificateDer::pem_file_iter(self.pki.join("admin.crt"))
-                .expect("admin.crt")
-                .collect::<Result<Vec<_>, _>>()
-                .expect("admin cert");
-            let key = PrivateKeyDer::from_pem_file(self.pki.join("admin.key")).expect("key");
+            let chain =
+                CertificateDer::pem_file_iter(self.dir.join("secrets/pki").join("admin.crt"))
+                    .expect("admin.crt")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("admin cert");
+            let key = PrivateKeyDer::from_pem_file(self.dir.join("secrets/pki").join("admin.key"))
+                .expect("key");
             b.with_client_auth_cert(chain, key).expect("client auth")
         } else {
             b.with_no_client_auth()

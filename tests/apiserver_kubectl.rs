@@ -15,53 +15,32 @@ use common::{free_port, kimg_ok};
 use serde_json::Value;
 
 /// A running `kimg up` on a free loopback port.
-struct Up {
-    child: Child,
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    kubeconfig: PathBuf,
-    url: String,
+struct Up(common::Up);
+
+impl std::ops::Deref for Up {
+    type Target = common::Up;
+    fn deref(&self) -> &common::Up {
+        &self.0
+    }
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::DerefMut for Up {
+    fn deref_mut(&mut self) -> &mut common::Up {
+        &mut self.0
     }
 }
 
 impl Up {
     fn start(store: &str) -> Up {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("dev");
-        kimg_ok(
-            tmp.path(),
-            &["cluster", "new", dir.to_str().expect("utf-8")],
-        );
+        let (tmp, dir) = common::new_cluster();
         Up::start_in(tmp, dir, store)
     }
 
     /// `kimg up` for the cluster `dir` (already made) over `store`.
     fn start_in(tmp: tempfile::TempDir, dir: PathBuf, store: &str) -> Up {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
-        cmd.args([
-            "up",
-            dir.to_str().expect("utf-8"),
-            "--listen",
-            &listen,
-            "--store",
-            store,
-        ]);
-        let (child, kubeconfig) = common::start_up(cmd);
-        assert_eq!(kubeconfig, dir.join("admin.conf"));
-        Up {
-            child,
-            _tmp: tmp,
-            dir,
-            kubeconfig,
-            url: format!("https://{listen}"),
-        }
+        let up = common::Up::start(tmp, dir, &["--store", store]);
+        assert_eq!(up.kubeconfig, up.dir.join("admin.conf"));
+        Up(up)
     }
 
     fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -67,7 +67,7 @@ impl Compactor {
                         Err(e) => return Err(e),
                     }
                 }
-                if self.wins % DEFRAG_EVERY == 0 {
+                if self.wins.is_multiple_of(DEFRAG_EVERY) {
                     store.defragment(true).await?;
                 }
                 Ok(Round::Compacted(target))

@@ -14,11 +14,9 @@ use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response};
 use super::resources::{self, Resource, RESOURCES, VERBS};
 use super::{subresource, State};
+use crate::KUBE_MINOR;
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
-
-/// The Kubernetes version this apiserver speaks.
-pub const KUBE_MINOR: &str = "32";
 
 /// `/healthz`, `/livez`, `/readyz` (the last also asks the store for its revision).
 pub async fn health(state: &State, path: &str) -> Result<Response, ApiError> {
@@ -61,7 +59,7 @@ pub fn version() -> Response {
         StatusCode::OK,
         &json!({
             "major": "1",
-            "minor": KUBE_MINOR,
+            "minor": KUBE_MINOR.to_string(),
             "gitVersion": format!("v1.{KUBE_MINOR}.0-kimg.{}", env!("CARGO_PKG_VERSION")),
             "gitCommit": "",
             "gitTreeState": "clean",

@@ -83,7 +83,7 @@ fn group_version(group: &str, version: &str) -> Option<Value> {
     }
     Some(json!({
         "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::KUBE_MINOR)},
         "paths": paths,
         "components": {"schemas": super::schemas::definitions()},
     }))
@@ -97,7 +97,7 @@ fn swagger() -> Value {
     let definitions: Value = serde_json::from_str(&text).unwrap_or_default();
     json!({
         "swagger": "2.0",
-        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", crate::KUBE_MINOR)},
         "paths": {},
         "definitions": definitions,
     })

@@ -1,12 +1,12 @@
 //! OpenAPI component schemas of the served kinds, generated from `k8s-openapi`'s types
-//! (v1.32) through their `schemars` implementations.
+//! (v1.37) through their `schemars` implementations.
 //!
 //! What: [`definitions`] is every schema the registry's kinds reach, named as Kubernetes
 //! names them (`io.k8s.api.core.v1.PodSpec`), with `$ref`s into `#/components/schemas/`,
 //! and the top-level kinds marked with `x-kubernetes-group-version-kind` — which is how
 //! `kubectl explain` finds a kind's schema. [`unknown_fields`] walks an object against its
 //! schema for `fieldValidation=Strict`. How: generated once, on first use. Limits: the
-//! schemas are those of Kubernetes 1.32 whatever the request; `x-kubernetes-*` list and
+//! schemas are those of Kubernetes 1.37 whatever the request; `x-kubernetes-*` list and
 //! patch metadata is not emitted (schemars does not carry it).
 
 use std::sync::OnceLock;
@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use k8s_openapi::api::{
     apps, batch, certificates, coordination, core, discovery, networking, rbac,
 };
-use schemars::gen::SchemaSettings;
+use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
 use serde_json::{json, Map, Value};
 
@@ -25,13 +25,13 @@ pub const REF_PREFIX: &str = "#/components/schemas/";
 
 /// The schema name of each served kind: `(group, version, kind, schema name)`.
 fn kinds(
-    g: &mut schemars::gen::SchemaGenerator,
+    g: &mut schemars::SchemaGenerator,
 ) -> Vec<(&'static str, &'static str, &'static str, String)> {
     macro_rules! k {
         ($($group:literal $version:literal $kind:literal => $ty:ty),* $(,)?) => {
             vec![$({
                 g.subschema_for::<$ty>();
-                ($group, $version, $kind, <$ty as JsonSchema>::schema_name())
+                ($group, $version, $kind, <$ty as JsonSchema>::schema_name().into_owned())
             }),*]
         };
     }
@@ -81,11 +81,8 @@ struct Schemas {
 fn build() -> Schemas {
     let mut g = SchemaSettings::openapi3().into_generator();
     let by_kind = kinds(&mut g);
-    let defs = g.take_definitions();
-    let mut definitions: Map<String, Value> = defs
-        .into_iter()
-        .map(|(name, schema)| (name, serde_json::to_value(schema).unwrap_or_default()))
-        .collect();
+    // `true`: apply the OpenAPI 3 transforms (`nullable`, no `const`, ...).
+    let mut definitions: Map<String, Value> = g.take_definitions(true);
     for (group, version, kind, name) in &by_kind {
         if let Some(Value::Object(s)) = definitions.get_mut(name) {
             s.insert(

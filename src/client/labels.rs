@@ -23,7 +23,7 @@ pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) 
         let values = e.values.as_deref().unwrap_or_default();
         match e.operator.as_str() {
             "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.map_or(true, |v| !values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
             "Exists" => have.is_some(),
             "DoesNotExist" => have.is_none(),
             _ => false,
@@ -41,7 +41,7 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> b
     let int = |s: &str| s.parse::<i64>().ok();
     match r.operator.as_str() {
         "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.map_or(true, |v| !values.contains(v)),
+        "NotIn" => value.is_none_or(|v| !values.contains(v)),
         "Exists" => value.is_some(),
         "DoesNotExist" => value.is_none(),
         "Gt" | "Lt" => {

@@ -18,7 +18,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, PostParams};
@@ -181,7 +180,7 @@ pub fn view(lease: &Lease) -> LeaseView {
 /// Writes our name, duration and renew time into `spec` (and, on a takeover, the acquire
 /// time and one more transition), as Kubernetes' electors do, so `kubectl get lease` reads.
 fn stamp(spec: &mut LeaseSpec, me: &str, timing: &Timing, takeover: bool) {
-    let now = MicroTime(Utc::now());
+    let now = MicroTime(jiff::Timestamp::now());
     if takeover {
         spec.acquire_time = Some(now.clone());
         spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);

@@ -2,8 +2,8 @@
 //! kubeconfig, label matching, the one Lease elector, the one backoff and the one watch
 //! loop.
 //!
-//! - [`client_from_kubeconfig`] and [`READ_TIMEOUT`]: how kimg's components build their
-//!   kube-rs client.
+//! - [`client_from_kubeconfig`], [`client_from_config`] and [`READ_TIMEOUT`]: how kimg's
+//!   components build their kube-rs client.
 //! - [`labels`]: label- and node-selector matching (scheduler, controllers).
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease, as a pure
 //!   state machine over monotonic time plus the rounds that read and write the Lease. The
@@ -32,14 +32,24 @@ pub use backoff::Backoff;
 /// moved to another master after a crash: the client reconnects and the watch resumes.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Builds a client from a kubeconfig file.
+/// Builds a client from a kubeconfig file (see [`client_from_config`]).
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<Client> {
     use anyhow::Context;
     let kc = Kubeconfig::read_from(path)
         .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .context("invalid kubeconfig")?;
+    client_from_config(cfg).context("cannot build an API client")
+}
+
+/// Builds a client with kimg's settings: [`READ_TIMEOUT`], and no retries inside the
+/// client. kube-rs (since 1.0) retries 429, 503 and 504 itself, up to 15 times with
+/// delays growing towards minutes; kimg's callers already retry with the one [`Backoff`]
+/// (the watch loop, the controllers' requeue, the elector's rounds), and a request that
+/// sleeps inside the client would outlast the elector's renew deadline.
+pub fn client_from_config(mut cfg: kube::Config) -> Result<Client, kube::Error> {
     cfg.read_timeout = Some(READ_TIMEOUT);
-    Client::try_from(cfg).context("cannot build an API client")
+    cfg.default_retry = false;
+    Client::try_from(cfg)
 }

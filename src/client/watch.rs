@@ -181,7 +181,7 @@ mod tests {
             }
         });
         let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
-        let client = kube::Client::try_from(cfg).unwrap();
+        let client = crate::client::client_from_config(cfg).unwrap();
         let api: Api<ConfigMap> = Api::namespaced(client, "default");
         let mut stream = events(api, watcher::Config::default());
         // Only the watcher's "a list begins" markers come through, never a failure.

@@ -148,7 +148,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .unwrap_or_else(|| "default".into());
     let name = cj.metadata.name.clone().unwrap_or_default();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
-    let spec = cj.spec.clone().unwrap_or_default();
+    let spec = cj.spec.clone();
     let mut jobs: Vec<_> = ctx
         .jobs
         .state()
@@ -200,7 +200,8 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .as_ref()
         .and_then(|s| s.last_schedule_time.as_ref())
         .or(cj.metadata.creation_timestamp.as_ref())
-        .map(|t| t.0)
+        // The cron crate counts in chrono's time; Kubernetes times are whole seconds.
+        .and_then(|t| DateTime::from_timestamp(t.0.as_second(), 0))
         .unwrap_or(now);
     let (last, next) = due(&schedule, since, now);
     let requeue = next.map(|n| (n - now).to_std().unwrap_or_default() + Duration::from_millis(100));

@@ -317,7 +317,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
 fn live_node(ctx: &Ctx, name: &str) -> Option<i64> {
     let node = get(&ctx.nodes, name)?;
     let last = super::nodelifecycle::last_heartbeat(ctx, &node)?;
-    let age = (chrono::Utc::now() - last).num_seconds();
+    let age = jiff::Timestamp::now().duration_since(last).as_secs();
     let grace = ctx.opts.node_monitor_grace_period.as_secs() as i64;
     (age <= grace).then_some(age)
 }

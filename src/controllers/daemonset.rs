@@ -71,11 +71,7 @@ fn eligible(ds: &DaemonSet, tols: &[Toleration], node: &k8s_openapi::api::core::
     {
         return false;
     }
-    let template = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.clone())
-        .unwrap_or_default();
+    let template = ds.spec.template.spec.clone().unwrap_or_default();
     let probe = k8s_openapi::api::core::v1::Pod {
         spec: Some(template),
         ..Default::default()
@@ -108,7 +104,7 @@ pub async fn reconcile(ctx: &Ctx, queue: &Queue, key: &str) -> Result<Requeue, R
         .clone()
         .unwrap_or_else(|| "default".into());
     let uid = ds.metadata.uid.clone().unwrap_or_default();
-    let spec = ds.spec.clone().unwrap_or_default();
+    let spec = ds.spec.clone();
     let mut tols = spec
         .template
         .spec

@@ -129,7 +129,7 @@ fn revision(rs: &ReplicaSet) -> i64 {
 }
 
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
-    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+    rs.spec.replicas.unwrap_or(0)
 }
 
 /// Ready pods of `rs`, at most its `spec.replicas`.
@@ -191,7 +191,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .clone()
         .unwrap_or_else(|| "default".into());
     let uid = d.metadata.uid.clone().unwrap_or_default();
-    let spec = d.spec.clone().unwrap_or_default();
+    let spec = d.spec.clone();
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let mut all: Vec<Arc<ReplicaSet>> = ctx
         .replicasets
@@ -310,7 +310,7 @@ async fn create_new(
 ) -> Result<ReplicaSet, ReconcileError> {
     let ns = d.metadata.namespace.as_deref().unwrap_or("default");
     let name = d.metadata.name.as_deref().unwrap_or_default();
-    let spec = d.spec.clone().unwrap_or_default();
+    let spec = d.spec.clone();
     let mut template = spec.template.clone();
     let tm = template.metadata.get_or_insert_with(Default::default);
     tm.labels
@@ -333,12 +333,12 @@ async fn create_new(
             owner_references: Some(vec![pods::controller_ref(d)]),
             ..Default::default()
         },
-        spec: Some(ReplicaSetSpec {
+        spec: ReplicaSetSpec {
             replicas: Some(replicas.unwrap_or(0)),
             min_ready_seconds: spec.min_ready_seconds,
             selector,
             template: Some(template),
-        }),
+        },
         status: None,
     };
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
@@ -382,15 +382,10 @@ async fn cleanup_history(
     d: &Deployment,
     old: &[&Arc<ReplicaSet>],
 ) -> Result<(), ReconcileError> {
-    let limit = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.revision_history_limit)
-        .unwrap_or(10)
-        .max(0) as usize;
+    let limit = d.spec.revision_history_limit.unwrap_or(10).max(0) as usize;
     let idle: Vec<_> = old
         .iter()
-        .filter(|rs| spec_replicas(rs) == 0 && rs.status.as_ref().map_or(true, |s| s.replicas == 0))
+        .filter(|rs| spec_replicas(rs) == 0 && rs.status.as_ref().is_none_or(|s| s.replicas == 0))
         .collect();
     if idle.len() <= limit {
         return Ok(());
@@ -433,7 +428,7 @@ async fn update_status(
     });
     let avail = count(&|rs| available(ctx, rs));
     let updated = existing(ctx, new);
-    let spec = d.spec.clone().unwrap_or_default();
+    let spec = d.spec.clone();
     let ru = spec
         .strategy
         .as_ref()
@@ -465,17 +460,19 @@ async fn update_status(
         .and_then(|s| s.conditions.clone())
         .unwrap_or_default();
     let cond = |t: &str, status: bool, reason: &str, msg: &str| {
-        let prev = old_conds.iter().find(|c| c.type_ == t);
+        let prev = old_conds.iter().find(|c| c.type_.as_deref() == Some(t));
         let st = if status { "True" } else { "False" };
-        let same = prev.is_some_and(|c| c.status == st && c.reason.as_deref() == Some(reason));
+        let same = prev.is_some_and(|c| {
+            c.status.as_deref() == Some(st) && c.reason.as_deref() == Some(reason)
+        });
         let transition = prev
-            .filter(|c| c.status == st)
+            .filter(|c| c.status.as_deref() == Some(st))
             .and_then(|c| c.last_transition_time.as_ref())
-            .map(|t| t.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .map(|t| format!("{:.0}", t.0))
             .unwrap_or_else(|| now.clone());
         let update = if same {
             prev.and_then(|c| c.last_update_time.as_ref())
-                .map(|t| t.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .map(|t| format!("{:.0}", t.0))
                 .unwrap_or_else(|| now.clone())
         } else {
             now.clone()

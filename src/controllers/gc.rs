@@ -387,7 +387,7 @@ mod tests {
         owner_changed(&q, "Deployment", &meta, true);
         let mut finalizing = meta.clone();
         finalizing.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            chrono::Utc::now(),
+            jiff::Timestamp::now(),
         ));
         finalizing.finalizers = Some(vec!["foregroundDeletion".into()]);
         owner_changed(&q, "Deployment", &finalizing, false);

@@ -115,7 +115,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .status
         .as_ref()
         .and_then(|s| s.start_time.as_ref())
-        .map(|t| t.0.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .map(|t| format!("{:.0}", t.0))
         .unwrap_or_else(|| now.clone());
     let mut status = json!({
         "active": active.len() as i32, "succeeded": succeeded, "failed": failed,

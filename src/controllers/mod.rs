@@ -262,7 +262,11 @@ mod table_tests {
         }
         // Nothing listens there: the informers fail and retry in the background.
         let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
-        let _ctx = caches(Client::try_from(cfg).unwrap(), Options::default(), &mut t);
+        let _ctx = caches(
+            crate::client::client_from_config(cfg).unwrap(),
+            Options::default(),
+            &mut t,
+        );
         assert_eq!(t.unwatched(), Vec::<&str>::new());
     }
 }

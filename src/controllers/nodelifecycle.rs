@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
@@ -40,13 +40,13 @@ pub enum Health {
 
 /// Judges a node from its last heartbeat and reported Ready status.
 pub fn judge(
-    last: Option<DateTime<Utc>>,
+    last: Option<Timestamp>,
     ready: Option<&str>,
-    now: DateTime<Utc>,
-    grace: chrono::Duration,
+    now: Timestamp,
+    grace: SignedDuration,
 ) -> Health {
     match last {
-        Some(t) if now - t <= grace => match ready {
+        Some(t) if now.duration_since(t) <= grace => match ready {
             Some("True") => Health::Ready,
             Some("Unknown") => Health::Ready, // fresh heartbeat again: the node reports soon
             _ => Health::NotReady,
@@ -83,15 +83,15 @@ fn wanted_taints(h: Health, existing: &[Taint], now: &Time) -> Vec<Taint> {
 }
 
 /// When `pod` must leave a node with `taints` (None: it may stay).
-pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<DateTime<Utc>> {
+pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<Timestamp> {
     let tols = pod
         .spec
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    let mut at: Option<DateTime<Utc>> = None;
+    let mut at: Option<Timestamp> = None;
     for t in taints.iter().filter(|t| t.effect == "NoExecute") {
-        let added = t.time_added.as_ref().map_or_else(Utc::now, |x| x.0);
+        let added = t.time_added.as_ref().map_or_else(Timestamp::now, |x| x.0);
         let matching: Vec<_> = tols
             .iter()
             .filter(|tol| crate::scheduler::plugins::tolerates(tol, t))
@@ -106,7 +106,10 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<DateTime<Utc>> {
                 .filter_map(|tol| tol.toleration_seconds)
                 .min()
                 .unwrap_or(0);
-            Some(added + chrono::Duration::seconds(secs.max(0)))
+            // A huge tolerationSeconds is "never": past the end of time.
+            added
+                .checked_add(SignedDuration::from_secs(secs.max(0)))
+                .ok()
         };
         if let Some(w) = when {
             at = Some(at.map_or(w, |a| a.min(w)));
@@ -117,7 +120,7 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint]) -> Option<DateTime<Utc>> {
 
 /// When the node's kubelet last showed life: its Lease's `renewTime` or its Ready
 /// condition's heartbeat, whichever is newer.
-pub(super) fn last_heartbeat(ctx: &Ctx, node: &Node) -> Option<DateTime<Utc>> {
+pub(super) fn last_heartbeat(ctx: &Ctx, node: &Node) -> Option<Timestamp> {
     let name = node.metadata.name.as_deref().unwrap_or_default();
     let lease = get(&ctx.leases, &format!("kube-node-lease/{name}")).and_then(|l| {
         l.spec
@@ -143,12 +146,12 @@ fn ready_condition(node: &Node) -> Option<&k8s_openapi::api::core::v1::NodeCondi
 async fn check(
     ctx: &Ctx,
     node: &Node,
-    first_seen: &mut HashMap<String, (Instant, DateTime<Utc>)>,
+    first_seen: &mut HashMap<String, (Instant, Timestamp)>,
 ) -> Result<(), ReconcileError> {
     let name = node.metadata.name.clone().unwrap_or_default();
-    let now = Utc::now();
-    let grace = chrono::Duration::from_std(ctx.opts.node_monitor_grace_period)
-        .unwrap_or(chrono::Duration::seconds(40));
+    let now = Timestamp::now();
+    let grace = SignedDuration::try_from(ctx.opts.node_monitor_grace_period)
+        .unwrap_or(SignedDuration::from_secs(40));
     let seen = first_seen
         .entry(name.clone())
         .or_insert((Instant::now(), now))
@@ -215,7 +218,7 @@ async fn evict(ctx: &Ctx) -> Result<(), ReconcileError> {
     if tainted.is_empty() {
         return Ok(());
     }
-    let now = Utc::now();
+    let now = Timestamp::now();
     for pod in ctx.pods.state() {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) else {
             continue;
@@ -261,11 +264,11 @@ mod tests {
 
     #[test]
     fn a_stale_heartbeat_makes_the_node_unknown_and_unreachable() {
-        let now = Utc::now();
-        let g = chrono::Duration::seconds(40);
+        let now = Timestamp::now();
+        let g = SignedDuration::from_secs(40);
         assert_eq!(
             judge(
-                Some(now - chrono::Duration::seconds(5)),
+                Some(now - SignedDuration::from_secs(5)),
                 Some("True"),
                 now,
                 g
@@ -274,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             judge(
-                Some(now - chrono::Duration::seconds(5)),
+                Some(now - SignedDuration::from_secs(5)),
                 Some("False"),
                 now,
                 g
@@ -283,7 +286,7 @@ mod tests {
         );
         assert_eq!(
             judge(
-                Some(now - chrono::Duration::seconds(50)),
+                Some(now - SignedDuration::from_secs(50)),
                 Some("True"),
                 now,
                 g
@@ -298,7 +301,7 @@ mod tests {
 
     #[test]
     fn pods_leave_at_once_or_after_their_toleration_seconds() {
-        let added = Utc::now();
+        let added = Timestamp::now();
         let taints = vec![Taint {
             key: UNREACHABLE.into(),
             effect: "NoExecute".into(),
@@ -315,9 +318,14 @@ mod tests {
         let tol = json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]);
         assert_eq!(
             eviction_time(&pod(tol), &taints),
-            Some(added + chrono::Duration::seconds(30))
+            Some(added + SignedDuration::from_secs(30))
         );
         let forever = json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]);
         assert_eq!(eviction_time(&pod(forever), &taints), None);
+        // A toleration past the end of time (the API accepts any int64) is "never", not
+        // an overflow.
+        let huge = json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute",
+                           "tolerationSeconds": i64::MAX}]);
+        assert_eq!(eviction_time(&pod(huge), &taints), None);
     }
 }

@@ -257,7 +257,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         cpu,
         memory,
         pods: 110,
-        kubelet_version: format!("v1.32.0-kimg-{}", env!("CARGO_PKG_VERSION")),
+        kubelet_version: format!(
+            "v1.{}.0-kimg-{}",
+            crate::KUBE_MINOR,
+            env!("CARGO_PKG_VERSION")
+        ),
         runtime_version: "containerd://1.6".into(),
         kubelet_port: cfg.listen_port,
     };

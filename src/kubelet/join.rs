@@ -266,11 +266,10 @@ fn store_at((crt, key): (PathBuf, PathBuf), c: &Credentials) -> Result<(), JoinE
 
 async fn client_from_yaml(yaml: &str) -> Result<Client, JoinError> {
     let kc = Kubeconfig::from_yaml(yaml).map_err(JoinError::ClientConfig)?;
-    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(JoinError::ClientConfig)?;
-    cfg.read_timeout = Some(crate::client::READ_TIMEOUT);
-    Client::try_from(cfg).map_err(JoinError::Client)
+    crate::client::client_from_config(cfg).map_err(JoinError::Client)
 }
 
 /// Writes `STATE/kubelet.conf`: a kubeconfig with the node's current certificate, for

@@ -53,7 +53,7 @@ pub fn rotate_all(logs_root: &Path, max_bytes: u64, files: usize) -> usize {
         };
         for log in logs.flatten() {
             let path = log.path();
-            if path.extension().map_or(true, |e| e != "log") {
+            if path.extension().is_none_or(|e| e != "log") {
                 continue;
             }
             match rotate_file(&path, max_bytes, files) {

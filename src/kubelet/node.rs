@@ -194,7 +194,7 @@ mod tests {
             cpu: "2".into(),
             memory: "4000Ki".into(),
             pods: 110,
-            kubelet_version: "v1.32.0-kimg".into(),
+            kubelet_version: format!("v1.{}.0-kimg", crate::KUBE_MINOR),
             runtime_version: "containerd://1.6".into(),
             kubelet_port: 10250,
         }

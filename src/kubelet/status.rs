@@ -9,13 +9,12 @@ use k8s_openapi::api::core::v1::{
     ContainerStateWaiting, ContainerStatus, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::chrono::{DateTime, Utc};
 
 use super::pod::{ContainerRecord, PodRecord};
 use super::state::{ContainerState, PodState};
 
 fn time(secs: i64) -> Option<Time> {
-    DateTime::<Utc>::from_timestamp(secs, 0).map(Time)
+    jiff::Timestamp::from_second(secs).ok().map(Time)
 }
 
 fn k8s_state(s: &ContainerState) -> K8sState {

@@ -281,8 +281,8 @@ impl PodSync {
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".into());
         let request = TokenRequest {
-            spec: TokenRequestSpec {
-                audiences: t.audience.clone().into_iter().collect(),
+            spec: Some(TokenRequestSpec {
+                audiences: Some(t.audience.clone().into_iter().collect()),
                 expiration_seconds: t.expiration_seconds.or(Some(3600)),
                 bound_object_ref: Some(BoundObjectReference {
                     api_version: Some("v1".into()),
@@ -290,16 +290,20 @@ impl PodSync {
                     name: Some(r.name.clone()),
                     uid: pod.metadata.uid.clone(),
                 }),
-            },
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        let body = serde_json::to_vec(&request).map_err(kube::Error::SerdeError)?;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.get(), &r.namespace);
         let got: TokenRequest = api
-            .create_subresource("token", &sa, &PostParams::default(), body)
+            .create_subresource("token", &sa, &PostParams::default(), &request)
             .await?;
-        let ttl = got.spec.expiration_seconds.unwrap_or(3600).max(600) as u64;
-        let token = got.status.map(|s| s.token).unwrap_or_default();
+        let ttl = got
+            .spec
+            .and_then(|s| s.expiration_seconds)
+            .unwrap_or(3600)
+            .max(600) as u64;
+        let token = got.status.and_then(|s| s.token).unwrap_or_default();
         Ok((token, Duration::from_secs(ttl)))
     }
 

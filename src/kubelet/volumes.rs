@@ -435,6 +435,7 @@ mod tests {
                                 key: "pw".into(),
                                 path: "sub/password".into(),
                                 mode: Some(0o400),
+                                ..Default::default()
                             }]),
                             ..Default::default()
                         }),
@@ -515,12 +516,14 @@ mod tests {
                     name: "kube-api-access-x".into(),
                     projected: Some(ProjectedVolumeSource {
                         default_mode: Some(0o644),
+                        default_user: None,
                         sources: Some(vec![
                             VolumeProjection {
                                 service_account_token: Some(ServiceAccountTokenProjection {
                                     path: "token".into(),
                                     expiration_seconds: Some(3607),
                                     audience: None,
+                                    user: None,
                                 }),
                                 ..Default::default()
                             },
@@ -531,6 +534,7 @@ mod tests {
                                         key: "ca.crt".into(),
                                         path: "ca.crt".into(),
                                         mode: None,
+                                        ..Default::default()
                                     }]),
                                     optional: None,
                                 }),

@@ -346,7 +346,7 @@ impl Message {
                 Ok(Ipv4Addr::from(o))
             };
             let addr_list = || -> Result<Vec<Ipv4Addr>, ParseError> {
-                if len == 0 || len % 4 != 0 {
+                if len == 0 || !len.is_multiple_of(4) {
                     return Err(bad());
                 }
                 Ok(data

@@ -151,7 +151,7 @@ pub fn resolve(objects: &ClusterObjects) -> Vec<ServiceView> {
             })
             .collect();
         let entry = by_service.entry(key).or_default();
-        for endpoint in &slice.endpoints {
+        for endpoint in slice.endpoints.iter().flatten() {
             let ready = endpoint
                 .conditions
                 .as_ref()
@@ -333,18 +333,20 @@ pub(crate) mod fixtures {
                 ..Default::default()
             },
             address_type: "IPv4".into(),
-            endpoints: endpoints
-                .iter()
-                .map(|(ip, ready, hostname)| Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: *ready,
+            endpoints: Some(
+                endpoints
+                    .iter()
+                    .map(|(ip, ready, hostname)| Endpoint {
+                        addresses: vec![ip.to_string()],
+                        conditions: Some(EndpointConditions {
+                            ready: *ready,
+                            ..Default::default()
+                        }),
+                        hostname: hostname.map(str::to_string),
                         ..Default::default()
-                    }),
-                    hostname: hostname.map(str::to_string),
-                    ..Default::default()
-                })
-                .collect(),
+                    })
+                    .collect(),
+            ),
             ports: Some(
                 ports
                     .iter()

@@ -483,7 +483,7 @@ mod tests {
         objects.services.reverse();
         objects.endpoint_slices.reverse();
         for slice in &mut objects.endpoint_slices {
-            slice.endpoints.reverse();
+            slice.endpoints.get_or_insert_with(Vec::new).reverse();
         }
         services = resolve(&objects);
         assert_eq!(render(&services, &config()), text);

@@ -90,7 +90,7 @@ impl Core {
             .spec
             .as_ref()
             .and_then(|s| s.scheduler_name.as_deref())
-            .map_or(true, |n| n == scheduler_name);
+            .is_none_or(|n| n == scheduler_name);
         if !ours || pod.metadata.deletion_timestamp.is_some() || self.cache.is_placed(&key) {
             return;
         }

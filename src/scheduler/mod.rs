@@ -231,10 +231,14 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), kube::Error>
             ..Default::default()
         },
     };
-    let body = serde_json::to_vec(&binding).map_err(kube::Error::SerdeError)?;
-    api.create_subresource::<serde_json::Value>("binding", name, &PostParams::default(), body)
-        .await
-        .map(|_| ())
+    api.create_subresource::<_, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+    .map(|_| ())
 }
 
 async fn report_unschedulable(
@@ -245,7 +249,7 @@ async fn report_unschedulable(
 ) -> Result<(), kube::Error> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let now = Time(chrono::Utc::now());
+    let now = Time(jiff::Timestamp::now());
     let mut conditions: Vec<serde_json::Value> = pod
         .status
         .as_ref()

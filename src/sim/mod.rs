@@ -113,7 +113,7 @@ fn node_object(opts: &SimOptions, i: usize) -> Node {
         cpu: opts.cpu.clone(),
         memory: opts.memory.clone(),
         pods: opts.pods,
-        kubelet_version: "v1.32.0-kimg-sim".into(),
+        kubelet_version: format!("v1.{}.0-kimg-sim", crate::KUBE_MINOR),
         runtime_version: "sim://0".into(),
         kubelet_port: 10250,
     })

@@ -100,6 +100,64 @@ pub fn start_up(mut cmd: Command) -> (std::process::Child, std::path::PathBuf) {
     (child, std::path::PathBuf::from(line.trim()))
 }
 
+/// `kimg cluster new` in a fresh temporary directory: the directory (kept alive by the
+/// returned guard) and the cluster `dev` in it, to edit before [`Up::start`].
+pub fn new_cluster() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("dev");
+    kimg_ok(
+        tmp.path(),
+        &["cluster", "new", dir.to_str().expect("utf-8")],
+    );
+    (tmp, dir)
+}
+
+/// A running `kimg up` on a free loopback port; killed, then its directory removed, on
+/// drop.
+pub struct Up {
+    pub child: std::process::Child,
+    pub tmp: tempfile::TempDir,
+    /// The cluster directory.
+    pub dir: std::path::PathBuf,
+    /// Its admin kubeconfig.
+    pub kubeconfig: std::path::PathBuf,
+    pub addr: std::net::SocketAddr,
+    /// `https://ADDR`.
+    pub url: String,
+}
+
+impl Up {
+    /// `kimg up DIR --listen ADDR ARGS…` for the cluster `dir` in `tmp`.
+    pub fn start(tmp: tempfile::TempDir, dir: std::path::PathBuf, args: &[&str]) -> Up {
+        let addr: std::net::SocketAddr =
+            format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kimg"));
+        cmd.args([
+            "up",
+            dir.to_str().expect("utf-8"),
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args(args);
+        let (child, kubeconfig) = start_up(cmd);
+        Up {
+            child,
+            tmp,
+            dir,
+            kubeconfig,
+            addr,
+            url: format!("https://{addr}"),
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct KillOnDrop(pub std::process::Child);
 

@@ -24,7 +24,7 @@ pub type ValidateFn = fn(&Value, Option<&Value>) -> Result<(), String>;
 /// One kind's behaviour.
 pub struct Strategy {
     /// Registers the kind's OpenAPI schema with the generator and returns its name.
-    pub schema: fn(&mut schemars::gen::SchemaGenerator) -> String,
+    pub schema: fn(&mut schemars::SchemaGenerator) -> String,
     /// The Table columns, and one object's cells (called with `{}` for the columns
     /// alone); `None`: NAME and AGE.
     pub table: Option<TableFn>,
@@ -50,9 +50,9 @@ impl std::fmt::Debug for Strategy {
 }
 
 /// The schema name of `T`, registering it (and what it reaches) with the generator.
-pub fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::gen::SchemaGenerator) -> String {
+pub fn schema_of<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> String {
     g.subschema_for::<T>();
-    T::schema_name()
+    T::schema_name().into_owned()
 }
 
 /// Kubernetes' short human durations (`45s`, `5m10s`, `3h`, `12d`, `2y`).

@@ -119,9 +119,7 @@ fn did_you_mean(suggestions: &[String]) -> String {
 /// Maps an I/O error while writing into the cache: ENOSPC becomes [`SourceError::DiskFull`]
 /// naming the cache dir, anything else [`SourceError::CacheIo`] naming the file.
 pub(crate) fn cache_write_error(path: &Path, cache_dir: &Path, err: io::Error) -> SourceError {
-    // ENOSPC is 28 on Linux; `ErrorKind::StorageFull` needs a newer MSRV than ours.
-    const ENOSPC: i32 = 28;
-    if err.raw_os_error() == Some(ENOSPC) {
+    if err.kind() == io::ErrorKind::StorageFull {
         SourceError::DiskFull {
             dir: cache_dir.to_path_buf(),
         }

@@ -86,7 +86,7 @@ impl PackageIndex {
                     continue;
                 }
             }
-            if best.map_or(true, |b| version::compare(&p.version, &b.version).is_gt()) {
+            if best.is_none_or(|b| version::compare(&p.version, &b.version).is_gt()) {
                 best = Some(p);
             }
         }
@@ -162,7 +162,7 @@ fn pick_alternative(
         let fits = |v: &str| {
             alt.constraint
                 .as_ref()
-                .map_or(true, |(op, r)| version::satisfies(v, op, r))
+                .is_none_or(|(op, r)| version::satisfies(v, op, r))
         };
         if let Some(r) = chosen.get(&alt.name) {
             if fits(&r.package.version) {
