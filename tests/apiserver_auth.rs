@@ -1,10 +1,12 @@
-//! Authentication and RBAC of `kimg up`, judged by the real `kubectl` (v1.32) and `curl`:
+//! Authentication and RBAC of `kimg up`, judged by the real `kubectl` (the one on PATH)
+//! and `curl`:
 //! bootstrap tokens from `tokens.toml` (valid, expired), no credentials, service-account
 //! tokens from `kubectl create token`, RBAC limits, `kubectl auth can-i` (also `--as`),
 //! the dashboard admin-user manifest, and the subresources the node side uses (binding,
 //! graceful deletion), `kubectl explain` and strict field validation. Needs the `kubectl`
 //! and `curl` packages.
 
+#[macro_use]
 mod common;
 
 use std::process::{Command, Output};
@@ -14,14 +16,7 @@ use common::kimg_ok;
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const EXPIRED: &str = "zzzzzz.0123456789abcdef";
 
-struct Up(common::Up);
-
-impl std::ops::Deref for Up {
-    type Target = common::Up;
-    fn deref(&self) -> &common::Up {
-        &self.0
-    }
-}
+up_handle!(Up);
 
 impl Up {
     fn start() -> Up {

@@ -4,6 +4,7 @@
 //! past the in-flight limit. After each, the same process must still answer the real
 //! `kubectl get ns`; at the end its peak RSS is printed and bounded. Needs `kubectl`.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
@@ -17,20 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-struct Up(common::Up);
-
-impl std::ops::Deref for Up {
-    type Target = common::Up;
-    fn deref(&self) -> &common::Up {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Up {
-    fn deref_mut(&mut self) -> &mut common::Up {
-        &mut self.0
-    }
-}
+up_handle!(Up);
 
 impl Up {
     /// `kimg up` with one mutating slot and a 5 s request deadline, so the limits show

@@ -1,8 +1,10 @@
-//! `kimg up` driven by the real `kubectl` (v1.32, `/usr/bin/kubectl`) and `curl`: the
+//! `kimg up` driven by the real `kubectl` (the one on PATH: the host's, else 1.37 from
+//! `scripts/setup-host`; every supported minor runs in `kubectl_versions.rs`) and `curl`: the
 //! session a user runs against a cluster, once on the memory store and once on a real etcd
 //! (the Debian `etcd` binary on loopback). Needs the `kubectl`, `curl` and `etcd-server`
 //! packages.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -14,21 +16,10 @@ use std::time::{Duration, Instant};
 use common::{free_port, kimg_ok};
 use serde_json::Value;
 
-/// A running `kimg up` on a free loopback port.
-struct Up(common::Up);
-
-impl std::ops::Deref for Up {
-    type Target = common::Up;
-    fn deref(&self) -> &common::Up {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Up {
-    fn deref_mut(&mut self) -> &mut common::Up {
-        &mut self.0
-    }
-}
+up_handle!(
+    /// A running `kimg up` on a free loopback port.
+    Up
+);
 
 impl Up {
     fn start(store: &str) -> Up {
@@ -660,6 +651,283 @@ fn kubectl_session(up: &Up) {
         .contains("NotFound"));
     assert!(up.ok(&["delete", "namespace", "demo"]).contains("deleted"));
     assert!(up.ok(&["get", "deploy", "-A"]).is_empty());
+}
+
+/// What add-on manifests create besides workloads (ingress-nginx's class, a default
+/// local-path StorageClass, a CSI driver, a RuntimeClass, a PriorityClass, network
+/// policies, the seeds' CPU autoscaler), in one file as their READMEs apply them.
+const ADDON_KINDS: &str = "apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata:
+  name: nginx
+spec:
+  controller: k8s.io/ingress-nginx
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  annotations:
+    storageclass.kubernetes.io/is-default-class: \"true\"
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: storage.k8s.io/v1
+kind: CSIDriver
+metadata:
+  name: nfs.csi.k8s.io
+spec:
+  attachRequired: false
+  volumeLifecycleModes: [Persistent]
+---
+apiVersion: node.k8s.io/v1
+kind: RuntimeClass
+metadata:
+  name: gvisor
+handler: runsc
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata:
+  name: batch-low
+value: -10
+preemptionPolicy: Never
+description: batch jobs that yield
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-from-web
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: db}
+  ingress:
+  - from:
+    - podSelector:
+        matchLabels: {app: web}
+    ports:
+    - port: 5432
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: php-apache
+  namespace: shop
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: php-apache
+  minReplicas: 1
+  maxReplicas: 10
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target:
+        type: Utilization
+        averageUtilization: 50
+";
+
+#[test]
+fn add_on_kinds_apply_print_explain_and_refuse_like_kube_apiserver() {
+    let up = Up::start("memory");
+    let file = write(&up.dir, "addons.yaml", ADDON_KINDS);
+    let applied = up.ok(&["apply", "-f", &file]);
+    for want in [
+        "ingressclass.networking.k8s.io/nginx created",
+        "storageclass.storage.k8s.io/local-path created",
+        "csidriver.storage.k8s.io/nfs.csi.k8s.io created",
+        "runtimeclass.node.k8s.io/gvisor created",
+        "priorityclass.scheduling.k8s.io/batch-low created",
+        "networkpolicy.networking.k8s.io/db-from-web created",
+        "horizontalpodautoscaler.autoscaling/php-apache created",
+    ] {
+        assert!(applied.contains(want), "{want} in {applied}");
+    }
+    let resources = up.ok(&["api-resources"]);
+    for want in [
+        "ingressclasses",
+        "netpol",
+        "hpa",
+        "autoscaling/v2",
+        "pc",
+        "sc",
+        "csidrivers",
+        "runtimeclasses",
+    ] {
+        assert!(resources.contains(want), "{want} in {resources}");
+    }
+    // kubectl's columns, with the defaults kube-apiserver fills in.
+    let sc = up.ok(&["get", "sc"]);
+    assert!(
+        sc.contains("RECLAIMPOLICY") && sc.contains("VOLUMEBINDINGMODE"),
+        "{sc}"
+    );
+    assert!(
+        sc.lines().any(|l| l.starts_with("local-path (default)")
+            && l.contains("rancher.io/local-path")
+            && l.contains("Delete")
+            && l.contains("WaitForFirstConsumer")),
+        "{sc}"
+    );
+    let ic = up.ok(&["get", "ingressclass"]);
+    assert!(
+        ic.lines().any(|l| l.starts_with("nginx")
+            && l.contains("k8s.io/ingress-nginx")
+            && l.contains("<none>")),
+        "{ic}"
+    );
+    let pc = up.ok(&["get", "pc"]);
+    assert!(pc.contains("PREEMPTIONPOLICY"), "{pc}");
+    assert!(
+        pc.lines()
+            .any(|l| l.starts_with("batch-low") && l.contains("-10") && l.contains("Never")),
+        "{pc}"
+    );
+    let csi = up.ok(&["get", "csidriver"]);
+    assert!(
+        csi.lines().any(|l| l.starts_with("nfs.csi.k8s.io")
+            && l.contains("false")
+            && l.contains("Persistent")),
+        "{csi}"
+    );
+    assert!(up.ok(&["get", "runtimeclass"]).contains("runsc"));
+    let netpol = up.ok(&["-n", "shop", "get", "netpol"]);
+    assert!(
+        netpol
+            .lines()
+            .any(|l| l.starts_with("db-from-web") && l.contains("app=db")),
+        "{netpol}"
+    );
+    let np = up.ok(&[
+        "-n",
+        "shop",
+        "get",
+        "netpol",
+        "db-from-web",
+        "-o",
+        "jsonpath={.spec.policyTypes} {.spec.ingress[0].ports[0].protocol}",
+    ]);
+    assert_eq!(np, "[\"Ingress\"] TCP");
+    let hpa = up.ok(&["-n", "shop", "get", "hpa"]);
+    assert!(
+        hpa.contains("REFERENCE") && hpa.contains("TARGETS"),
+        "{hpa}"
+    );
+    assert!(
+        hpa.lines().any(|l| l.starts_with("php-apache")
+            && l.contains("Deployment/php-apache")
+            && l.contains("cpu: <unknown>/50%")),
+        "{hpa}"
+    );
+    assert!(up
+        .ok(&["-n", "shop", "get", "all"])
+        .contains("horizontalpodautoscaler.autoscaling/php-apache"));
+    assert!(up
+        .ok(&["explain", "hpa.spec.maxReplicas"])
+        .contains("maxReplicas"));
+    assert!(up
+        .ok(&["explain", "storageclass.volumeBindingMode"])
+        .contains("volumeBindingMode"));
+
+    // kube-apiserver's refusals, with the field and the reason.
+    let changed = write(
+        &up.dir,
+        "sc2.yaml",
+        &ADDON_KINDS.replace("rancher.io/local-path", "example.com/other"),
+    );
+    let refused = up.fails(&["apply", "-f", &changed]);
+    assert!(
+        refused.contains("provisioner: Forbidden: updates to provisioner are forbidden."),
+        "{refused}"
+    );
+    let bad_hpa = write(
+        &up.dir,
+        "hpa.yaml",
+        &ADDON_KINDS.replace("minReplicas: 1", "minReplicas: 20"),
+    );
+    let refused = up.fails(&["apply", "-f", &bad_hpa]);
+    assert!(
+        refused.contains(
+            "spec.maxReplicas: Invalid value: 10: must be greater than or equal to `minReplicas`"
+        ),
+        "{refused}"
+    );
+    let system = write(&up.dir, "pc.yaml", "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: system-mine\nvalue: 5\n");
+    let reserved = up.fails(&["apply", "-f", &system]);
+    assert!(
+        reserved.contains("reserved for system use only"),
+        "{reserved}"
+    );
+    let cidr = up.fails(&[
+        "-n",
+        "shop",
+        "patch",
+        "netpol",
+        "db-from-web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"egress":[{"to":[{"ipBlock":{"cidr":"10.0.0.0/33"}}]}]}}"#,
+    ]);
+    assert!(
+        cidr.contains("spec.egress[0].to[0].ipBlock.cidr: Invalid value: \"10.0.0.0/33\""),
+        "{cidr}"
+    );
+    // Pods get their class's priority (and the system classes exist); an unknown class
+    // is refused.
+    assert!(
+        pc.contains("system-cluster-critical") && pc.contains("2000000000"),
+        "{pc}"
+    );
+    let pod = |name: &str, class: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: shop\nspec:\n  priorityClassName: {class}\n  containers:\n  - name: c\n    image: busybox\n"
+        )
+    };
+    for (name, class, want) in [
+        ("low", "batch-low", "-10 Never"),
+        (
+            "critical",
+            "system-cluster-critical",
+            "2000000000 PreemptLowerPriority",
+        ),
+    ] {
+        let f = write(&up.dir, &format!("{name}.yaml"), &pod(name, class));
+        up.ok(&["apply", "-f", &f]);
+        let got = up.ok(&[
+            "-n",
+            "shop",
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.spec.priority} {.spec.preemptionPolicy}",
+        ]);
+        assert_eq!(got, want);
+    }
+    let f = write(&up.dir, "nope.yaml", &pod("nope", "no-such-class"));
+    let refused = up.fails(&["apply", "-f", &f]);
+    assert!(
+        refused.contains("no PriorityClass with name no-such-class was found"),
+        "{refused}"
+    );
+    // The namespace's own deletion may take its objects first.
+    let deleted = up.ok(&["delete", "-f", &file, "--ignore-not-found"]);
+    assert!(
+        deleted.contains("storageclass.storage.k8s.io \"local-path\" deleted"),
+        "{deleted}"
+    );
+    assert!(up
+        .ok(&["get", "sc,pc,ingressclass"])
+        .lines()
+        .all(|l| !l.contains("local-path") && !l.contains("batch-low") && !l.contains("nginx")));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The scheduler and controller-manager inside `kimg up`, with simulated nodes
-//! (`kimg sim nodes`), driven by the real `kubectl` (v1.32): placement, scaling, rollouts,
+//! (`kimg sim nodes`), driven by the real `kubectl` (the one on PATH): placement, scaling,
+//! rollouts,
 //! DaemonSets, Jobs, CronJobs, cascading deletion, node failure and leader election, on the
 //! memory store and on a local etcd, and a bootstrap-token CSR checked with `openssl`.
 //! Needs the `kubectl`, `etcd-server` and `openssl` packages.

@@ -2,7 +2,8 @@
 //! namespaces `default`, `kube-system`, `kube-public` and `kube-node-lease`, and the
 //! `kubernetes` Service in `default` on the first address of the service CIDR. Several
 //! masters may race to create them; `AlreadyExists` counts as success.
-//! Also the default RBAC ClusterRoles and ClusterRoleBindings ([`super::rbac_defaults`])
+//! Also the PriorityClasses `system-node-critical` and `system-cluster-critical`, the
+//! default RBAC ClusterRoles and ClusterRoleBindings ([`super::rbac_defaults`])
 //! and the `bootstrap-token-<id>` Secrets of the cluster's tokens — each once per cluster
 //! ([`BAKED_TOKENS`] remembers it), so a token revoked by deleting its Secret stays
 //! revoked when masters restart from their immutable images. Limits: an existing
@@ -69,6 +70,13 @@ pub async fn run(st: &State) -> Result<(), ApiError> {
                  "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
     });
     ensure(st, "services", Some("default"), svc).await?;
+    for (name, value, description) in super::kinds::priorityclass::SYSTEM_CLASSES {
+        let class = json!({
+            "kind": "PriorityClass", "apiVersion": "scheduling.k8s.io/v1",
+            "metadata": {"name": name}, "value": value, "description": description,
+        });
+        ensure(st, "priorityclasses", None, class).await?;
+    }
     for role in super::rbac_defaults::cluster_roles() {
         ensure(st, "clusterroles", None, role).await?;
     }

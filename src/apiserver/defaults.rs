@@ -7,43 +7,17 @@
 //! ([`super::sa_admission`]). Deployment/ReplicaSet/StatefulSet/
 //! ReplicationController: `spec.replicas: 1`; Deployment: strategy, revision history and
 //! progress deadline. Secret: `type: Opaque`, `stringData` folded into `data`. Service: see
-//! [`super::service`]. Limits: no validation of required fields beyond names and Services.
+//! [`super::service`]. Kinds with a file under `kinds/` bring their own defaults (their
+//! `Strategy`), applied first. Limits: no validation of required fields beyond names and
+//! Services.
 
 use base64::Engine;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::kinds::set_default as default;
 use super::resources::Resource;
 use super::{service, State};
-
-fn default(obj: &mut Value, path: &[&str], value: Value) {
-    let mut cur = obj;
-    for (i, seg) in path.iter().enumerate() {
-        if !cur.is_object() {
-            *cur = json!({});
-        }
-        if i == path.len() - 1 {
-            if cur.get(*seg).is_none_or_null() {
-                cur[*seg] = value;
-            }
-            return;
-        }
-        if !cur.get(*seg).is_some_and(Value::is_object) {
-            cur[*seg] = json!({});
-        }
-        cur = &mut cur[*seg];
-    }
-}
-
-trait NullCheck {
-    fn is_none_or_null(&self) -> bool;
-}
-
-impl NullCheck for Option<&Value> {
-    fn is_none_or_null(&self) -> bool {
-        matches!(self, None | Some(Value::Null))
-    }
-}
 
 fn fold_string_data(secret: &mut Value) {
     let Some(Value::Object(string_data)) =
@@ -60,6 +34,9 @@ fn fold_string_data(secret: &mut Value) {
 
 /// Defaults a new object of `res` before it is stored.
 pub async fn on_create(st: &State, res: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    if let Some(defaults) = res.strategy.and_then(|s| s.defaults) {
+        defaults(obj);
+    }
     match res.kind {
         "Namespace" => {
             let name = obj.pointer("/metadata/name").cloned().unwrap_or_default();
@@ -79,6 +56,7 @@ pub async fn on_create(st: &State, res: &Resource, obj: &mut Value) -> Result<()
             default(obj, &["spec", "terminationGracePeriodSeconds"], json!(30));
             default(obj, &["status", "phase"], json!("Pending"));
             super::sa_admission::admit(st, obj).await?;
+            super::priority::admit(st, obj).await?;
         }
         "Deployment" => {
             default(obj, &["spec", "replicas"], json!(1));
@@ -111,6 +89,9 @@ pub async fn on_update(
     old: &Value,
     new: &mut Value,
 ) -> Result<(), ApiError> {
+    if let Some(defaults) = res.strategy.and_then(|s| s.defaults) {
+        defaults(new);
+    }
     match res.kind {
         "Secret" => fold_string_data(new),
         "Service" => service::allocate(st, new, Some(old)).await?,

@@ -4,7 +4,7 @@
 //! Both discovery formats are served, built from the resource table: the legacy documents
 //! (`APIVersions`, `APIGroupList`, `APIResourceList`), and aggregated discovery
 //! (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`) when the `Accept` header asks for it,
-//! as kubectl 1.32 does first — one request then describes every resource. Limits:
+//! as kubectl does first — one request then describes every resource. Limits:
 //! `readyz` checks only that the store answers; protobuf responses are never offered.
 
 use hyper::StatusCode;

@@ -5,7 +5,7 @@
 //! `status.daemonEndpoints.kubeletEndpoint.Port` (default 10250) are dialed over TLS with
 //! the `apiserver-kubelet-client` certificate of the cluster PKI (HTTP/1.1, hyper's client
 //! connection). Logs: `GET /containerLogs/<ns>/<pod>/<container>?<query>` and its body is
-//! streamed back (so `follow=true` follows). Exec: kubectl 1.32 first asks for a WebSocket
+//! streamed back (so `follow=true` follows). Exec: kubectl (1.30+) first asks for a WebSocket
 //! (`GET` with `Upgrade: websocket`, subprotocol `v5.channel.k8s.io`, then older ones) and
 //! falls back to SPDY only when that upgrade fails; the WebSocket request is forwarded to
 //! `/exec/<ns>/<pod>/<container>` with the client's key and subprotocols, the kubelet's

@@ -60,6 +60,7 @@ mod object;
 mod openapi;
 mod patch;
 mod pod_security;
+mod priority;
 mod protobuf;
 mod rbac;
 mod rbac_defaults;

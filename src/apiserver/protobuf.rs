@@ -1,7 +1,7 @@
 //! Decoding of the Kubernetes protobuf encoding for the kinds kubectl's typed clients send.
 //!
-//! Why: kubectl 1.32 creates objects through client-go's typed clientset, which sends
-//! `application/vnd.kubernetes.protobuf` bodies (`kubectl create namespace`, `create
+//! Why: kubectl (1.30 to 1.37) creates objects through client-go's typed clientset, which
+//! sends `application/vnd.kubernetes.protobuf` bodies (`kubectl create namespace`, `create
 //! configmap`, `create secret`, `create serviceaccount`, `create service`) and does not fall
 //! back to JSON on 415. How: the body is the `k8s\0` magic followed by a `runtime.Unknown`
 //! (type meta + raw bytes); the raw object is decoded with a small field table per message

@@ -83,10 +83,19 @@ const WORKLOADS: &[(&str, &[&str])] = &[
         "batch",
         &["jobs", "jobs/status", "cronjobs", "cronjobs/status"],
     ),
-    ("networking.k8s.io", &["ingresses", "ingresses/status"]),
+    (
+        "networking.k8s.io",
+        &["ingresses", "ingresses/status", "networkpolicies"],
+    ),
     ("discovery.k8s.io", &["endpointslices"]),
     ("policy", &["poddisruptionbudgets"]),
-    ("autoscaling", &["horizontalpodautoscalers"]),
+    (
+        "autoscaling",
+        &[
+            "horizontalpodautoscalers",
+            "horizontalpodautoscalers/status",
+        ],
+    ),
 ];
 
 fn view_rules() -> Vec<Value> {

@@ -284,6 +284,42 @@ pub static RESOURCES: &[Resource] = &[
         &["ing"],
     )),
     with(
+        r(
+            "networking.k8s.io",
+            "v1",
+            "IngressClass",
+            "ingressclasses",
+            "ingressclass",
+            false,
+            &[],
+        ),
+        &kinds::ingressclass::STRATEGY,
+    ),
+    with(
+        r(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            "networkpolicy",
+            true,
+            &["netpol"],
+        ),
+        &kinds::networkpolicy::STRATEGY,
+    ),
+    with(
+        in_all(with_status(r(
+            "autoscaling",
+            "v2",
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            "horizontalpodautoscaler",
+            true,
+            &["hpa"],
+        ))),
+        &kinds::horizontalpodautoscaler::STRATEGY,
+    ),
+    with(
         with_status(r(
             "policy",
             "v1",
@@ -342,6 +378,54 @@ pub static RESOURCES: &[Resource] = &[
             &[],
         ),
         NameRule::PathSegment,
+    ),
+    with(
+        r(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            "priorityclass",
+            false,
+            &["pc"],
+        ),
+        &kinds::priorityclass::STRATEGY,
+    ),
+    with(
+        r(
+            "node.k8s.io",
+            "v1",
+            "RuntimeClass",
+            "runtimeclasses",
+            "runtimeclass",
+            false,
+            &[],
+        ),
+        &kinds::runtimeclass::STRATEGY,
+    ),
+    with(
+        r(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            "storageclass",
+            false,
+            &["sc"],
+        ),
+        &kinds::storageclass::STRATEGY,
+    ),
+    with(
+        r(
+            "storage.k8s.io",
+            "v1",
+            "CSIDriver",
+            "csidrivers",
+            "csidriver",
+            false,
+            &[],
+        ),
+        &kinds::csidriver::STRATEGY,
     ),
     with_status(r(
         "certificates.k8s.io",

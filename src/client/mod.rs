@@ -5,6 +5,8 @@
 //! - [`client_from_kubeconfig`], [`client_from_config`] and [`READ_TIMEOUT`]: how kimg's
 //!   components build their kube-rs client.
 //! - [`labels`]: label- and node-selector matching (scheduler, controllers).
+//! - [`quantity`]: resource quantities (`500m`, `128Mi`) as integers (scheduler, kubelet,
+//!   the apiserver's validation).
 //! - [`lease`]: leader election through a `coordination.k8s.io/v1` Lease, as a pure
 //!   state machine over monotonic time plus the rounds that read and write the Lease. The
 //!   VIP, the scheduler and the controller-manager all use it.
@@ -23,6 +25,7 @@ use kube::Client;
 pub mod backoff;
 pub mod labels;
 pub mod lease;
+pub mod quantity;
 pub mod watch;
 
 pub use backoff::Backoff;

@@ -219,41 +219,6 @@ fn missing(kind: &str, name: &str, key: &str) -> KubeletError {
     KubeletError::InvalidSpec(format!("{kind} {name} {key} is not available").replace("  ", " "))
 }
 
-/// Parses a Kubernetes quantity (`500m`, `2`, `128Mi`, `1G`, `1e3`) into milli-units.
-pub fn parse_quantity_milli(q: &str) -> Option<i128> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let int: i128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac_milli: i128 = if frac.is_empty() {
-        0
-    } else {
-        let f: String = frac.chars().chain("000".chars()).take(3).collect();
-        f.parse().ok()?
-    };
-    let base = int * 1000 + if int < 0 { -frac_milli } else { frac_milli };
-    let mul: i128 = match suffix {
-        "" => 1,
-        "m" => return Some(base / 1000),
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        s if s.starts_with('e') || s.starts_with('E') => {
-            10i128.checked_pow(s[1..].parse().ok()?)?
-        }
-        _ => return None,
-    };
-    base.checked_mul(mul)
-}
-
 fn resources(c: &Container) -> Value {
     let get = |which: Option<
         &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
@@ -261,7 +226,8 @@ fn resources(c: &Container) -> Value {
                key: &str| {
         which
             .and_then(|m| m.get(key))
-            .and_then(|q| parse_quantity_milli(&q.0))
+            .and_then(|q| crate::client::quantity::parse_scaled(&q.0, 1000))
+            .map(i128::from)
     };
     let r = c.resources.as_ref();
     let limits = r.and_then(|r| r.limits.as_ref());
@@ -481,20 +447,6 @@ mod tests {
         );
         data.secrets.clear();
         assert!(resolve_env(&c, &image(), &data, &down).is_err());
-    }
-
-    #[test]
-    fn quantities_parse_into_milli_units() {
-        assert_eq!(parse_quantity_milli("500m"), Some(500));
-        assert_eq!(parse_quantity_milli("2"), Some(2000));
-        assert_eq!(parse_quantity_milli("0.5"), Some(500));
-        assert_eq!(
-            parse_quantity_milli("128Mi"),
-            Some(128 * 1024 * 1024 * 1000)
-        );
-        assert_eq!(parse_quantity_milli("1G"), Some(1_000_000_000_000));
-        assert_eq!(parse_quantity_milli("1e3"), Some(1_000_000));
-        assert_eq!(parse_quantity_milli("12Q"), None);
     }
 
     #[test]

@@ -150,17 +150,26 @@ pub async fn start_state(
                 format!("no data and no other member answered within {ask_for:?}: bootstrapping"),
             ),
             EmptyMemberStart::Join { removed, added } => {
-                let how = match (removed, added) {
-                    (Some(old), Some(new)) => format!(
-                        "no data: removed its old member {old:x} and joined as new member {new:x}"
-                    ),
-                    (None, Some(new)) => format!("no data: joined as new member {new:x}"),
-                    _ => "no data: joining as the member the cluster added".into(),
-                };
-                (ClusterState::Existing, how)
+                (ClusterState::Existing, join_note(removed, added))
             }
         },
     )
+}
+
+/// What a member without data did to the membership, for the log. An add whose answer
+/// was lost (a slow cluster) is found on the next attempt as "added, not started": the
+/// removal of the old member is still reported.
+fn join_note(removed: Option<u64>, added: Option<u64>) -> String {
+    match (removed, added) {
+        (Some(old), Some(new)) => {
+            format!("no data: removed its old member {old:x} and joined as new member {new:x}")
+        }
+        (Some(old), None) => format!(
+            "no data: removed its old member {old:x} and joins as the member the cluster added"
+        ),
+        (None, Some(new)) => format!("no data: joined as new member {new:x}"),
+        (None, None) => "no data: joining as the member the cluster added".into(),
+    }
 }
 
 /// Where etcd keeps its member data; its presence means "rejoin".
@@ -182,6 +191,25 @@ pub fn health_probe() -> HealthProbe {
 mod tests {
     use super::*;
     use crate::cluster::{file_from_options, validate, NewOptions};
+
+    #[test]
+    fn a_replaced_member_says_so_even_when_the_add_s_answer_was_lost() {
+        // The scenarios wait for "removed its old member" on the console.
+        for note in [
+            join_note(Some(0xcd4f), Some(0x4308)),
+            join_note(Some(0xcd4f), None),
+        ] {
+            assert!(
+                note.starts_with("no data: removed its old member cd4f"),
+                "{note}"
+            );
+        }
+        assert_eq!(
+            join_note(None, Some(0x4308)),
+            "no data: joined as new member 4308"
+        );
+        assert!(join_note(None, None).contains("the member the cluster added"));
+    }
 
     #[test]
     fn the_initial_cluster_lists_every_etcd_member_over_tls() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 
-use super::quantity::{millicores, units};
+use crate::client::quantity::{millicores, units};
 
 /// What a pod takes from its node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

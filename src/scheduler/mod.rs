@@ -14,7 +14,6 @@
 pub mod cache;
 pub mod core;
 pub mod plugins;
-pub mod quantity;
 
 use std::sync::Arc;
 

@@ -158,6 +158,29 @@ impl Drop for Up {
     }
 }
 
+/// Declares a test's own handle on a running `kimg up`: a newtype over [`Up`] that derefs
+/// to it, so each test adds its own helpers (needs `#[macro_use] mod common;`).
+#[allow(unused_macros)] // each test crate uses a different subset
+macro_rules! up_handle {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        struct $name(common::Up);
+
+        impl std::ops::Deref for $name {
+            type Target = common::Up;
+            fn deref(&self) -> &common::Up {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut common::Up {
+                &mut self.0
+            }
+        }
+    };
+}
+
 /// A child process killed (and reaped) on drop.
 pub struct KillOnDrop(pub std::process::Child);
 

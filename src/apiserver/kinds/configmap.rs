@@ -8,6 +8,7 @@ use super::{age, len, s, schema_of, Col, Strategy};
 pub static STRATEGY: Strategy = Strategy {
     schema: schema_of::<ConfigMap>,
     table: Some(table),
+    defaults: None,
     validate: None,
 };
 

@@ -11,6 +11,7 @@ use super::{age, s, schema_of, Col, Strategy};
 pub static STRATEGY: Strategy = Strategy {
     schema: schema_of::<PodDisruptionBudget>,
     table: Some(table),
+    defaults: None,
     validate: Some(validate),
 };
 

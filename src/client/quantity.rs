@@ -1,5 +1,7 @@
 //! Kubernetes resource quantities (`500m`, `2`, `128Mi`, `1G`, `1e3`) as integers: CPU in
-//! millicores, everything else in base units (rounded up, like the scheduler).
+//! millicores, everything else in base units (rounded up, like the scheduler). The one
+//! parser: the scheduler counts requests with it, the kubelet turns limits into cgroup
+//! settings with it.
 //!
 //! Limits: values beyond `i64` saturate; malformed quantities return `None` (the apiserver
 //! validates them, so callers treat `None` as zero).
@@ -64,6 +66,11 @@ mod tests {
         assert_eq!(units("1G"), 1_000_000_000);
         assert_eq!(units("1e3"), 1000);
         assert_eq!(parse_scaled("12Q", 1), None);
+        assert_eq!(parse_scaled("0.5", 1000), Some(500));
+        assert_eq!(parse_scaled("128Mi", 1000), Some((128 << 20) * 1000));
+        assert_eq!(parse_scaled("1e3", 1000), Some(1_000_000));
+        assert_eq!(parse_scaled("", 1), None);
+        assert_eq!(parse_scaled("1e999999", 1), Some(i64::MAX));
     }
 
     proptest! {
