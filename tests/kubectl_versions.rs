@@ -138,35 +138,27 @@ fn session(k: &Kubectl, dir: &Path) {
 
     k.ok(&["scale", "deployment", "web", "--replicas=3", "-n", &ns]);
     k.ok(&["label", "deployment", "web", "tier=front", "-n", &ns]);
-    k.ok(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        &ns,
-        "-p",
-        r#"{"spec":{"minReadySeconds":5}}"#,
-    ]);
-    k.ok(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        &ns,
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"annotations":{"team":"a"}}}"#,
-    ]);
-    k.ok(&[
-        "patch",
-        "deployment",
-        "web",
-        "-n",
-        &ns,
-        "--type=json",
-        "-p",
-        r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":4}]"#,
-    ]);
+    // The three patch types: strategic merge (kubectl's default), merge, JSON.
+    for (kind, patch) in [
+        ("strategic", r#"{"spec":{"minReadySeconds":5}}"#),
+        ("merge", r#"{"metadata":{"annotations":{"team":"a"}}}"#),
+        (
+            "json",
+            r#"[{"op":"replace","path":"/spec/revisionHistoryLimit","value":4}]"#,
+        ),
+    ] {
+        let type_flag = format!("--type={kind}");
+        k.ok(&[
+            "patch",
+            "deployment",
+            "web",
+            "-n",
+            &ns,
+            &type_flag,
+            "-p",
+            patch,
+        ]);
+    }
     let d = k.json(&["get", "deployment", "web", "-n", &ns]);
     assert_eq!(d["spec"]["replicas"], 3, "1.{minor}: {d}");
     assert_eq!(d["spec"]["minReadySeconds"], 5, "1.{minor}: {d}");
