@@ -437,6 +437,13 @@ impl Lab {
 
     fn run_step(&mut self, r: &RunStep, vars: &[(&str, &str)]) -> Result<String> {
         let cmd = expand(&r.cmd, vars);
+        // `<vm>.console.arrivals` beside each console log: when its bytes arrived, for
+        // checks that date console lines (a missing file only leaves them undated).
+        for vm in &self.vms {
+            let _ = self
+                .clock
+                .write_arrivals(&vm.console, &vm.console.with_extension("arrivals"));
+        }
         let per_try = self.scaled(r.timeout.0);
         let window = r.retry_until_success.map(|d| self.scaled(d.0));
         let began = Instant::now();

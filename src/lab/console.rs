@@ -4,13 +4,14 @@
 //! QEMU appends each VM's serial output to a file. A background thread polls the files every
 //! 50 ms and notes `(length, instant)` whenever one grows; a `wait-console` match is then
 //! dated by the first note that covers the match's last byte. Precision is the poll interval.
+//! [`ConsoleClock::write_arrivals`] hands the notes to scripts as wall-clock milliseconds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Notes = HashMap<PathBuf, Vec<(u64, Instant)>>;
 
@@ -51,6 +52,33 @@ impl ConsoleClock {
     }
 
     /// When the byte just before `end` was first seen, if the watcher has seen it yet.
+    /// Writes the notes of `path` to `out`, one `LENGTH EPOCH_MS` line each: the file had
+    /// grown to LENGTH bytes by that wall-clock time (what `checks/fault-timeline.sh`
+    /// dates console lines by).
+    pub fn write_arrivals(&self, path: &Path, out: &Path) -> std::io::Result<()> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let wall_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let text: String = {
+            let notes = self
+                .notes
+                .lock()
+                .map_err(|_| std::io::Error::other("console notes poisoned"))?;
+            notes
+                .get(path)
+                .into_iter()
+                .flatten()
+                .map(|&(len, at)| {
+                    let ago = now.saturating_duration_since(at).as_millis();
+                    format!("{len} {}\n", wall_ms.saturating_sub(ago))
+                })
+                .collect()
+        };
+        crate::files::write_atomic(out, text.as_bytes(), 0o644)
+    }
+
     pub fn arrival(&self, path: &Path, end: u64) -> Option<Instant> {
         let notes = self.notes.lock().ok()?;
         notes
