@@ -145,6 +145,29 @@ mod tests {
     }
 
     #[test]
+    fn arrivals_are_written_as_lengths_and_wall_clock_milliseconds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.console.log");
+        let clock = ConsoleClock::start(vec![path.clone()]);
+        let before = SystemTime::now().duration_since(UNIX_EPOCH).expect("epoch");
+        std::fs::write(&path, b"boot\n").expect("write");
+        std::thread::sleep(Duration::from_millis(300));
+        let out = dir.path().join("a.console.arrivals");
+        clock.write_arrivals(&path, &out).expect("write arrivals");
+        let after = SystemTime::now().duration_since(UNIX_EPOCH).expect("epoch");
+        let text = std::fs::read_to_string(&out).expect("read");
+        let fields: Vec<u128> = text
+            .split_whitespace()
+            .map(|f| f.parse().expect("number"))
+            .collect();
+        assert_eq!(fields.len(), 2, "{text}");
+        assert_eq!(fields[0], 5);
+        // Dated when the watcher saw it (within its poll), not when the file was written out.
+        assert!(fields[1] + 60 >= before.as_millis(), "{text}");
+        assert!(fields[1] + 200 <= after.as_millis(), "{text}");
+    }
+
+    #[test]
     fn tails_keep_the_last_lines_without_carriage_returns() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("log");
