@@ -587,11 +587,24 @@ rules:
                 false,
             );
         }
-        let mut waited = 0;
-        // The writer may be between renaming the log and opening the next one.
-        while !(dir.path().join("audit/audit.log.2").exists() && path.exists()) && waited < 100 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            waited += 1;
+        // The writer works through the 40 records on its own task and may be between
+        // renaming the log and opening the next one: wait until the log and both backups
+        // exist and no size changed over one pause.
+        let sizes = || {
+            ["audit.log", "audit.log.1", "audit.log.2"].map(|f| {
+                std::fs::metadata(dir.path().join("audit").join(f))
+                    .map(|m| m.len())
+                    .ok()
+            })
+        };
+        let mut last = None;
+        for _ in 0..200 {
+            let now = sizes();
+            if now.iter().all(Option::is_some) && last == Some(now) {
+                break;
+            }
+            last = Some(now);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert!(
             !dir.path().join("audit/audit.log.3").exists(),
