@@ -32,16 +32,10 @@ pub async fn admit(st: &State, pod: &mut Value) -> Result<(), ApiError> {
         Some(n) => match st.get_cached(&res.key(None, n)).await? {
             Some(kv) => serde_json::from_slice::<Value>(&kv.value).ok(),
             None => {
-                return Err(ApiError::Forbidden {
-                    message: format!(
-                        "pods \"{}\" is forbidden: no PriorityClass with name {n} was found",
-                        pod.pointer("/metadata/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                    ),
-                    group: String::new(),
-                    resource: "pods".into(),
-                })
+                return Err(forbidden(
+                    pod,
+                    &format!("no PriorityClass with name {n} was found"),
+                ))
             }
         },
         None => global_default(st, &res.prefix(None)).await?,
@@ -53,16 +47,10 @@ pub async fn admit(st: &State, pod: &mut Value) -> Result<(), ApiError> {
         .unwrap_or(0);
     if let Some(stated) = pod.pointer("/spec/priority").and_then(Value::as_i64) {
         if stated != value {
-            return Err(ApiError::Forbidden {
-                message: format!(
-                    "pods \"{}\" is forbidden: the integer value of priority ({stated}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name",
-                    pod.pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                ),
-                group: String::new(),
-                resource: "pods".into(),
-            });
+            return Err(forbidden(
+                pod,
+                &format!("the integer value of priority ({stated}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"),
+            ));
         }
     }
     if !pod.get("spec").is_some_and(Value::is_object) {
@@ -80,6 +68,19 @@ pub async fn admit(st: &State, pod: &mut Value) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// `pods "NAME" is forbidden: WHY`, as the plugin words its refusals.
+fn forbidden(pod: &Value, why: &str) -> ApiError {
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ApiError::Forbidden {
+        message: format!("pods \"{name}\" is forbidden: {why}"),
+        group: String::new(),
+        resource: "pods".into(),
+    }
 }
 
 /// The class marked `globalDefault` with the lowest value, if any.

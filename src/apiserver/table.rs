@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::http::Req;
 #[cfg(test)]
 use super::kinds::human_duration;
-use super::kinds::{age, len, n, or_none, s, Col};
+use super::kinds::{age, len, map_text, n, or_none, s, Col};
 use super::resources::Resource;
 
 fn joined(obj: &Value, list: &str, field: &str) -> String {
@@ -22,18 +22,6 @@ fn joined(obj: &Value, list: &str, field: &str) -> String {
         .map(|a| {
             a.iter()
                 .filter_map(|c| c.get(field).and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
-}
-
-fn selector_string(obj: &Value, ptr: &str) -> String {
-    obj.pointer(ptr)
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
                 .collect::<Vec<_>>()
                 .join(",")
         })
@@ -254,7 +242,7 @@ fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                 json!(age(o)),
                 json!(joined(o, "/spec/template/spec/containers", "name")),
                 json!(joined(o, "/spec/template/spec/containers", "image")),
-                json!(selector_string(o, "/spec/selector/matchLabels")),
+                json!(map_text(o, "/spec/selector/matchLabels")),
             ],
         ),
         "ReplicaSet" => (
@@ -276,7 +264,7 @@ fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                 json!(age(o)),
                 json!(joined(o, "/spec/template/spec/containers", "name")),
                 json!(joined(o, "/spec/template/spec/containers", "image")),
-                json!(selector_string(o, "/spec/selector/matchLabels")),
+                json!(map_text(o, "/spec/selector/matchLabels")),
             ],
         ),
         "StatefulSet" => (
@@ -313,7 +301,7 @@ fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                 json!(n(o, "/status/numberReady")),
                 json!(n(o, "/status/updatedNumberScheduled")),
                 json!(n(o, "/status/numberAvailable")),
-                or_none(selector_string(o, "/spec/template/spec/nodeSelector")),
+                or_none(map_text(o, "/spec/template/spec/nodeSelector")),
                 json!(age(o)),
             ],
         ),
@@ -351,7 +339,7 @@ fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
                     or_none(external),
                     or_none(service_ports(o)),
                     json!(age(o)),
-                    or_none(selector_string(o, "/spec/selector")),
+                    or_none(map_text(o, "/spec/selector")),
                 ],
             )
         }

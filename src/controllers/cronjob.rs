@@ -148,7 +148,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .unwrap_or_else(|| "default".into());
     let name = cj.metadata.name.clone().unwrap_or_default();
     let uid = cj.metadata.uid.clone().unwrap_or_default();
-    let spec = cj.spec.clone();
+    let spec = &cj.spec;
     let mut jobs: Vec<_> = ctx
         .jobs
         .state()

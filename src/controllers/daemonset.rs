@@ -104,7 +104,7 @@ pub async fn reconcile(ctx: &Ctx, queue: &Queue, key: &str) -> Result<Requeue, R
         .clone()
         .unwrap_or_else(|| "default".into());
     let uid = ds.metadata.uid.clone().unwrap_or_default();
-    let spec = ds.spec.clone();
+    let spec = &ds.spec;
     let mut tols = spec
         .template
         .spec

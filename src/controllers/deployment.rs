@@ -191,7 +191,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .clone()
         .unwrap_or_else(|| "default".into());
     let uid = d.metadata.uid.clone().unwrap_or_default();
-    let spec = d.spec.clone();
+    let spec = &d.spec;
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let mut all: Vec<Arc<ReplicaSet>> = ctx
         .replicasets
@@ -310,7 +310,7 @@ async fn create_new(
 ) -> Result<ReplicaSet, ReconcileError> {
     let ns = d.metadata.namespace.as_deref().unwrap_or("default");
     let name = d.metadata.name.as_deref().unwrap_or_default();
-    let spec = d.spec.clone();
+    let spec = &d.spec;
     let mut template = spec.template.clone();
     let tm = template.metadata.get_or_insert_with(Default::default);
     tm.labels
@@ -428,7 +428,7 @@ async fn update_status(
     });
     let avail = count(&|rs| available(ctx, rs));
     let updated = existing(ctx, new);
-    let spec = d.spec.clone();
+    let spec = &d.spec;
     let ru = spec
         .strategy
         .as_ref()

@@ -105,7 +105,7 @@ pub async fn reconcile(ctx: &Ctx, key: &str) -> Result<Requeue, ReconcileError> 
         .clone()
         .unwrap_or_else(|| "default".into());
     let uid = rs.metadata.uid.clone().unwrap_or_default();
-    let spec = rs.spec.clone();
+    let spec = &rs.spec;
     let owned = pods::owned_by(ctx, &ns, &uid);
     let name_of = |p: &k8s_openapi::api::core::v1::Pod| p.metadata.name.clone().unwrap_or_default();
     let present: HashSet<String> = owned.iter().map(|p| name_of(p)).collect();

@@ -76,7 +76,7 @@ impl ConsoleClock {
                 })
                 .collect()
         };
-        crate::files::write_atomic(out, text.as_bytes(), 0o644)
+        std::fs::write(out, text)
     }
 
     pub fn arrival(&self, path: &Path, end: u64) -> Option<Instant> {

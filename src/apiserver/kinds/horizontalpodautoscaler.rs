@@ -26,6 +26,18 @@ const METRIC_TYPES: &[&str] = &[
     "Resource",
 ];
 
+/// The field of a metric that holds its source, by the metric's `type`.
+fn source_field(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        "Pods" => "pods",
+        "Object" => "object",
+        "External" => "external",
+        _ => return None,
+    })
+}
+
 /// NAME, REFERENCE, TARGETS, MINPODS, MAXPODS, REPLICAS, AGE (kubectl's columns).
 fn table(o: &Value) -> (Vec<Col>, Vec<Value>) {
     let reference = format!(
@@ -73,14 +85,8 @@ fn targets(o: &Value) -> String {
         .and_then(Value::as_array);
     let mut out = Vec::new();
     for (i, m) in metrics.into_iter().flatten().enumerate() {
-        let kind = s(m, "/type");
-        let source = match kind {
-            "Resource" => "resource",
-            "ContainerResource" => "containerResource",
-            "Pods" => "pods",
-            "Object" => "object",
-            "External" => "external",
-            _ => continue,
+        let Some(source) = source_field(s(m, "/type")) else {
+            continue;
         };
         let target = &m[source]["target"];
         let now = current
@@ -158,13 +164,8 @@ fn validate(new: &Value, _old: Option<&Value>) -> Result<(), String> {
 fn validate_metric(m: &Value, at: &str) -> Result<(), String> {
     let kind = required(m, "/type", &format!("{at}.type"))?;
     one_of(m, "/type", &format!("{at}.type"), METRIC_TYPES)?;
-    let source = match kind {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        "Pods" => "pods",
-        "Object" => "object",
-        _ => "external",
-    };
+    // `one_of` above leaves only the known types.
+    let source = source_field(kind).unwrap_or("external");
     let Some(src) = m.get(source).filter(|v| v.is_object()) else {
         return Err(format!(
             "{at}.{source}: Required value: must populate information for the given metric source"

@@ -1,8 +1,7 @@
 //! What a kind does beyond being stored, one file per kind: its OpenAPI schema, its
 //! `kubectl get` columns, its defaults and its validation, gathered in a [`Strategy`] that
-//! the kind's row
-//! of the resource table ([`super::resources::RESOURCES`]) points at. Serving a new kind is
-//! one file here and one row there.
+//! the kind's row of the resource table ([`super::resources::RESOURCES`]) points at.
+//! Serving a new kind is one file here and one row there.
 //!
 //! Kinds without a file yet keep their columns in `table.rs`, their schema in
 //! `schemas.rs` and their checks in `admission.rs`/`defaults.rs`; they move here one by
@@ -225,13 +224,25 @@ pub fn is_qualified_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A string map as kubectl prints labels and node selectors (`a=1,b=2`); empty when absent.
+pub fn map_text(obj: &Value, ptr: &str) -> String {
+    obj.pointer(ptr)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
 /// A label selector as kubectl prints it (`app=web,tier in (a,b)`), `<none>` when empty.
 pub fn selector_text(sel: Option<&Value>) -> String {
     let mut parts = Vec::new();
-    if let Some(Value::Object(m)) = sel.and_then(|s| s.get("matchLabels")) {
-        for (k, v) in m {
-            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
-        }
+    let labels = sel.map(|s| map_text(s, "/matchLabels")).unwrap_or_default();
+    if !labels.is_empty() {
+        parts.push(labels);
     }
     if let Some(Value::Array(exprs)) = sel.and_then(|s| s.get("matchExpressions")) {
         for e in exprs {

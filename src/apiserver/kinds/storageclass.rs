@@ -103,14 +103,10 @@ fn validate(new: &Value, old: Option<&Value>) -> Result<(), String> {
         }
     }
     if let Some(old) = old {
-        for (field, what) in [
-            ("parameters", "parameters"),
-            ("provisioner", "provisioner"),
-            ("reclaimPolicy", "reclaimPolicy"),
-        ] {
+        for field in ["parameters", "provisioner", "reclaimPolicy"] {
             if old.get(field) != new.get(field) {
                 return Err(format!(
-                    "{field}: Forbidden: updates to {what} are forbidden."
+                    "{field}: Forbidden: updates to {field} are forbidden."
                 ));
             }
         }
