@@ -433,6 +433,7 @@ mod tests {
             namespace: ns.map(str::to_string),
             name: name.map(str::to_string),
             sub: sub.map(str::to_string),
+            custom: None,
         }
     }
 

@@ -23,9 +23,8 @@ use super::error::ApiError;
 use super::http::{json_response, Req, Response, Target};
 use super::list::{list_objects, ListQuery};
 use super::object::{self, finalizers, meta_mut, meta_str, set_rv, to_bytes};
-use super::resources::RESOURCES;
 use super::storage::{conflict, name_of, read, store_err};
-use super::State;
+use super::{crd, State};
 use crate::store::StoreError;
 
 /// The default grace period of a pod without `terminationGracePeriodSeconds`.
@@ -166,21 +165,50 @@ fn marked(old: &Value, grace: i64, o: &DeleteOptions) -> Option<Value> {
     Some(new)
 }
 
-/// Deletes every object in a namespace (stands in for the namespace controller).
-async fn empty_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
-    for res in RESOURCES.iter().filter(|r| r.namespaced) {
-        let page = st
-            .store
-            .list(&res.prefix(Some(ns)), Default::default())
-            .await?;
-        for kv in page.items {
-            match st.store.delete(&kv.key, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+/// Deletes every object under a storage prefix.
+async fn delete_prefix(st: &State, prefix: &str) -> Result<(), ApiError> {
+    let page = st.store.list(prefix, Default::default()).await?;
+    for kv in page.items {
+        match st.store.delete(&kv.key, None).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
+}
+
+/// Deletes every object in a namespace, custom ones included (stands in for the
+/// namespace controller).
+async fn empty_namespace(st: &State, ns: &str) -> Result<(), ApiError> {
+    let catalog = crd::catalog(st).await;
+    let mut prefixes: Vec<String> = catalog
+        .resources()
+        .filter(|r| r.namespaced)
+        .map(|r| r.prefix(Some(ns)))
+        .collect();
+    prefixes.dedup();
+    for prefix in prefixes {
+        delete_prefix(st, &prefix).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the objects of a CustomResourceDefinition that is going away (stands in for
+/// kube-apiserver's `customresourcecleanup` finalizer, without waiting for the objects'
+/// own finalizers).
+async fn empty_definition(st: &State, crd: &Value) -> Result<(), ApiError> {
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if group.is_empty() || plural.is_empty() {
+        return Ok(());
+    }
+    delete_prefix(st, &format!("/registry/{group}/{plural}/")).await
 }
 
 /// Deletes one object, or marks it for deletion (finalizers, graceful pods).
@@ -216,6 +244,9 @@ pub async fn delete_object(
             None => {
                 if t.res.plural == "namespaces" {
                     empty_namespace(st, name_of(t)).await?;
+                }
+                if t.res.plural == "customresourcedefinitions" {
+                    empty_definition(st, &old).await?;
                 }
                 st.store.delete(&key, Some(rev)).await.map(|(r, _)| {
                     let mut gone = old;
@@ -254,6 +285,7 @@ pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Resp
             namespace: meta_str(&obj, "namespace").map(str::to_string),
             name: meta_str(&obj, "name").map(str::to_string),
             sub: None,
+            custom: t.custom.clone(),
         };
         match delete_object(st, &one, &o, req.q("dryRun").is_some()).await {
             Ok(o) => deleted.push(o),
@@ -282,6 +314,7 @@ mod tests {
             namespace: Some("default".into()),
             name: Some(name.into()),
             sub: None,
+            custom: None,
         }
     }
 

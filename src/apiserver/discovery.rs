@@ -10,9 +10,10 @@
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
+use super::crd::Catalog;
 use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response};
-use super::resources::{self, Resource, RESOURCES, VERBS};
+use super::resources::{Resource, VERBS};
 use super::{subresource, State};
 use crate::KUBE_MINOR;
 
@@ -86,9 +87,9 @@ fn scope(r: &Resource) -> &'static str {
     }
 }
 
-fn aggregated_group(group: &str, version: &str) -> Value {
-    let resources: Vec<Value> = RESOURCES
-        .iter()
+fn aggregated_version(catalog: &Catalog, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = catalog
+        .resources()
         .filter(|r| r.group == group && r.version == version)
         .map(|r| {
             let subs: Vec<Value> = subresource::of(r)
@@ -109,21 +110,25 @@ fn aggregated_group(group: &str, version: &str) -> Value {
             })
         })
         .collect();
-    let mut metadata = json!({"creationTimestamp": null});
-    if !group.is_empty() {
-        metadata["name"] = json!(group);
-    }
-    json!({
-        "metadata": metadata,
-        "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
-    })
+    json!({"version": version, "resources": resources, "freshness": "Current"})
 }
 
-fn aggregated(core: bool) -> Response {
-    let items: Vec<Value> = resources::group_versions()
+fn aggregated(catalog: &Catalog, core: bool) -> Response {
+    let items: Vec<Value> = catalog
+        .groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
-        .map(|(g, v)| aggregated_group(g, v))
+        .map(|(g, vs)| {
+            let mut metadata = json!({"creationTimestamp": null});
+            if !g.is_empty() {
+                metadata["name"] = json!(g);
+            }
+            let versions: Vec<Value> = vs
+                .iter()
+                .map(|v| aggregated_version(catalog, g, v))
+                .collect();
+            json!({"metadata": metadata, "versions": versions})
+        })
         .collect();
     let body = json!({
         "kind": "APIGroupDiscoveryList",
@@ -139,9 +144,9 @@ fn aggregated(core: bool) -> Response {
 }
 
 /// `/api`.
-pub fn api(req: &Req) -> Response {
+pub fn api(catalog: &Catalog, req: &Req) -> Response {
     if wants_aggregated(req) {
-        return aggregated(true);
+        return aggregated(catalog, true);
     }
     json_response(
         StatusCode::OK,
@@ -153,22 +158,27 @@ pub fn api(req: &Req) -> Response {
     )
 }
 
-fn group_object(group: &str) -> Option<Value> {
-    let (g, v) = resources::group_versions()
+fn group_object(catalog: &Catalog, group: &str) -> Option<Value> {
+    let (g, vs) = catalog
+        .groups()
         .into_iter()
         .find(|(g, _)| *g == group && !g.is_empty())?;
-    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
-    Some(json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv}))
+    let gvs: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    Some(json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]}))
 }
 
 /// `/apis`.
-pub fn apis(req: &Req) -> Response {
+pub fn apis(catalog: &Catalog, req: &Req) -> Response {
     if wants_aggregated(req) {
-        return aggregated(false);
+        return aggregated(catalog, false);
     }
-    let groups: Vec<Value> = resources::group_versions()
+    let groups: Vec<Value> = catalog
+        .groups()
         .into_iter()
-        .filter_map(|(g, _)| group_object(g))
+        .filter_map(|(g, _)| group_object(catalog, g))
         .collect();
     json_response(
         StatusCode::OK,
@@ -177,18 +187,18 @@ pub fn apis(req: &Req) -> Response {
 }
 
 /// `/apis/<group>`.
-pub fn group(group: &str) -> Result<Response, ApiError> {
-    let mut g = group_object(group).ok_or(ApiError::RouteNotFound)?;
+pub fn group(catalog: &Catalog, group: &str) -> Result<Response, ApiError> {
+    let mut g = group_object(catalog, group).ok_or(ApiError::RouteNotFound)?;
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Ok(json_response(StatusCode::OK, &g))
 }
 
 /// `/api/v1` and `/apis/<group>/<version>`.
-pub fn group_version(group: &str, version: &str) -> Result<Response, ApiError> {
+pub fn group_version(catalog: &Catalog, group: &str, version: &str) -> Result<Response, ApiError> {
     let mut list = Vec::new();
-    for r in RESOURCES
-        .iter()
+    for r in catalog
+        .resources()
         .filter(|r| r.group == group && r.version == version)
     {
         list.push(json!({
@@ -305,9 +315,9 @@ mod tests {
 
     #[test]
     fn aggregated_discovery_lists_every_group_with_scale_subresources() {
-        let apps = aggregated_group("apps", "v1");
-        assert_eq!(apps["metadata"]["name"], "apps");
-        let resources = apps["versions"][0]["resources"].as_array().expect("list");
+        let cat = Catalog::default();
+        let apps = aggregated_version(&cat, "apps", "v1");
+        let resources = apps["resources"].as_array().expect("list");
         let deploy = resources
             .iter()
             .find(|r| r["resource"] == "deployments")
@@ -315,14 +325,15 @@ mod tests {
         assert_eq!(deploy["scope"], "Namespaced");
         assert_eq!(deploy["subresources"][1]["subresource"], "scale");
         assert_eq!(deploy["shortNames"][0], "deploy");
-        let core = aggregated_group("", "v1");
-        assert!(core["metadata"].get("name").is_none());
+        let core = aggregated_version(&cat, "", "v1");
+        assert!(core["resources"].as_array().is_some_and(|r| !r.is_empty()));
     }
 
     #[test]
     fn unknown_groups_are_not_found() {
-        assert!(group("example.com").is_err());
-        assert!(group_version("apps", "v2").is_err());
-        assert!(group_version("", "v1").is_ok());
+        let cat = Catalog::default();
+        assert!(group(&cat, "example.com").is_err());
+        assert!(group_version(&cat, "apps", "v2").is_err());
+        assert!(group_version(&cat, "", "v1").is_ok());
     }
 }

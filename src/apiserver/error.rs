@@ -43,6 +43,13 @@ pub enum ApiError {
         name: String,
         reason: String,
     },
+    /// Several field errors at once (a custom object against its schema).
+    #[error("{kind} \"{name}\" is invalid: {}", listed(errors))]
+    InvalidFields {
+        kind: String,
+        name: String,
+        errors: Vec<String>,
+    },
     #[error("{reason}")]
     DecodeBody { reason: String },
     #[error("{reason}")]
@@ -87,6 +94,14 @@ pub enum ApiError {
     Timeout { secs: u64 },
 }
 
+/// One error as it is, several as kube-apiserver lists them: `[a, b]`.
+fn listed(errors: &[String]) -> String {
+    match errors {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    }
+}
+
 /// `deployments.apps`, or `pods` for the core group, as Kubernetes names resources in messages.
 fn qualified(group: &str, resource: &str) -> String {
     if group.is_empty() {
@@ -106,6 +121,12 @@ impl From<StoreError> for ApiError {
 }
 
 impl ApiError {
+    /// A 422 listing every field error (`kind` as kube-apiserver names it in the message,
+    /// `Widget.example.com` for custom kinds).
+    pub fn invalid_fields(kind: String, name: String, errors: Vec<String>) -> ApiError {
+        ApiError::InvalidFields { kind, name, errors }
+    }
+
     /// The HTTP code and the `Status.reason` of this error.
     fn code_and_reason(&self) -> (StatusCode, &'static str) {
         use ApiError::*;
@@ -113,7 +134,7 @@ impl ApiError {
             RouteNotFound | NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
             AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             Conflict { .. } | AlreadyBound { .. } => (StatusCode::CONFLICT, "Conflict"),
-            Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            Invalid { .. } | InvalidFields { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             DecodeBody { .. } | BadQuery { .. } | ReadBody(_) => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
             }
@@ -173,6 +194,13 @@ impl ApiError {
             ApiError::Invalid { kind, name, reason } => {
                 Some(json!({"name": name, "kind": kind, "causes": causes(reason)}))
             }
+            ApiError::InvalidFields { kind, name, errors } => {
+                let all: Vec<Value> = errors
+                    .iter()
+                    .flat_map(|e| causes(e).as_array().cloned().unwrap_or_default())
+                    .collect();
+                Some(json!({"name": name, "kind": kind, "causes": all}))
+            }
             ApiError::Forbidden {
                 group, resource, ..
             } => Some(json!({"group": group, "kind": resource})),
@@ -221,6 +249,7 @@ fn causes(reason: &str) -> Value {
         ("Forbidden", "FieldValueForbidden"),
         ("Duplicate value", "FieldValueDuplicate"),
         ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
     ]
     .iter()
     .find(|(prefix, _)| message.starts_with(prefix))

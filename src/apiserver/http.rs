@@ -103,6 +103,8 @@ pub struct Target {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub sub: Option<String>,
+    /// The served version of a custom kind (schema, columns, scale paths).
+    pub custom: Option<std::sync::Arc<super::crd::Version>>,
 }
 
 fn percent_decode(s: &str) -> String {

@@ -111,6 +111,7 @@ async fn locate(
 ) -> Result<(String, String), ApiError> {
     let pod_target = Target {
         sub: None,
+        custom: None,
         ..t.clone()
     };
     let (pod, _) = read(state, &pod_target).await?;
@@ -140,6 +141,7 @@ async fn locate(
             namespace: None,
             name: Some(node.to_string()),
             sub: None,
+            custom: None,
         },
     )
     .await?;
@@ -322,6 +324,7 @@ mod tests {
             namespace: Some("default".into()),
             name: Some("p".into()),
             sub: sub.map(String::from),
+            custom: None,
         };
         assert_eq!(verb_of(&t("pods", Some("log"))), Some("get"));
         assert_eq!(verb_of(&t("pods", Some("exec"))), Some("create"));

@@ -133,7 +133,8 @@ pub async fn visit_objects(
             let kv = st.store.get(&res.key(namespace, name)).await?;
             let revision = st.store.current_revision().await?;
             if let Some(kv) = kv {
-                let obj = object::from_kv(&kv)?;
+                let mut obj = object::from_kv(&kv)?;
+                super::crd::present(res, &mut obj);
                 if q.matches(&obj) {
                     f(obj);
                 }
@@ -167,7 +168,8 @@ pub async fn visit_objects(
         revision = Some(page.revision);
         let last_key = page.items.last().map(|kv| kv.key.clone());
         for kv in &page.items {
-            let obj = object::from_kv(kv)?;
+            let mut obj = object::from_kv(kv)?;
+            super::crd::present(res, &mut obj);
             if q.matches(&obj) {
                 count += 1;
                 f(obj);

@@ -30,6 +30,10 @@
 //!
 //! Lists and watches are served by one shared watch cache ([`cache`]).
 //!
+//! CustomResourceDefinitions add kinds at run time ([`crd`]): routing, discovery, OpenAPI
+//! and Table output read the [`crd::Catalog`] of built-in and custom rows; custom objects
+//! are defaulted, pruned and validated against their structural schema.
+//!
 //! OpenAPI v2/v3 with schemas from `k8s-openapi` ([`schemas`]) for `kubectl explain` and
 //! `fieldValidation=Strict`.
 //!
@@ -46,6 +50,7 @@ mod bootstrap;
 mod cache;
 mod clock;
 pub mod compactor;
+mod crd;
 mod defaults;
 mod delete;
 mod discovery;
@@ -108,6 +113,8 @@ pub(crate) struct State {
     pub ready: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
     /// RBAC rules already derived for a user, until an RBAC object changes.
     pub rules_memo: rbac::RulesMemo,
+    /// The served custom resources, as of the last CRD change ([`crd::catalog`]).
+    pub crds: crd::Registry,
 }
 
 impl State {
@@ -160,6 +167,7 @@ impl State {
             kubelet_tls: None,
             ready: Default::default(),
             rules_memo: Default::default(),
+            crds: Default::default(),
         }
     }
 }
@@ -223,6 +231,7 @@ impl ApiServer {
             kubelet_tls,
             ready: Default::default(),
             rules_memo: Default::default(),
+            crds: Default::default(),
         };
         bootstrap::run(&state)
             .await

@@ -5,8 +5,9 @@
 //! columns, validation). Discovery, routing, storage keys and Table output all read this
 //! table, so adding a kind is adding a row and a file. How: objects live under
 //! `/registry/<plural>/<namespace>/<name>` (cluster-scoped: `/registry/<plural>/<name>`) as
-//! JSON, like Kubernetes lays out etcd. Limits: one version per group; plurals are unique
-//! across groups (no `events.k8s.io` events next to core events yet).
+//! JSON, like Kubernetes lays out etcd. Custom kinds add rows at run time
+//! ([`super::crd::Catalog`]). Limits: one version per built-in group; built-in plurals are
+//! unique across groups (no `events.k8s.io` events next to core events yet).
 
 use super::kinds::{self, Strategy};
 
@@ -42,6 +43,9 @@ pub struct Resource {
     /// What the kind does beyond being stored (schema, columns, validation), in its own
     /// file under `kinds/`; `None` for kinds that have not moved there yet.
     pub strategy: Option<&'static Strategy>,
+    /// Defined by a CustomResourceDefinition ([`super::crd`]): stored under
+    /// `/registry/<group>/<plural>/`.
+    pub custom: bool,
 }
 
 const ALL: &[&str] = &["all"];
@@ -68,6 +72,7 @@ const fn r(
         scale: false,
         names: NameRule::Subdomain,
         strategy: None,
+        custom: false,
     }
 }
 
@@ -436,6 +441,18 @@ pub static RESOURCES: &[Resource] = &[
         false,
         &["csr"],
     )),
+    with(
+        with_status(r(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            "customresourcedefinition",
+            false,
+            &["crd", "crds"],
+        )),
+        &super::crd::definition::STRATEGY,
+    ),
 ];
 
 /// The verbs every resource supports (discovery lists them; kubectl checks them).
@@ -460,19 +477,31 @@ impl Resource {
         }
     }
 
+    /// `<plural>` for built-in kinds, `<group>/<plural>` for custom ones (whose groups
+    /// always contain a dot, so they never collide with a built-in plural).
+    fn registry_dir(&self) -> String {
+        if self.custom {
+            format!("{}/{}", self.group, self.plural)
+        } else {
+            self.plural.to_string()
+        }
+    }
+
     /// The storage key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        let dir = self.registry_dir();
         match namespace.filter(|_| self.namespaced) {
-            Some(ns) => format!("/registry/{}/{ns}/{name}", self.plural),
-            None => format!("/registry/{}/{name}", self.plural),
+            Some(ns) => format!("/registry/{dir}/{ns}/{name}"),
+            None => format!("/registry/{dir}/{name}"),
         }
     }
 
     /// The storage prefix of a collection (one namespace, or all of them).
     pub fn prefix(&self, namespace: Option<&str>) -> String {
+        let dir = self.registry_dir();
         match namespace.filter(|_| self.namespaced) {
-            Some(ns) => format!("/registry/{}/{ns}/", self.plural),
-            None => format!("/registry/{}/", self.plural),
+            Some(ns) => format!("/registry/{dir}/{ns}/"),
+            None => format!("/registry/{dir}/"),
         }
     }
 }

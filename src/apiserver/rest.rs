@@ -24,10 +24,46 @@ use super::object::{
 use super::patch::{self, PatchKind};
 use super::resources;
 use super::storage::{conflict, invalid, name_of, not_found, read, store_err};
-use super::{admission, defaults, table, State};
+use super::{admission, crd, defaults, table, State};
+
+/// Where a scalable object keeps its replicas: `.spec.replicas` and `.status.replicas`
+/// for the built-in kinds, the CRD's paths for custom ones.
+fn replica_paths(custom: Option<&crd::Version>) -> (String, String) {
+    match custom.and_then(|c| c.scale.as_ref()) {
+        Some(p) => (
+            crd::pointer(&p.spec_replicas),
+            crd::pointer(&p.status_replicas),
+        ),
+        None => ("/spec/replicas".into(), "/status/replicas".into()),
+    }
+}
+
+/// Sets the desired replicas of a scalable object.
+fn set_replicas(obj: &mut Value, custom: Option<&crd::Version>, replicas: Value) {
+    let (spec, _) = replica_paths(custom);
+    let parts: Vec<&str> = spec.trim_start_matches('/').split('/').collect();
+    let mut at = obj;
+    for p in &parts[..parts.len() - 1] {
+        if !at[*p].is_object() {
+            at[*p] = json!({});
+        }
+        at = &mut at[*p];
+    }
+    at[parts[parts.len() - 1]] = replicas;
+}
 
 /// The `autoscaling/v1` Scale view of a scalable object.
-pub(super) fn scale_of(obj: &Value) -> Value {
+pub(super) fn scale_of(obj: &Value, custom: Option<&crd::Version>) -> Value {
+    let (spec_path, status_path) = replica_paths(custom);
+    let custom_selector = custom
+        .and_then(|c| c.scale.as_ref())
+        .and_then(|s| s.label_selector.as_deref())
+        .map(|p| {
+            obj.pointer(&crd::pointer(p))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        });
     let labels = obj
         .pointer("/spec/selector/matchLabels")
         .or_else(|| {
@@ -42,6 +78,7 @@ pub(super) fn scale_of(obj: &Value) -> Value {
                 .join(",")
         })
         .unwrap_or_default();
+    let labels = custom_selector.unwrap_or(labels);
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",
@@ -51,23 +88,24 @@ pub(super) fn scale_of(obj: &Value) -> Value {
             "resourceVersion": meta["resourceVersion"],
             "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1))},
+        "spec": {"replicas": obj.pointer(&spec_path).cloned().unwrap_or(json!(1))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.pointer(&status_path).cloned().unwrap_or(json!(0)),
             "selector": labels,
         },
     })
 }
 
-fn respond(t: &Target, req: &Req, code: StatusCode, obj: Value) -> Response {
+fn respond(t: &Target, req: &Req, code: StatusCode, mut obj: Value) -> Response {
     if t.sub.as_deref() == Some("scale") {
-        return json_response(code, &scale_of(&obj));
+        return json_response(code, &scale_of(&obj, t.custom.as_deref()));
     }
+    crd::present(t.res, &mut obj);
     if req.wants_table() {
         let rv = meta_str(&obj, "resourceVersion")
             .unwrap_or_default()
             .to_string();
-        return json_response(code, &table::table(t.res, &[obj], req, &rv, None));
+        return json_response(code, &table::table(t, &[obj], req, &rv, None));
     }
     json_response(code, &obj)
 }
@@ -86,7 +124,7 @@ pub async fn list(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErro
         return Ok(json_response(
             StatusCode::OK,
             &table::table(
-                t.res,
+                t,
                 &page.items,
                 req,
                 &page.revision.to_string(),
@@ -201,7 +239,7 @@ async fn create_object(
     ] {
         meta.remove(server_owned);
     }
-    if obj.get("spec").is_some() {
+    if obj.get("spec").is_some() || res.custom {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
     } else {
         meta_mut(&mut obj).remove("generation");
@@ -212,6 +250,7 @@ async fn create_object(
         }
     }
     defaults::on_create(st, res, &mut obj).await?;
+    admit_custom(t, req, &mut obj)?;
     if res.kind == "CertificateSigningRequest" {
         stamp_requester(&mut obj, req);
     }
@@ -228,6 +267,21 @@ async fn create_object(
         .map_err(|e| store_err(res, &name, e))?;
     set_rv(&mut obj, rev);
     Ok(obj)
+}
+
+/// Defaults, prunes and validates a custom object against its version's schema.
+fn admit_custom(t: &Target, req: &Req, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(v) = &t.custom else {
+        return Ok(());
+    };
+    // Only what the request sent can be unknown: the main endpoint keeps the stored
+    // status and the status endpoint keeps the stored rest.
+    let mode = if t.sub.is_some() {
+        Some("Ignore")
+    } else {
+        req.q("fieldValidation")
+    };
+    crd::admit(v, obj, mode, &mut |w| req.warn(w))
 }
 
 /// A CSR records who asked for it: the server overwrites `spec.username` and
@@ -327,11 +381,25 @@ fn merge_update(t: &Target, old: &Value, mut new: Value) -> Value {
         }
     }
     if let Some(g) = old_meta.get("generation").and_then(Value::as_i64) {
-        let bumped = if old.get("spec") != new.get("spec") {
-            g + 1
+        // Custom objects count every change outside metadata (and outside status when it
+        // has its own endpoint), as kube-apiserver does.
+        let changed = if t.res.custom {
+            let strip = |o: &Value| {
+                let mut o = o.clone();
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("apiVersion");
+                    if t.res.status {
+                        m.remove("status");
+                    }
+                }
+                o
+            };
+            strip(old) != strip(&new)
         } else {
-            g
+            old.get("spec") != new.get("spec")
         };
+        let bumped = if changed { g + 1 } else { g };
         meta_mut(&mut new).insert("generation".into(), json!(bumped));
     }
     new
@@ -350,6 +418,7 @@ async fn commit(
     let name = name_of(t).to_string();
     let mut new = merge_update(t, &old, new);
     defaults::on_update(st, res, &old, &mut new).await?;
+    admit_custom(t, req, &mut new)?;
     admission::admit(st, req, t, Some(&old), &new).await?;
     let key = res.key(t.namespace.as_deref(), &name);
     if to_bytes(&new) == to_bytes(&old) && rv_of(&old)? == Some(expected) {
@@ -401,7 +470,7 @@ pub async fn update(st: &State, t: &Target, req: &Req) -> Result<Response, ApiEr
         let scale = decode(&req.body, &req.content_type)?;
         let replicas = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
         let mut new = old.clone();
-        new["spec"]["replicas"] = replicas;
+        set_replicas(&mut new, t.custom.as_deref(), replicas);
         (new, rv_of(&scale)?)
     } else {
         let mut new = decode_object(&req.body, &req.content_type, t.res)?;
@@ -442,10 +511,11 @@ pub async fn patch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
             Err(e) => return Err(e),
         };
         let mut new = if t.sub.as_deref() == Some("scale") {
-            let mut scale = scale_of(&old);
+            let mut scale = scale_of(&old, t.custom.as_deref());
             patch::apply(kind, &mut scale, &p)?;
             let mut new = old.clone();
-            new["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+            let replicas = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
+            set_replicas(&mut new, t.custom.as_deref(), replicas);
             new
         } else {
             let mut new = old.clone();
@@ -477,6 +547,7 @@ mod tests {
             namespace: Some("default".into()),
             name: Some("d".into()),
             sub: sub.map(str::to_string),
+            custom: None,
         }
     }
 
@@ -521,7 +592,7 @@ mod tests {
         let d = json!({"kind": "Deployment", "metadata": {"name": "d", "resourceVersion": "4"},
                        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}},
                        "status": {"replicas": 1}});
-        let s = scale_of(&d);
+        let s = scale_of(&d, None);
         assert_eq!(s["spec"]["replicas"], 2);
         assert_eq!(s["status"]["selector"], "app=web");
         assert_eq!(s["metadata"]["resourceVersion"], "4");

@@ -25,10 +25,10 @@ use tokio::net::TcpListener;
 use super::audit;
 use super::error::ApiError;
 use super::http::{parse_query, Req, Response, Target};
-use super::resources;
 use super::tls::User;
 use super::{
-    authn, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, subresource, watch, State,
+    authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, subresource, watch,
+    State,
 };
 
 /// What a path addresses.
@@ -45,14 +45,23 @@ enum Route {
     Resource(Target),
 }
 
-fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, ApiError> {
+fn resource_route(
+    catalog: &crd::Catalog,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Route, ApiError> {
     let seg = |i: usize| rest.get(i).map(|s| s.to_string());
-    let (res, namespace, name, sub, len) = match rest {
+    let ((res, custom), namespace, name, sub, len) = match rest {
         ["namespaces", ns, plural, ..]
-            if resources::find(group, version, plural).is_some_and(|r| r.namespaced) =>
+            if catalog
+                .find(group, version, plural)
+                .is_some_and(|(r, _)| r.namespaced) =>
         {
             (
-                resources::find(group, version, plural).ok_or(ApiError::RouteNotFound)?,
+                catalog
+                    .find(group, version, plural)
+                    .ok_or(ApiError::RouteNotFound)?,
                 Some(ns.to_string()),
                 seg(3),
                 seg(4),
@@ -60,7 +69,9 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
             )
         }
         [plural, ..] => (
-            resources::find(group, version, plural).ok_or(ApiError::RouteNotFound)?,
+            catalog
+                .find(group, version, plural)
+                .ok_or(ApiError::RouteNotFound)?,
             None,
             seg(1),
             seg(2),
@@ -82,10 +93,11 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Result<Route, Ap
         namespace,
         name,
         sub,
+        custom,
     }))
 }
 
-fn route(path: &str) -> Result<Route, ApiError> {
+fn route(catalog: &crd::Catalog, path: &str) -> Result<Route, ApiError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => Ok(Route::Health),
@@ -93,14 +105,14 @@ fn route(path: &str) -> Result<Route, ApiError> {
         ["openapi", ..] => Ok(Route::OpenApi),
         ["api"] => Ok(Route::Api),
         ["api", "v1"] => Ok(Route::GroupVersion(String::new(), "v1".into())),
-        ["api", "v1", rest @ ..] => resource_route("", "v1", rest),
+        ["api", "v1", rest @ ..] => resource_route(catalog, "", "v1", rest),
         ["apis"] => Ok(Route::Apis),
         ["apis", g] => Ok(Route::Group(g.to_string())),
         ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
             Ok(Route::AccessReview)
         }
         ["apis", g, v] => Ok(Route::GroupVersion(g.to_string(), v.to_string())),
-        ["apis", g, v, rest @ ..] => resource_route(g, v, rest),
+        ["apis", g, v, rest @ ..] => resource_route(catalog, g, v, rest),
         _ => Err(ApiError::RouteNotFound),
     }
 }
@@ -251,7 +263,8 @@ async fn dispatch(
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|n| n > DRAIN_LIMIT);
-    let route = route(&path);
+    let catalog = crd::catalog(state).await;
+    let route = route(&catalog, &path);
     if let Ok(Route::Health | Route::Version) = route {
         return match route? {
             Route::Health => discovery::health(state, &path).await,
@@ -316,11 +329,11 @@ async fn dispatch(
     }
     let result = match route {
         Route::Health | Route::Version => Err(ApiError::RouteNotFound),
-        Route::Api => Ok(discovery::api(&r)),
-        Route::Apis => Ok(discovery::apis(&r)),
-        Route::Group(g) => discovery::group(&g),
-        Route::GroupVersion(g, v) => discovery::group_version(&g, &v),
-        Route::OpenApi => openapi::serve(&path, &r.accept),
+        Route::Api => Ok(discovery::api(&catalog, &r)),
+        Route::Apis => Ok(discovery::apis(&catalog, &r)),
+        Route::Group(g) => discovery::group(&catalog, &g),
+        Route::GroupVersion(g, v) => discovery::group_version(&catalog, &g, &v),
+        Route::OpenApi => openapi::serve(&catalog, &path, &r.accept),
         Route::AccessReview => {
             let a = rbac::Attributes {
                 verb: "create".into(),
@@ -335,6 +348,9 @@ async fn dispatch(
             let verb = verb(&r.method, &t, &r)?;
             note.verb = verb.to_string();
             authorize(state, r.user.as_ref(), &attributes(&t, verb)).await?;
+            if let Some(w) = t.custom.as_ref().and_then(|c| c.deprecated.clone()) {
+                r.warn(w);
+            }
             match verb {
                 "get" => rest::get(state, &t, &r).await,
                 "list" => rest::list(state, &t, &r).await,
@@ -508,7 +524,7 @@ mod tests {
     use super::*;
 
     fn target(path: &str) -> Target {
-        match route(path) {
+        match route(&crd::Catalog::default(), path) {
             Ok(Route::Resource(t)) => t,
             other => panic!("{path}: {other:?}"),
         }
@@ -547,7 +563,7 @@ mod tests {
             "/apis/apps/v1/namespaces/a/deployments/d/scale/extra",
             "/nope",
         ] {
-            assert!(route(p).is_err(), "{p}");
+            assert!(route(&crd::Catalog::default(), p).is_err(), "{p}");
         }
     }
 }

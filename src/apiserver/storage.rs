@@ -61,5 +61,7 @@ pub async fn read(st: &State, t: &Target) -> Result<(Value, i64), ApiError> {
         .get(&key)
         .await?
         .ok_or_else(|| not_found(t.res, name_of(t)))?;
-    Ok((object::from_kv(&kv)?, kv.mod_revision))
+    let mut obj = object::from_kv(&kv)?;
+    super::crd::present(t.res, &mut obj);
+    Ok((obj, kv.mod_revision))
 }

@@ -206,6 +206,7 @@ pub async fn evict(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
     let o = DeleteOptions::from_req(&opts_req)?;
     let pod = Target {
         sub: None,
+        custom: None,
         ..t.clone()
     };
     delete_object(st, &pod, &o, req.q("dryRun").is_some()).await?;
@@ -228,6 +229,7 @@ pub async fn token(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
     let mut tr = decode(&req.body, &req.content_type)?;
     let sa_target = Target {
         sub: None,
+        custom: None,
         ..t.clone()
     };
     let (sa, _) = read(st, &sa_target).await?;
@@ -301,6 +303,7 @@ mod tests {
             namespace: Some("default".into()),
             name: Some("p".into()),
             sub: Some(sub.into()),
+            custom: None,
         }
     }
 

@@ -10,7 +10,8 @@
 
 use serde_json::{json, Value};
 
-use super::http::Req;
+use super::crd;
+use super::http::{Req, Target};
 #[cfg(test)]
 use super::kinds::human_duration;
 use super::kinds::{age, len, map_text, n, or_none, s, Col};
@@ -445,31 +446,52 @@ fn builtin_columns_and_cells(kind: &str, o: &Value) -> (Vec<Col>, Vec<Value>) {
 }
 
 /// The Table for `objs` as the request asks (see [`table_with`]).
-pub fn table(res: &Resource, objs: &[Value], req: &Req, rv: &str, cont: Option<&str>) -> Value {
-    table_with(res, objs, req.q("includeObject"), &req.accept, rv, cont)
+pub fn table(t: &Target, objs: &[Value], req: &Req, rv: &str, cont: Option<&str>) -> Value {
+    table_with(
+        t.res,
+        t.custom.as_deref(),
+        objs,
+        req.q("includeObject"),
+        &req.accept,
+        rv,
+        cont,
+    )
 }
 
 /// The Table for `objs`; `include` is the `includeObject` parameter.
+/// A custom kind's columns are its CRD's `additionalPrinterColumns` after NAME.
 pub fn table_with(
     res: &Resource,
+    custom: Option<&crd::Version>,
     objs: &[Value],
     include: Option<&str>,
     accept: &str,
     rv: &str,
     cont: Option<&str>,
 ) -> Value {
-    let (cols, _) = columns_and_cells(res, &json!({}));
-    let defs: Vec<Value> = cols
-        .iter()
-        .map(|(name, typ, priority)| {
-            let format = if *name == "Name" { "name" } else { "" };
-            json!({"name": name, "type": typ, "format": format, "description": "", "priority": priority})
-        })
-        .collect();
+    let name_def = |name: &str, typ: &str, priority: u8| {
+        let format = if name == "Name" { "name" } else { "" };
+        json!({"name": name, "type": typ, "format": format, "description": "", "priority": priority})
+    };
+    let defs: Vec<Value> = match custom {
+        Some(c) => std::iter::once(name_def("Name", "string", 0))
+            .chain(c.columns.iter().map(crd::columns::Column::definition))
+            .collect(),
+        None => columns_and_cells(res, &json!({}))
+            .0
+            .iter()
+            .map(|(name, typ, priority)| name_def(name, typ, *priority))
+            .collect(),
+    };
     let rows: Vec<Value> = objs
         .iter()
         .map(|o| {
-            let (_, cells) = columns_and_cells(res, o);
+            let cells = match custom {
+                Some(c) => std::iter::once(json!(s(o, "/metadata/name")))
+                    .chain(c.columns.iter().map(|col| col.cell(o)))
+                    .collect(),
+                None => columns_and_cells(res, o).1,
+            };
             let object = match include {
                 Some("None") => Value::Null,
                 Some("Object") => o.clone(),
@@ -525,6 +547,7 @@ mod tests {
                  "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
         let t = table_with(
             by_plural("pods").expect("pods"),
+            None,
             &[pod],
             None,
             "",
@@ -547,6 +570,7 @@ mod tests {
             "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}]}});
         let t = table_with(
             by_plural("services").expect("svc"),
+            None,
             &[svc],
             Some("Object"),
             "",
@@ -559,6 +583,7 @@ mod tests {
         let cm = json!({"metadata": {"name": "c"}, "data": {"a": "1", "b": "2"}});
         let t = table_with(
             by_plural("configmaps").expect("cm"),
+            None,
             &[cm],
             None,
             "",

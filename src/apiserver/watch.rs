@@ -39,16 +39,21 @@ struct Encoder {
     req_accept: String,
     include: Option<String>,
     res: &'static super::resources::Resource,
+    custom: Option<std::sync::Arc<super::crd::Version>>,
 }
 
 impl Encoder {
-    fn line(&self, kind: &str, obj: Value) -> Bytes {
+    fn line(&self, kind: &str, mut obj: Value) -> Bytes {
+        if kind != "ERROR" {
+            super::crd::present(self.res, &mut obj);
+        }
         let object = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
             let rv = object::meta_str(&obj, "resourceVersion")
                 .unwrap_or_default()
                 .to_string();
             table::table_with(
                 self.res,
+                self.custom.as_deref(),
                 &[obj],
                 self.include.as_deref(),
                 &self.req_accept,
@@ -91,6 +96,7 @@ pub async fn watch(st: &State, t: &Target, req: &Req) -> Result<Response, ApiErr
         req_accept: req.accept.clone(),
         include: req.q("includeObject").map(str::to_string),
         res: t.res,
+        custom: t.custom.clone(),
     };
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
     let (initial, from) = match (send_initial, rv) {
@@ -226,6 +232,7 @@ mod tests {
             namespace: Some("default".into()),
             name: None,
             sub: None,
+            custom: None,
         }
     }
 
