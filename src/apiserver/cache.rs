@@ -62,6 +62,40 @@ struct Inner {
     relisted: i64,
 }
 
+/// A value derived from some resources of the cache (the served custom kinds, the
+/// admission webhooks), kept until one of those resources changes.
+pub struct Derived<T>(std::sync::Mutex<Option<(i64, Arc<T>)>>);
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Derived(std::sync::Mutex::new(None))
+    }
+}
+
+impl<T> Derived<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<T>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value computed at revision `at`, if that is the one kept.
+    pub fn fresh(&self, at: i64) -> Option<Arc<T>> {
+        self.lock()
+            .as_ref()
+            .filter(|(rev, _)| *rev == at)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// The last value computed, whatever its revision.
+    pub fn last(&self) -> Option<Arc<T>> {
+        self.lock().as_ref().map(|(_, v)| v.clone())
+    }
+
+    /// Keeps `value`, computed at revision `at`.
+    pub fn keep(&self, at: i64, value: Arc<T>) {
+        *self.lock() = Some((at, value));
+    }
+}
+
 /// The resource segment of a registry key (`pods` of `/registry/pods/ns/name`).
 fn resource_of(key: &str) -> &str {
     let rest = key.strip_prefix(PREFIX).unwrap_or(key);

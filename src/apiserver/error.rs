@@ -50,6 +50,12 @@ pub enum ApiError {
         name: String,
         errors: Vec<String>,
     },
+    /// An admission webhook refused the request (its code, at least 400).
+    #[error("{message}")]
+    Denied { code: u16, message: String },
+    /// An admission webhook with `failurePolicy: Fail` could not be called.
+    #[error("Internal error occurred: {message}")]
+    WebhookFailed { message: String },
     #[error("{reason}")]
     DecodeBody { reason: String },
     #[error("{reason}")]
@@ -135,6 +141,21 @@ impl ApiError {
             AlreadyExists { .. } => (StatusCode::CONFLICT, "AlreadyExists"),
             Conflict { .. } | AlreadyBound { .. } => (StatusCode::CONFLICT, "Conflict"),
             Invalid { .. } | InvalidFields { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+            Denied { code, .. } => {
+                let code = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
+                let reason = match code.as_u16() {
+                    400 => "BadRequest",
+                    401 => "Unauthorized",
+                    403 => "Forbidden",
+                    404 => "NotFound",
+                    409 => "Conflict",
+                    422 => "Invalid",
+                    429 => "TooManyRequests",
+                    _ => "",
+                };
+                (code, reason)
+            }
+            WebhookFailed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             DecodeBody { .. } | BadQuery { .. } | ReadBody(_) => {
                 (StatusCode::BAD_REQUEST, "BadRequest")
             }

@@ -29,7 +29,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -171,27 +171,10 @@ async fn dial(state: &State, addr: &str) -> Result<Sender, ApiError> {
         .kubelet_tls
         .clone()
         .ok_or_else(|| fail("no apiserver-kubelet-client certificate".into()))?;
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await
-    .map_err(|_| fail("timed out".into()))?
-    .map_err(|e| fail(e.to_string()))?;
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-        .map_err(|e| fail(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
+    super::backend::dial(addr, host, tls, Duration::from_secs(10))
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
+        .map_err(fail)
 }
 
 /// The query string without `container` (it is part of the kubelet's path).
@@ -358,7 +341,7 @@ mod tests {
             }
         });
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
         tokio_rustls::TlsConnector::from(client)
             .connect(name, tcp)
             .await

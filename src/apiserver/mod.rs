@@ -21,7 +21,7 @@
 //! authorization: `system:masters`, then the Node authorizer for kubelets
 //! ([`node_authz`]), then RBAC ([`rbac`]) with the default roles ([`rbac_defaults`]);
 //! admission ([`admission`]): RBAC escalation prevention, NodeRestriction and Pod Security
-//! ([`pod_security`]). Every request can be recorded in an audit log ([`audit`]).
+//! ([`pod_security`]), then the users' admission webhooks ([`webhook`]). Every request can be recorded in an audit log ([`audit`]).
 //!
 //! Bounds: connections, handshakes and request heads are bounded by [`crate::https`];
 //! in-flight requests (429 past 400 read-only / 200 mutating) and a per-request deadline
@@ -46,6 +46,7 @@ mod admission;
 mod attributes;
 pub mod audit;
 mod authn;
+mod backend;
 mod bootstrap;
 mod cache;
 mod clock;
@@ -81,6 +82,7 @@ mod subresource;
 mod table;
 mod tls;
 mod watch;
+mod webhook;
 
 use std::future::Future;
 use std::path::Path;
@@ -115,6 +117,8 @@ pub(crate) struct State {
     pub rules_memo: rbac::RulesMemo,
     /// The served custom resources, as of the last CRD change ([`crd::catalog`]).
     pub crds: crd::Registry,
+    /// The admission webhooks, as of the last change to their configurations.
+    pub hooks: webhook::Registry,
 }
 
 impl State {
@@ -168,6 +172,7 @@ impl State {
             ready: Default::default(),
             rules_memo: Default::default(),
             crds: Default::default(),
+            hooks: Default::default(),
         }
     }
 }
@@ -232,6 +237,7 @@ impl ApiServer {
             ready: Default::default(),
             rules_memo: Default::default(),
             crds: Default::default(),
+            hooks: Default::default(),
         };
         bootstrap::run(&state)
             .await

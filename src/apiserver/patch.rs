@@ -144,7 +144,8 @@ fn merge_key(field: &str, sample: &Value) -> Option<&'static str> {
         | "env"
         | "volumes"
         | "imagePullSecrets"
-        | "resourceClaims" => Some("name"),
+        | "resourceClaims"
+        | "webhooks" => Some("name"),
         "ports" if sample.get("containerPort").is_some() => Some("containerPort"),
         "ports" => Some("port"),
         "volumeMounts" | "volumeDevices" => Some("mountPath"),

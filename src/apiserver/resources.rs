@@ -453,6 +453,30 @@ pub static RESOURCES: &[Resource] = &[
         )),
         &super::crd::definition::STRATEGY,
     ),
+    with(
+        r(
+            "admissionregistration.k8s.io",
+            "v1",
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            "mutatingwebhookconfiguration",
+            false,
+            &[],
+        ),
+        &kinds::webhookconfiguration::MUTATING,
+    ),
+    with(
+        r(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            "validatingwebhookconfiguration",
+            false,
+            &[],
+        ),
+        &kinds::webhookconfiguration::VALIDATING,
+    ),
 ];
 
 /// The verbs every resource supports (discovery lists them; kubectl checks them).

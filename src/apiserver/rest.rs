@@ -24,7 +24,7 @@ use super::object::{
 use super::patch::{self, PatchKind};
 use super::resources;
 use super::storage::{conflict, invalid, name_of, not_found, read, store_err};
-use super::{admission, crd, defaults, table, State};
+use super::{admission, crd, defaults, table, webhook, State};
 
 /// Where a scalable object keeps its replicas: `.spec.replicas` and `.status.replicas`
 /// for the built-in kinds, the CRD's paths for custom ones.
@@ -250,11 +250,13 @@ async fn create_object(
         }
     }
     defaults::on_create(st, res, &mut obj).await?;
+    webhook::mutate(st, t, req, "CREATE", &mut obj, None).await?;
     admit_custom(t, req, &mut obj)?;
     if res.kind == "CertificateSigningRequest" {
         stamp_requester(&mut obj, req);
     }
     admission::admit(st, req, t, None, &obj).await?;
+    webhook::validate(st, t, req, "CREATE", &obj, None).await?;
     if req.q("dryRun").is_some() {
         return Ok(obj);
     }
@@ -418,8 +420,12 @@ async fn commit(
     let name = name_of(t).to_string();
     let mut new = merge_update(t, &old, new);
     defaults::on_update(st, res, &old, &mut new).await?;
+    webhook::mutate(st, t, req, "UPDATE", &mut new, Some(&old)).await?;
     admit_custom(t, req, &mut new)?;
     admission::admit(st, req, t, Some(&old), &new).await?;
+    if to_bytes(&new) != to_bytes(&old) {
+        webhook::validate(st, t, req, "UPDATE", &new, Some(&old)).await?;
+    }
     let key = res.key(t.namespace.as_deref(), &name);
     if to_bytes(&new) == to_bytes(&old) && rv_of(&old)? == Some(expected) {
         return Ok(old);

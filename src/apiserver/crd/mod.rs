@@ -155,14 +155,7 @@ impl Catalog {
 }
 
 /// The catalog as of the last CRD change the watch cache has seen.
-#[derive(Default)]
-pub struct Registry(Mutex<Option<(i64, Arc<Catalog>)>>);
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(i64, Arc<Catalog>)>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub type Registry = super::cache::Derived<Catalog>;
 
 /// The current catalog: the memoized one while no CRD changed, else rebuilt from the
 /// CRDs (a store failure keeps serving the last one).
@@ -171,21 +164,14 @@ pub async fn catalog(st: &State) -> Arc<Catalog> {
         .cache
         .as_ref()
         .map(|c| c.changed_at(&["customresourcedefinitions"]));
-    if let (Some(at), Some((rev, cat))) = (at, st.crds.lock().as_ref()) {
-        if *rev == at {
-            return cat.clone();
-        }
+    if let Some(cat) = at.and_then(|at| st.crds.fresh(at)) {
+        return cat;
     }
     let page = match st.list(CRD_PREFIX, Default::default(), true).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the CustomResourceDefinitions");
-            return st
-                .crds
-                .lock()
-                .as_ref()
-                .map(|(_, c)| c.clone())
-                .unwrap_or_default();
+            return st.crds.last().unwrap_or_default();
         }
     };
     let mut custom = Vec::new();
@@ -203,7 +189,7 @@ pub async fn catalog(st: &State) -> Arc<Catalog> {
     }
     let cat = Arc::new(Catalog { custom });
     if let Some(at) = at {
-        *st.crds.lock() = Some((at, cat.clone()));
+        st.crds.keep(at, cat.clone());
     }
     cat
 }

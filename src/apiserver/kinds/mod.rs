@@ -19,6 +19,7 @@ pub mod poddisruptionbudget;
 pub mod priorityclass;
 pub mod runtimeclass;
 pub mod storageclass;
+pub mod webhookconfiguration;
 
 /// A table column: name, type, priority (0 always shown, 1 with `-o wide`).
 pub type Col = (&'static str, &'static str, u8);
