@@ -2,13 +2,18 @@
 //! figures of issue 5: create/s of small ConfigMaps through the apiserver ÷ raw etcd
 //! puts/s of the same bytes (same run, same concurrency), p50/p99 create latency, LIST
 //! latency for 10,000 pods, 1,000 watchers during 1,000 updates (delivered %, p99 lag),
-//! and the RSS of the apiserver process with 10,000 pods stored.
+//! and the RSS of the apiserver process with 10,000 pods stored. Issue 15's figures too:
+//! creates of a custom resource whose CRD schema is as large as kube-prometheus'
+//! `Prometheus` (~10,000 schema nodes) against ConfigMaps of the same size, and the
+//! latency one mutating plus one validating admission webhook add to a create (the test
+//! webhook server of `tests/common/webhook.rs`, over TLS on loopback).
 //!
 //! The apiserver runs as its own process, `kimg up DIR --store etcd=URL --no-scheduler
 //! --no-controller-manager` (the binary from `$KIMG`, else the release build next to this
 //! example), so its RSS is its own.
 //!
-//! Run: `cargo build --release && cargo run --release --example apiserver_bench [-- --quick]`.
+//! Run: `cargo build --release && cargo run --release --example apiserver_bench [-- --quick]`
+//! (`--skip-extensions` leaves out the custom resource and webhook sections).
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,6 +23,9 @@ use std::time::{Duration, Instant};
 use kimg::store::{EtcdStore, LocalEtcd, Store};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+#[path = "../tests/common/webhook.rs"]
+mod webhook;
 
 const CONCURRENCY: usize = 8;
 
@@ -70,22 +78,40 @@ fn create_all(
     prefix: &str,
     creates: usize,
 ) -> (f64, Vec<Duration>) {
+    post_all(
+        agent,
+        &format!("{url}/api/v1/namespaces/default/configmaps"),
+        token,
+        creates,
+        |i| configmap(&format!("{prefix}-{i:05}"), i),
+    )
+}
+
+/// `creates` POSTs of `body(N)` to `collection`, `CONCURRENCY` at a time; returns
+/// creates/s and the latencies.
+fn post_all(
+    agent: &ureq::Agent,
+    collection: &str,
+    token: Option<&str>,
+    creates: usize,
+    body: impl Fn(usize) -> String + Sync,
+) -> (f64, Vec<Duration>) {
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(creates)));
     let t = Instant::now();
     std::thread::scope(|s| {
         for w in 0..CONCURRENCY {
             let latencies = latencies.clone();
+            let body = &body;
             s.spawn(move || {
                 for i in (w..creates).step_by(CONCURRENCY) {
                     let one = Instant::now();
                     let mut req = agent
-                        .post(&format!("{url}/api/v1/namespaces/default/configmaps"))
+                        .post(collection)
                         .set("Content-Type", "application/json");
                     if let Some(t) = token {
                         req = req.set("Authorization", &format!("Bearer {t}"));
                     }
-                    req.send_string(&configmap(&format!("{prefix}-{i:05}"), i))
-                        .expect("create");
+                    req.send_string(&body(i)).expect("create");
                     latencies.lock().expect("lock").push(one.elapsed());
                 }
             });
@@ -100,6 +126,202 @@ fn configmap(name: &str, i: usize) -> String {
     format!(
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","namespace":"default"}},"data":{{"i":"{i}"}}}}"#
     )
+}
+
+/// A CRD whose schema has about as many nodes as kube-prometheus' `Prometheus` (~10,000):
+/// 100 sections of 100 typed, bounded fields.
+fn big_crd() -> serde_json::Value {
+    let mut sections = serde_json::Map::new();
+    for s in 0..100 {
+        let mut fields = serde_json::Map::new();
+        for f in 0..100 {
+            let field = match f % 4 {
+                0 => {
+                    serde_json::json!({"type": "string", "maxLength": 253, "pattern": "^[a-z0-9-]*$"})
+                }
+                1 => serde_json::json!({"type": "integer", "minimum": 0, "maximum": 65535}),
+                2 => {
+                    serde_json::json!({"type": "string", "enum": ["Always", "Never", "IfNotPresent"]})
+                }
+                _ => serde_json::json!({"type": "boolean", "default": false}),
+            };
+            fields.insert(format!("field{f}"), field);
+        }
+        sections.insert(
+            format!("section{s}"),
+            serde_json::json!({"type": "object", "properties": fields}),
+        );
+    }
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "monitors.bench.example.io"},
+        "spec": {"group": "bench.example.io", "scope": "Namespaced",
+            "names": {"plural": "monitors", "kind": "Monitor"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": sections}}}}}]}
+    })
+}
+
+/// A `Monitor` filling ten sections (about 2 KiB), and a ConfigMap of the same size.
+fn monitor_and_configmap(i: usize) -> (String, String) {
+    let mut spec = serde_json::Map::new();
+    for s in 0..10 {
+        let mut section = serde_json::Map::new();
+        for f in 0..8 {
+            let v = match f % 4 {
+                0 => serde_json::json!(format!("value-{i}-{f}")),
+                1 => serde_json::json!(i % 65535),
+                2 => serde_json::json!("Always"),
+                _ => serde_json::json!(true),
+            };
+            section.insert(format!("field{f}"), v);
+        }
+        spec.insert(format!("section{s}"), serde_json::Value::Object(section));
+    }
+    let name = format!("m-{i:05}");
+    let monitor = serde_json::json!({"apiVersion": "bench.example.io/v1", "kind": "Monitor",
+        "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    .to_string();
+    let spec_text = serde_json::Value::Object(spec).to_string();
+    let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default"}, "data": {"spec": spec_text}})
+    .to_string();
+    (monitor, cm)
+}
+
+/// Issue 15's figures: custom resources against same-size ConfigMaps, and webhook latency.
+fn extensions(agent: &ureq::Agent, url: &str, creates: usize, pid: u32) {
+    println!(
+        "apiserver rss before the extension sections: {:.0} MB",
+        rss_mb(pid)
+    );
+    let crd = big_crd().to_string();
+    agent
+        .post(&format!(
+            "{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        ))
+        .set("Content-Type", "application/json")
+        .send_string(&crd)
+        .expect("crd");
+    let monitors = format!("{url}/apis/bench.example.io/v1/namespaces/default/monitors");
+    for _ in 0..100 {
+        if agent.get(&monitors).call().is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (sample_cr, sample_cm) = monitor_and_configmap(0);
+    let (cr_rate, mut cr_lat) = post_all(agent, &monitors, None, creates, |i| {
+        monitor_and_configmap(i).0
+    });
+    let (cm_rate, mut cm_lat) = post_all(
+        agent,
+        &format!("{url}/api/v1/namespaces/default/configmaps"),
+        None,
+        creates,
+        |i| monitor_and_configmap(i).1,
+    );
+    println!(
+        "custom resources: {creates} creates, CRD schema {} KiB, objects {} B (ConfigMaps {} B)",
+        crd.len() / 1024,
+        sample_cr.len(),
+        sample_cm.len()
+    );
+    println!(
+        "  Monitor creates/s     {cr_rate:9.0}   p50 {:?}  p99 {:?}",
+        pct(&mut cr_lat, 0.5),
+        pct(&mut cr_lat, 0.99)
+    );
+    println!(
+        "  ConfigMap creates/s   {cm_rate:9.0}   p50 {:?}  p99 {:?}",
+        pct(&mut cm_lat, 0.5),
+        pct(&mut cm_lat, 0.99)
+    );
+    println!(
+        "BENCH cr_creates_per_s={cr_rate:.0} cm_same_size_creates_per_s={cm_rate:.0} cr_p99_ms={:.1} cm_p99_ms={:.1}",
+        pct(&mut cr_lat, 0.99).as_secs_f64() * 1e3,
+        pct(&mut cm_lat, 0.99).as_secs_f64() * 1e3
+    );
+    println!("  apiserver rss after them: {:.0} MB", rss_mb(pid));
+
+    // One mutating and one validating webhook on ConfigMaps labelled `bench: hooked`.
+    let hook = webhook::Webhook::start();
+    let config = |kind: &str, path: &str| {
+        serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind,
+            "metadata": {"name": format!("bench-{}", path.trim_start_matches('/'))},
+            "webhooks": [{"name": format!("{}.bench.example.io", path.trim_start_matches('/')),
+                "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                "clientConfig": {"url": hook.url(path), "caBundle": hook.ca_bundle},
+                "objectSelector": {"matchLabels": {"bench": "hooked"}},
+                "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                           "resources": ["configmaps"]}]}]})
+        .to_string()
+    };
+    for (plural, kind, path) in [
+        (
+            "mutatingwebhookconfigurations",
+            "MutatingWebhookConfiguration",
+            "/mutate",
+        ),
+        (
+            "validatingwebhookconfigurations",
+            "ValidatingWebhookConfiguration",
+            "/validate",
+        ),
+    ] {
+        agent
+            .post(&format!(
+                "{url}/apis/admissionregistration.k8s.io/v1/{plural}"
+            ))
+            .set("Content-Type", "application/json")
+            .send_string(&config(kind, path))
+            .expect("webhook configuration");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let labelled = |prefix: &'static str, label: &'static str| {
+        move |i: usize| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{prefix}-{i:05}","labels":{{"bench":"{label}"}}}},"data":{{"i":"{i}"}}}}"#
+            )
+        }
+    };
+    let collection = format!("{url}/api/v1/namespaces/default/configmaps");
+    let (plain_rate, mut plain) = post_all(
+        agent,
+        &collection,
+        None,
+        creates,
+        labelled("plain", "plain"),
+    );
+    let (hooked_rate, mut hooked) = post_all(
+        agent,
+        &collection,
+        None,
+        creates,
+        labelled("hooked", "hooked"),
+    );
+    let reviews = hook.users.lock().map(|u| u.len()).unwrap_or(0);
+    println!(
+        "admission webhooks: {creates} creates each, one mutating + one validating webhook ({reviews} reviews answered)"
+    );
+    println!(
+        "  without   {plain_rate:7.0}/s  p50 {:?}  p99 {:?}",
+        pct(&mut plain, 0.5),
+        pct(&mut plain, 0.99)
+    );
+    println!(
+        "  with      {hooked_rate:7.0}/s  p50 {:?}  p99 {:?}",
+        pct(&mut hooked, 0.5),
+        pct(&mut hooked, 0.99)
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "BENCH webhook_overhead_p50_ms={:.2} webhook_overhead_p99_ms={:.2}",
+        ms(pct(&mut hooked, 0.5)) - ms(pct(&mut plain, 0.5)),
+        ms(pct(&mut hooked, 0.99)) - ms(pct(&mut plain, 0.99))
+    );
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -253,6 +475,14 @@ fn main() {
         api_rate / raw_rate,
         sa_rate / raw_rate
     );
+
+    if !std::env::args().any(|a| a == "--skip-extensions") {
+        extensions(&agent, &url, creates, pid);
+        println!(
+            "apiserver rss after the extension sections: {:.0} MB",
+            rss_mb(pid)
+        );
+    }
 
     // 10,000 pods, written to the store directly, listed through the apiserver.
     rt.block_on(async {

@@ -187,6 +187,7 @@ pub async fn catalog(st: &State) -> Arc<Catalog> {
             }
         }
     }
+    tracing::debug!(versions = custom.len(), "custom resource catalog rebuilt");
     let cat = Arc::new(Catalog { custom });
     if let Some(at) = at {
         st.crds.keep(at, cat.clone());

@@ -18,7 +18,8 @@
 //! (CEL) rules are not evaluated yet; list types (`x-kubernetes-list-type: set/map`) are
 //! checked for duplicates but do not change how patches merge.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use regex::Regex;
 use serde_json::{Map, Value};
@@ -31,14 +32,17 @@ pub const MAX_NODES: usize = 200_000;
 pub struct Schema {
     ty: Option<String>,
     nullable: bool,
-    properties: BTreeMap<String, Schema>,
+    /// Boxed: a B-tree node holds eleven values, most of them empty slots.
+    properties: BTreeMap<String, Box<Schema>>,
     /// `additionalProperties`: a schema for every other key (`Some`), or none allowed.
     additional: Option<Box<Schema>>,
     additional_false: bool,
     items: Option<Box<Schema>>,
     required: Vec<String>,
     enumeration: Option<Vec<Value>>,
-    pattern: Option<Regex>,
+    /// Shared by every node of the schema with the same pattern: a compiled regex and its
+    /// matching caches cost tens of KiB, and large CRDs repeat their patterns.
+    pattern: Option<Arc<Regex>>,
     format: Option<String>,
     min_length: Option<u64>,
     max_length: Option<u64>,
@@ -60,6 +64,31 @@ pub struct Schema {
     any_of: Vec<Schema>,
     one_of: Vec<Schema>,
     not: Option<Box<Schema>>,
+}
+
+/// What one compilation shares: the node budget and the compiled patterns.
+struct Compiler {
+    budget: usize,
+    patterns: HashMap<String, Arc<Regex>>,
+}
+
+impl Compiler {
+    fn pattern(&mut self, p: &str, at: &str) -> Result<Arc<Regex>, String> {
+        if let Some(re) = self.patterns.get(p) {
+            return Ok(re.clone());
+        }
+        let re = regex::RegexBuilder::new(p)
+            .size_limit(1 << 20)
+            .dfa_size_limit(256 << 10)
+            .build()
+            .map_err(|e| {
+                let first = e.to_string().lines().last().unwrap_or_default().to_string();
+                format!("{at}.pattern: Invalid value: \"{p}\": {first}")
+            })?;
+        let re = Arc::new(re);
+        self.patterns.insert(p.to_string(), re.clone());
+        Ok(re)
+    }
 }
 
 /// One field error, worded `<path>: <why>` as kube-apiserver's field errors.
@@ -90,8 +119,11 @@ impl Schema {
     /// Compiles the schema at `at` (the field path of `openAPIV3Schema` in the CRD, for
     /// errors). The root must be an object.
     pub fn compile(v: &Value, at: &str) -> Result<Schema, String> {
-        let mut budget = MAX_NODES;
-        let s = Self::node(v, at, &mut budget, true)?;
+        let mut c = Compiler {
+            budget: MAX_NODES,
+            patterns: HashMap::new(),
+        };
+        let s = Self::node(v, at, &mut c, true)?;
         if s.ty.as_deref() != Some("object") {
             return Err(format!(
                 "{at}.type: Invalid value: \"{}\": must be object at the root",
@@ -101,13 +133,13 @@ impl Schema {
         Ok(s)
     }
 
-    fn node(v: &Value, at: &str, budget: &mut usize, structural: bool) -> Result<Schema, String> {
-        if *budget == 0 {
+    fn node(v: &Value, at: &str, c: &mut Compiler, structural: bool) -> Result<Schema, String> {
+        if c.budget == 0 {
             return Err(format!(
                 "{at}: Too many: the schema has more than {MAX_NODES} nodes"
             ));
         }
-        *budget -= 1;
+        c.budget -= 1;
         let Some(m) = v.as_object() else {
             return Err(format!("{at}: Invalid value: {v}: must be a schema object"));
         };
@@ -155,14 +187,7 @@ impl Schema {
             ));
         }
         if let Some(p) = m.get("pattern").and_then(Value::as_str) {
-            let re = regex::RegexBuilder::new(p)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| {
-                    let first = e.to_string().lines().last().unwrap_or_default().to_string();
-                    format!("{at}.pattern: Invalid value: \"{p}\": {first}")
-                })?;
-            s.pattern = Some(re);
+            s.pattern = Some(c.pattern(p, at)?);
         }
         if let Some(e) = m.get("enum") {
             s.enumeration = Some(
@@ -186,8 +211,8 @@ impl Schema {
         }
         if let Some(Value::Object(props)) = m.get("properties") {
             for (k, p) in props {
-                let child = Self::node(p, &format!("{at}.properties[{k}]"), budget, structural)?;
-                s.properties.insert(k.clone(), child);
+                let child = Self::node(p, &format!("{at}.properties[{k}]"), c, structural)?;
+                s.properties.insert(k.clone(), Box::new(child));
             }
         }
         match m.get("additionalProperties") {
@@ -201,7 +226,7 @@ impl Schema {
                 s.additional = Some(Box::new(Self::node(
                     a,
                     &format!("{at}.additionalProperties"),
-                    budget,
+                    c,
                     structural,
                 )?));
             }
@@ -211,7 +236,7 @@ impl Schema {
             s.items = Some(Box::new(Self::node(
                 i,
                 &format!("{at}.items"),
-                budget,
+                c,
                 structural,
             )?));
         } else if s.ty.as_deref() == Some("array") && structural {
@@ -225,7 +250,7 @@ impl Schema {
                 .iter()
                 .enumerate()
                 // Branches of combinators only constrain: they need no `type`.
-                .map(|(i, b)| Self::node(b, &format!("{at}.{key}[{i}]"), budget, false))
+                .map(|(i, b)| Self::node(b, &format!("{at}.{key}[{i}]"), c, false))
                 .collect::<Result<Vec<_>, _>>()?;
             match list {
                 0 => s.all_of = compiled,
@@ -234,12 +259,7 @@ impl Schema {
             }
         }
         if let Some(n) = m.get("not") {
-            s.not = Some(Box::new(Self::node(
-                n,
-                &format!("{at}.not"),
-                budget,
-                false,
-            )?));
+            s.not = Some(Box::new(Self::node(n, &format!("{at}.not"), c, false)?));
         }
         if structural {
             if let Some(d) = &s.default {

@@ -282,11 +282,7 @@ mod tests {
                 json!({"url": "http://x.example/"}),
                 "clientConfig.url: Unsupported value: \"http\"",
             ),
-            (
-                "clientConfig",
-                json!({}),
-                "exactly one of url or service",
-            ),
+            ("clientConfig", json!({}), "exactly one of url or service"),
         ];
         for (ptr, value, want) in cases {
             let mut c = config();
