@@ -19,7 +19,8 @@
 //! How: the compiled webhooks are kept until a configuration changes in the watch cache
 //! ([`super::cache::Derived`]); a webhook is reached by `clientConfig.url` or by Service
 //! (its cluster IP and port, verified as `<service>.<namespace>.svc`), over TLS trusting
-//! its `caBundle` ([`super::backend`]). Bounds: `timeoutSeconds` (1–30) bounds each call,
+//! its `caBundle` ([`super::backend`]); up to four open connections per webhook are kept
+//! between calls, as kube-apiserver's HTTP client keeps them. Bounds: `timeoutSeconds` (1–30) bounds each call,
 //! answers are read up to the apiserver's body limit and their patches are applied with
 //! the patch budget.
 //!
@@ -78,6 +79,34 @@ struct Hook {
     object_selector: Option<Selector>,
     endpoint: Endpoint,
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Open connections between calls, with the address each was dialed at.
+    idle: std::sync::Mutex<Vec<(String, Sender)>>,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// Open connections kept per webhook between calls.
+const IDLE: usize = 4;
+
+impl Hook {
+    /// An open, idle connection to `addr` from an earlier call, if one is left.
+    fn reuse(&self, addr: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((a, s)) = idle.pop() {
+            if a == addr && !s.is_closed() && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for the next call.
+    fn keep(&self, addr: &str, s: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE && !s.is_closed() {
+            idle.push((addr.to_string(), s));
+        }
+    }
 }
 
 /// Every webhook, mutating ones first in calling order.
@@ -139,6 +168,7 @@ fn compile(h: &Value, mutating: bool) -> Option<Hook> {
         object_selector: selector(&h["objectSelector"]),
         endpoint,
         tls,
+        idle: Default::default(),
     })
 }
 
@@ -331,20 +361,39 @@ async fn call(st: &State, h: &Hook, review: &Value) -> Result<Value, String> {
         }
     };
     let work = async {
-        let mut sender = super::backend::dial::<Full<Bytes>>(&addr, &name, tls, h.timeout).await?;
-        let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
-        let request = hyper::Request::post(&path)
-            .header(hyper::header::HOST, host_header)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let body = Bytes::from(serde_json::to_vec(review).map_err(|e| e.to_string())?);
+        let request = || {
+            hyper::Request::post(&path)
+                .header(hyper::header::HOST, &host_header)
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .header(hyper::header::ACCEPT, "application/json")
+                .body(Full::new(body.clone()))
+                .map_err(|e| e.to_string())
+        };
+        // A kept connection the webhook has closed meanwhile fails before anything is
+        // sent; the call then dials afresh, once.
+        let reused = match h.reuse(&addr) {
+            Some(mut s) => match s.send_request(request()?).await {
+                Ok(resp) => Some((s, resp)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (sender, resp) = match reused {
+            Some(x) => x,
+            None => {
+                let mut s =
+                    super::backend::dial::<Full<Bytes>>(&addr, &name, tls, h.timeout).await?;
+                let resp = s
+                    .send_request(request()?)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (s, resp)
+            }
+        };
         let status = resp.status();
         let bytes = super::backend::read_bounded(resp.into_body(), MAX_BODY).await?;
+        h.keep(&addr, sender);
         if !status.is_success() {
             return Err(format!(
                 "the server responded with status {}: {}",
