@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response, Target};
+use super::kinds::map_text;
 use super::list::{list_objects, visit_objects, ListQuery};
 use super::object::{
     self, check_kind, decode, decode_object, meta_mut, meta_str, now, rv_of, set_rv, to_bytes,
@@ -64,21 +65,11 @@ pub(super) fn scale_of(obj: &Value, custom: Option<&crd::Version>) -> Value {
                 .unwrap_or_default()
                 .to_string()
         });
-    let labels = obj
-        .pointer("/spec/selector/matchLabels")
-        .or_else(|| {
-            obj.pointer("/spec/selector")
-                .filter(|_| obj["kind"] == "ReplicationController")
-        })
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default();
-    let labels = custom_selector.unwrap_or(labels);
+    // A ReplicationController's selector is a plain map; the others' is a LabelSelector.
+    let labels = custom_selector.unwrap_or_else(|| match obj["kind"].as_str() {
+        Some("ReplicationController") => map_text(obj, "/spec/selector"),
+        _ => map_text(obj, "/spec/selector/matchLabels"),
+    });
     let meta = &obj["metadata"];
     json!({
         "kind": "Scale",

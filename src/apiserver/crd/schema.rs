@@ -416,8 +416,7 @@ impl Schema {
             Value::Object(m) => self.check_object(m, at, errs),
             _ => {}
         }
-        for (i, b) in self.all_of.iter().enumerate() {
-            let _ = i;
+        for b in &self.all_of {
             b.check(v, at, errs);
         }
         let passes = |b: &Schema| {
