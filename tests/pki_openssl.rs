@@ -29,7 +29,10 @@ fn every_leaf_verifies_against_its_ca_with_openssl() {
     let pki = tmp.path().join("prod/secrets/pki");
     let mut checked = 0;
     for entry in walk(&pki) {
-        if entry.extension().is_none_or(|e| e != "crt") || entry.ends_with("ca.crt") {
+        let is_ca = entry
+            .file_name()
+            .is_some_and(|n| n == "ca.crt" || n == "front-proxy-ca.crt");
+        if entry.extension().is_none_or(|e| e != "crt") || is_ca {
             continue;
         }
         let rel = entry
@@ -40,6 +43,8 @@ fn every_leaf_verifies_against_its_ca_with_openssl() {
             .to_string();
         let ca = if rel.starts_with("etcd/") || rel == "apiserver-etcd-client.crt" {
             pki.join("etcd/ca.crt")
+        } else if rel == "front-proxy-client.crt" {
+            pki.join("front-proxy-ca.crt")
         } else {
             pki.join("ca.crt")
         };
@@ -55,8 +60,9 @@ fn every_leaf_verifies_against_its_ca_with_openssl() {
         assert!(out.trim_end().ends_with(": OK"), "{rel}: {out}");
         checked += 1;
     }
-    // apiserver, kubelet-client, etcd-client, healthcheck, 3×(server+peer), admin, scheduler, cm
-    assert_eq!(checked, 13);
+    // apiserver, kubelet-client, etcd-client, healthcheck, 3×(server+peer), admin,
+    // front-proxy-client, scheduler, cm
+    assert_eq!(checked, 14);
 }
 
 #[test]
@@ -182,7 +188,11 @@ fn certs_lists_every_certificate_with_subject_sans_and_expiry() {
         .lines()
         .filter(|l| l.trim_start().starts_with("expires:"))
         .count();
-    assert_eq!(expiries, 15, "{out}");
+    assert_eq!(expiries, 17, "{out}");
+    assert!(
+        out.contains("front-proxy-client.crt\n  subject: CN=front-proxy-client\n  issuer:  CN=front-proxy-ca"),
+        "{out}"
+    );
 }
 
 #[test]

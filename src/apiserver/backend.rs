@@ -1,9 +1,11 @@
-//! Dialing the servers the apiserver calls: kubelets (`pods/log`, `pods/exec`) and
-//! admission webhooks ([`super::webhook`]).
+//! Dialing the servers the apiserver calls: kubelets (`pods/log`, `pods/exec`), admission
+//! webhooks ([`super::webhook`]) and aggregated API servers ([`super::aggregator`]).
 //!
-//! What: [`dial`] opens one TLS connection (HTTP/1.1) with a deadline; [`trusting`] makes
-//! a client configuration that trusts only a given PEM bundle (a webhook's `caBundle`);
-//! [`read_bounded`] reads a response body up to a limit. Bounds: every dial has a
+//! What: [`dial`] opens one TLS connection (HTTP/1.1) with a deadline; [`client_config`]
+//! makes a client configuration that trusts only a given PEM bundle (a `caBundle`), or
+//! nothing in particular (`insecureSkipTLSVerify`), and presents an [`Identity`] if given;
+//! [`service_address`] finds where a Service reference is dialed; [`read_bounded`] reads a
+//! response body up to a limit. Bounds: every dial has a
 //! deadline, every body read a size limit, so a slow or hostile backend costs the request
 //! its deadline and no more memory than the limit.
 
@@ -14,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 
 /// Opens an HTTP/1.1 connection over TLS to `addr`, verifying the server as `name`.
 pub async fn dial<B>(
@@ -51,24 +53,150 @@ where
         .map_err(|_| format!("dial {addr}: timed out after {}s", deadline.as_secs()))?
 }
 
+/// A client certificate and its key, presented to the servers dialed.
+#[derive(Debug)]
+pub struct Identity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Identity {
+    /// Reads `<base>.crt` and `<base>.key` (PEM).
+    pub fn load(base: &std::path::Path) -> Result<Identity, String> {
+        let (crt, key) = (base.with_extension("crt"), base.with_extension("key"));
+        let certs = CertificateDer::pem_file_iter(&crt)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", crt.display()))?;
+        let key =
+            PrivateKeyDer::from_pem_file(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+        Ok(Identity { certs, key })
+    }
+}
+
+/// Whom a client configuration trusts.
+pub enum Trust<'a> {
+    /// Only the certificates of a PEM bundle (a `caBundle`).
+    Pem(&'a [u8]),
+    /// Any certificate (`insecureSkipTLSVerify`); the handshake's signatures are still
+    /// checked, so the peer holds the key of the certificate it shows.
+    Anyone,
+}
+
 /// A client configuration trusting only the certificates of `ca_pem`.
 pub fn trusting(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem) {
-        let c = c.map_err(|e| format!("caBundle: {e}"))?;
-        roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err("caBundle: no certificate".into());
-    }
+    client_config(Trust::Pem(ca_pem), None)
+}
+
+/// A client configuration (HTTP/1.1) trusting `trust`, presenting `identity` if given.
+pub fn client_config(
+    trust: Trust<'_>,
+    identity: Option<&Identity>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| e.to_string())?;
+    let builder = match trust {
+        Trust::Pem(ca_pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca_pem) {
+                let c = c.map_err(|e| format!("caBundle: {e}"))?;
+                roots.add(c).map_err(|e| format!("caBundle: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("caBundle: no certificate".into());
+            }
+            builder.with_root_certificates(roots)
+        }
+        Trust::Anyone => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServer(provider))),
+    };
+    let mut config = match identity {
+        Some(id) => builder
+            .with_client_auth_cert(id.certs.clone(), id.key.clone_key())
+            .map_err(|e| format!("client certificate: {e}"))?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate, checking only the handshake's signatures.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Where a Service reference (`namespace/name:port`) is dialed, as kube-apiserver resolves
+/// it for webhooks and `APIService`s: an `ExternalName` Service at its external name, any
+/// other at its cluster IP. The address is `host:port`.
+pub async fn service_address(
+    st: &super::State,
+    namespace: &str,
+    name: &str,
+    port: i64,
+) -> Result<String, String> {
+    let svc = st
+        .get_cached(&format!("/registry/services/{namespace}/{name}"))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("service \"{namespace}/{name}\" not found"))?;
+    let svc = super::object::from_kv(&svc).map_err(|e| e.to_string())?;
+    let field = |p: &str| svc.pointer(p).and_then(serde_json::Value::as_str);
+    if field("/spec/type") == Some("ExternalName") {
+        let host = field("/spec/externalName")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("service \"{namespace}/{name}\" has no external name"))?;
+        return Ok(format!("{host}:{port}"));
+    }
+    let ip = field("/spec/clusterIP")
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .ok_or_else(|| format!("service \"{namespace}/{name}\" has no cluster IP"))?;
+    Ok(format!("{ip}:{port}"))
 }
 
 /// Reads a body of at most `limit` bytes.

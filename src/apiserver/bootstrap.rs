@@ -83,6 +83,9 @@ pub async fn run(st: &State) -> Result<(), ApiError> {
     for binding in super::rbac_defaults::cluster_role_bindings() {
         ensure(st, "clusterrolebindings", None, binding).await?;
     }
+    for (namespace, role) in super::rbac_defaults::roles() {
+        ensure(st, "roles", Some(namespace), role).await?;
+    }
     for t in &st.tokens {
         // A token baked into the image is installed once per cluster: once its Secret has
         // been deleted (revoked), a restarting master must not bring it back.

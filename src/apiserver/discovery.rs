@@ -14,7 +14,7 @@ use super::crd::Catalog;
 use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response};
 use super::resources::{Resource, VERBS};
-use super::{subresource, State};
+use super::{aggregator, subresource, State};
 use crate::KUBE_MINOR;
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -113,8 +113,8 @@ fn aggregated_version(catalog: &Catalog, group: &str, version: &str) -> Value {
     json!({"version": version, "resources": resources, "freshness": "Current"})
 }
 
-fn aggregated(catalog: &Catalog, core: bool) -> Response {
-    let items: Vec<Value> = catalog
+fn aggregated(catalog: &Catalog, core: bool, remote: &[Value]) -> Response {
+    let mut items: Vec<Value> = catalog
         .groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
@@ -130,6 +130,7 @@ fn aggregated(catalog: &Catalog, core: bool) -> Response {
             json!({"metadata": metadata, "versions": versions})
         })
         .collect();
+    items.extend_from_slice(remote);
     let body = json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",
@@ -146,7 +147,7 @@ fn aggregated(catalog: &Catalog, core: bool) -> Response {
 /// `/api`.
 pub fn api(catalog: &Catalog, req: &Req) -> Response {
     if wants_aggregated(req) {
-        return aggregated(catalog, true);
+        return aggregated(catalog, true, &[]);
     }
     json_response(
         StatusCode::OK,
@@ -170,25 +171,28 @@ fn group_object(catalog: &Catalog, group: &str) -> Option<Value> {
     Some(json!({"name": g, "versions": gvs, "preferredVersion": gvs[0]}))
 }
 
-/// `/apis`.
-pub fn apis(catalog: &Catalog, req: &Req) -> Response {
+/// `/apis`, with the aggregated groups of `remote` after the served ones.
+pub fn apis(catalog: &Catalog, req: &Req, remote: &aggregator::Listed) -> Response {
     if wants_aggregated(req) {
-        return aggregated(catalog, false);
+        return aggregated(catalog, false, &remote.discovery);
     }
-    let groups: Vec<Value> = catalog
+    let mut groups: Vec<Value> = catalog
         .groups()
         .into_iter()
         .filter_map(|(g, _)| group_object(catalog, g))
         .collect();
+    groups.extend(remote.groups.iter().cloned());
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
     )
 }
 
-/// `/apis/<group>`.
-pub fn group(catalog: &Catalog, group: &str) -> Result<Response, ApiError> {
-    let mut g = group_object(catalog, group).ok_or(ApiError::RouteNotFound)?;
+/// `/apis/<group>` (`remote`: the group's `APIGroup` when an `APIService` registers it).
+pub fn group(catalog: &Catalog, group: &str, remote: Option<Value>) -> Result<Response, ApiError> {
+    let mut g = group_object(catalog, group)
+        .or(remote)
+        .ok_or(ApiError::RouteNotFound)?;
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Ok(json_response(StatusCode::OK, &g))
@@ -332,7 +336,9 @@ mod tests {
     #[test]
     fn unknown_groups_are_not_found() {
         let cat = Catalog::default();
-        assert!(group(&cat, "example.com").is_err());
+        assert!(group(&cat, "example.com", None).is_err());
+        let remote = json!({"name": "example.com", "versions": [], "preferredVersion": {}});
+        assert!(group(&cat, "example.com", Some(remote)).is_ok());
         assert!(group_version(&cat, "apps", "v2").is_err());
         assert!(group_version(&cat, "", "v1").is_ok());
     }

@@ -92,6 +92,9 @@ pub enum ApiError {
     Store(#[source] StoreError),
     #[error("error dialing backend: {0}")]
     KubeletProxy(String),
+    /// An aggregated API server (`APIService`) that cannot be reached or is not ready.
+    #[error("service unavailable: {0}")]
+    ServiceUnavailable(String),
     /// An in-flight limit is reached; the client should retry after a second.
     #[error("Too many requests, please try again later.")]
     TooManyRequests,
@@ -172,6 +175,7 @@ impl ApiError {
             Gone { .. } => (StatusCode::GONE, "Expired"),
             Store(_) | KubeletProxy(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
             TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            ServiceUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
             Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
         }
     }

@@ -30,6 +30,10 @@
 //!
 //! Lists and watches are served by one shared watch cache ([`cache`]).
 //!
+//! `APIService`s register API servers of the users' own; requests for their
+//! group/version are authorized here and proxied there with the caller's identity in
+//! front-proxy headers ([`aggregator`]).
+//!
 //! CustomResourceDefinitions add kinds at run time ([`crd`]): routing, discovery, OpenAPI
 //! and Table output read the [`crd::Catalog`] of built-in and custom rows; custom objects
 //! are defaulted, pruned and validated against their structural schema.
@@ -43,6 +47,7 @@
 //! ownership or conflicts.
 
 mod admission;
+mod aggregator;
 mod attributes;
 pub mod audit;
 mod authn;
@@ -119,6 +124,8 @@ pub(crate) struct State {
     pub crds: crd::Registry,
     /// The admission webhooks, as of the last change to their configurations.
     pub hooks: webhook::Registry,
+    /// The aggregated API servers (`APIService`s) and the identity the proxy presents.
+    pub aggregator: aggregator::Aggregator,
 }
 
 impl State {
@@ -173,6 +180,7 @@ impl State {
             rules_memo: Default::default(),
             crds: Default::default(),
             hooks: Default::default(),
+            aggregator: Default::default(),
         }
     }
 }
@@ -227,6 +235,18 @@ impl ApiServer {
         } else {
             None
         };
+        let proxy_identity = if pki_dir.join("front-proxy-client.crt").exists() {
+            Some(
+                backend::Identity::load(&pki_dir.join("front-proxy-client")).map_err(|reason| {
+                    TlsError::ReadPem {
+                        path: pki_dir.join("front-proxy-client.crt"),
+                        reason,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let mut state = State {
             store,
             service_cidr,
@@ -238,10 +258,19 @@ impl ApiServer {
             rules_memo: Default::default(),
             crds: Default::default(),
             hooks: Default::default(),
+            aggregator: aggregator::Aggregator::new(proxy_identity),
         };
         bootstrap::run(&state)
             .await
             .map_err(StartError::Bootstrap)?;
+        let pem = |name: &str| std::fs::read_to_string(pki_dir.join(name)).ok();
+        aggregator::publish_authentication(
+            &state,
+            &pem("ca.crt").unwrap_or_default(),
+            pem("front-proxy-ca.crt").as_deref(),
+        )
+        .await
+        .map_err(StartError::Bootstrap)?;
         state.cache = Some(
             cache::WatchCache::start(state.store.clone())
                 .await
@@ -274,7 +303,8 @@ impl ApiServer {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        server::serve(
+        let availability = tokio::spawn(aggregator::run_availability(self.state.clone()));
+        let served = server::serve(
             listener,
             self.tls,
             self.state,
@@ -282,6 +312,8 @@ impl ApiServer {
             self.audit,
             shutdown,
         )
-        .await
+        .await;
+        availability.abort();
+        served
     }
 }

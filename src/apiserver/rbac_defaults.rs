@@ -1,14 +1,16 @@
 //! The default ClusterRoles and ClusterRoleBindings every cluster starts with, named as
 //! Kubernetes and kubeadm name them, created at startup by [`super::bootstrap`].
 //!
-//! Roles: `cluster-admin`, `admin`, `edit`, `view`, `system:discovery`,
+//! Roles: `cluster-admin`, `admin`, `edit`, `view`, `system:auth-delegator`,
+//! `system:discovery`,
 //! `system:public-info-viewer`, `system:basic-user`, `system:node`,
 //! `system:kube-scheduler`, `system:kube-controller-manager`, `system:node-bootstrapper`,
 //! and the CSR auto-approval roles `…:nodeclient` / `…:selfnodeclient`. Bindings:
 //! `system:masters` → cluster-admin; `system:authenticated` → discovery, basic-user and
 //! public-info-viewer (also `system:unauthenticated`); `system:nodes` → system:node and
 //! selfnodeclient; `system:bootstrappers` → node-bootstrapper and nodeclient; the
-//! scheduler and controller-manager users → their roles.
+//! scheduler and controller-manager users → their roles. In `kube-system`, the Role
+//! `extension-apiserver-authentication-reader` (aggregated API servers bind to it).
 //! Limits: `admin`/`edit`/`view` carry flattened rules instead of aggregation;
 //! `system:node` is a simplified version of what the Node authorizer allows (no
 //! per-node restriction); the controller-manager role is broad (one identity for all
@@ -182,6 +184,17 @@ pub fn cluster_roles() -> Vec<Value> {
             ],
         ),
         cluster_role("admin", admin_rules()),
+        cluster_role(
+            "system:auth-delegator",
+            vec![
+                rule(&["authentication.k8s.io"], &["tokenreviews"], &["create"]),
+                rule(
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                    &["create"],
+                ),
+            ],
+        ),
         cluster_role("edit", edit_rules()),
         cluster_role("view", view_rules()),
         cluster_role(
@@ -343,6 +356,24 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
     ]
+}
+
+/// The default Roles, with their namespaces: `extension-apiserver-authentication-reader`
+/// in `kube-system`, which aggregated API servers bind to read the
+/// `extension-apiserver-authentication` ConfigMap.
+pub fn roles() -> Vec<(&'static str, Value)> {
+    vec![(
+        "kube-system",
+        json!({
+            "kind": "Role", "apiVersion": "rbac.authorization.k8s.io/v1",
+            "metadata": {"name": "extension-apiserver-authentication-reader",
+                         "namespace": "kube-system",
+                         "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},
+                         "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"}},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": READ,
+                       "resourceNames": ["extension-apiserver-authentication"]}],
+        }),
+    )]
 }
 
 /// The default ClusterRoleBindings.

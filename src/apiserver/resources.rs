@@ -477,6 +477,18 @@ pub static RESOURCES: &[Resource] = &[
         ),
         &kinds::webhookconfiguration::VALIDATING,
     ),
+    with(
+        with_status(r(
+            "apiregistration.k8s.io",
+            "v1",
+            "APIService",
+            "apiservices",
+            "apiservice",
+            false,
+            &[],
+        )),
+        &kinds::apiservice::STRATEGY,
+    ),
 ];
 
 /// The verbs every resource supports (discovery lists them; kubectl checks them).

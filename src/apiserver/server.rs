@@ -27,8 +27,8 @@ use super::error::ApiError;
 use super::http::{parse_query, Req, Response, Target};
 use super::tls::User;
 use super::{
-    authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, subresource, watch,
-    State,
+    aggregator, authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest,
+    subresource, watch, State,
 };
 
 /// What a path addresses.
@@ -280,6 +280,30 @@ async fn dispatch(
         .ok_or(ApiError::Unauthenticated)?;
     let user = impersonate(state, user, req.headers()).await?;
     note.user = Some(user.clone());
+    let watch = method == Method::GET
+        && matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    if let Some(b) = aggregator::route(state, &catalog, &path).await? {
+        let a = aggregator::attributes(&method, &path, watch);
+        note.verb = a.verb.clone();
+        authorize(state, Some(&user), &a).await?;
+        let _permit = if watch {
+            None
+        } else {
+            gate.admit(&user, &method)?
+        };
+        if too_big {
+            return Err(ApiError::BodyTooLarge {
+                limit: object::MAX_BODY,
+            });
+        }
+        let (head, body) = req.into_parts();
+        let body = if matches!(method, Method::GET | Method::HEAD) {
+            Bytes::new()
+        } else {
+            read_body(body).await?
+        };
+        return aggregator::proxy(state, &b, &user, head, body).await;
+    }
     if let Ok(Route::Resource(t)) = &route {
         note.target = Some(t.clone());
         if let Some(v) = kubelet_proxy::verb_of(t) {
@@ -288,8 +312,6 @@ async fn dispatch(
             return kubelet_proxy::serve(state, t, req).await;
         }
     }
-    let watch = method == Method::GET
-        && matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
     let _permit = if watch {
         None
     } else {
@@ -330,8 +352,14 @@ async fn dispatch(
     let result = match route {
         Route::Health | Route::Version => Err(ApiError::RouteNotFound),
         Route::Api => Ok(discovery::api(&catalog, &r)),
-        Route::Apis => Ok(discovery::apis(&catalog, &r)),
-        Route::Group(g) => discovery::group(&catalog, &g),
+        Route::Apis => Ok(discovery::apis(
+            &catalog,
+            &r,
+            &aggregator::listed(state, &catalog).await?,
+        )),
+        Route::Group(g) => {
+            discovery::group(&catalog, &g, aggregator::group(state, &catalog, &g).await?)
+        }
         Route::GroupVersion(g, v) => discovery::group_version(&catalog, &g, &v),
         Route::OpenApi => openapi::serve(&catalog, &path, &r.accept),
         Route::AccessReview => {

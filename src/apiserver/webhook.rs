@@ -340,24 +340,9 @@ async fn call(st: &State, h: &Hook, review: &Value) -> Result<Value, String> {
             port,
             path,
         } => {
-            let svc = st
-                .get_cached(&format!("/registry/services/{namespace}/{name}"))
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("service \"{name}\" not found"))?;
-            let svc = object::from_kv(&svc).map_err(|e| e.to_string())?;
-            let ip = svc
-                .pointer("/spec/clusterIP")
-                .and_then(Value::as_str)
-                .filter(|ip| !ip.is_empty() && *ip != "None")
-                .ok_or_else(|| format!("service \"{name}\" has no cluster IP"))?;
+            let addr = super::backend::service_address(st, namespace, name, *port).await?;
             let host = format!("{name}.{namespace}.svc");
-            (
-                format!("{ip}:{port}"),
-                host.clone(),
-                path.clone(),
-                format!("{host}:{port}"),
-            )
+            (addr, host.clone(), path.clone(), format!("{host}:{port}"))
         }
     };
     let work = async {

@@ -186,6 +186,9 @@ pub fn pki_files(cluster: &Cluster, profile: &Profile) -> Vec<String> {
             "controller-manager.key",
             "admin.crt",
             "admin.key",
+            "front-proxy-ca.crt",
+            "front-proxy-client.crt",
+            "front-proxy-client.key",
             "etcd/ca.crt",
             crate::pki::ENCRYPTION_KEY,
         ] {

@@ -15,6 +15,8 @@
 //! | `admin` | cluster CA | `CN=kubernetes-admin, O=system:masters` | the operator's kubeconfig |
 //! | `scheduler` | cluster CA | `CN=system:kube-scheduler` | scheduler client |
 //! | `controller-manager` | cluster CA | `CN=system:kube-controller-manager` | controller-manager client |
+//! | `front-proxy-ca.crt/.key` | self | `CN=front-proxy-ca` | request-header CA: aggregated API servers trust the identity headers of clients it signed |
+//! | `front-proxy-client` | front-proxy CA | `CN=front-proxy-client` | apiserver → aggregated API servers (the `APIService` proxy) |
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -27,6 +29,7 @@ use super::issue::{San, Usage};
 pub enum Signer {
     ClusterCa,
     EtcdCa,
+    FrontProxyCa,
 }
 
 impl Signer {
@@ -35,8 +38,21 @@ impl Signer {
         match self {
             Signer::ClusterCa => "ca",
             Signer::EtcdCa => "etcd/ca",
+            Signer::FrontProxyCa => "front-proxy-ca",
         }
     }
+
+    /// The CA's common name.
+    pub fn common_name(self) -> &'static str {
+        match self {
+            Signer::ClusterCa => "kubernetes",
+            Signer::EtcdCa => "etcd-ca",
+            Signer::FrontProxyCa => "front-proxy-ca",
+        }
+    }
+
+    /// Every signer, in creation order.
+    pub const ALL: [Signer; 3] = [Signer::ClusterCa, Signer::EtcdCa, Signer::FrontProxyCa];
 }
 
 /// One leaf certificate the cluster needs.
@@ -142,6 +158,13 @@ pub fn leaves(c: &Cluster) -> Vec<LeafSpec> {
         ClusterCa,
         "kubernetes-admin",
         &["system:masters"],
+        Usage::Client,
+    ));
+    out.push(leaf(
+        "front-proxy-client",
+        FrontProxyCa,
+        "front-proxy-client",
+        &[],
         Usage::Client,
     ));
     out.push(leaf(

@@ -138,12 +138,9 @@ pub struct Issued {
 pub fn ensure(cluster: &Cluster) -> Result<Issued, PkiError> {
     let dir = pki_dir(&cluster.dir);
     let mut issued = Issued::default();
-    for (signer, cn) in [
-        (Signer::ClusterCa, "kubernetes"),
-        (Signer::EtcdCa, "etcd-ca"),
-    ] {
+    for signer in Signer::ALL {
         if !dir.join(format!("{}.crt", signer.base())).exists() {
-            let ca = issue::new_ca(cn)?;
+            let ca = issue::new_ca(signer.common_name())?;
             write_pair(&dir, signer.base(), &ca.cert.pem(), &ca.key.serialize_pem())?;
             issued.created.push(signer.base().to_string());
         }
@@ -163,28 +160,26 @@ pub fn ensure(cluster: &Cluster) -> Result<Issued, PkiError> {
         write(&dir.join(ENCRYPTION_KEY), line.as_bytes(), 0o600)?;
         issued.created.push("encryption".into());
     }
-    let cluster_ca = load_authority(&dir, Signer::ClusterCa)?;
-    let etcd_ca = load_authority(&dir, Signer::EtcdCa)?;
+    let authorities = Signer::ALL
+        .iter()
+        .map(|s| load_authority(&dir, *s).map(|a| (*s, a)))
+        .collect::<Result<Vec<_>, _>>()?;
     for spec in layout::leaves(cluster) {
         if dir.join(format!("{}.crt", spec.base)).exists() {
             continue;
         }
-        issue_leaf(&dir, &spec, &cluster_ca, &etcd_ca)?;
+        let ca = authorities
+            .iter()
+            .find(|(s, _)| *s == spec.signer)
+            .map(|(_, a)| a)
+            .expect("every signer is loaded");
+        issue_leaf(&dir, &spec, ca)?;
         issued.created.push(spec.base.clone());
     }
     Ok(issued)
 }
 
-fn issue_leaf(
-    dir: &Path,
-    spec: &LeafSpec,
-    cluster_ca: &Authority,
-    etcd_ca: &Authority,
-) -> Result<(), PkiError> {
-    let ca = match spec.signer {
-        Signer::ClusterCa => cluster_ca,
-        Signer::EtcdCa => etcd_ca,
-    };
+fn issue_leaf(dir: &Path, spec: &LeafSpec, ca: &Authority) -> Result<(), PkiError> {
     let (cert, key) = issue::new_leaf(ca, &spec.cn, &spec.orgs, &spec.sans, spec.usage)?;
     write_pair(dir, &spec.base, &cert.pem(), &key.serialize_pem())
 }

@@ -10,6 +10,7 @@
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+pub mod apiservice;
 pub mod configmap;
 pub mod csidriver;
 pub mod horizontalpodautoscaler;
