@@ -920,3 +920,120 @@ fn the_audit_log_records_who_did_what_without_secret_contents() {
     );
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[test]
+fn the_review_apis_answer_who_is_who_and_who_may_do_what() {
+    let up = Up::start();
+    // `kubectl auth whoami` (SelfSubjectReview) for the admin and a service account.
+    let me: serde_json::Value =
+        serde_json::from_str(&up.ok(None, &["auth", "whoami", "-o", "json"])).expect("json");
+    assert_eq!(me["status"]["userInfo"]["username"], "kubernetes-admin");
+    up.ok(
+        None,
+        &["create", "serviceaccount", "robot", "-n", "default"],
+    );
+    let token = up.ok(None, &["create", "token", "robot", "-n", "default"]);
+    let token = token.trim();
+    let me: serde_json::Value =
+        serde_json::from_str(&up.ok(Some(token), &["auth", "whoami", "-o", "json"])).expect("json");
+    assert_eq!(
+        me["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+
+    // `kubectl auth can-i --list` (SelfSubjectRulesReview): the robot holds only what
+    // system:basic-user and discovery grant.
+    let list = up.ok(Some(token), &["auth", "can-i", "--list", "-n", "default"]);
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{list}"
+    );
+    assert!(!list.contains("pods "), "{list}");
+
+    // TokenReview: a valid token names its owner; a forged one is refused; only those
+    // with `create tokenreviews` may ask.
+    let review = |tok: &str| {
+        format!(
+            "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {tok:?}}}\n"
+        )
+    };
+    let file = up.tmp.path().join("review.yaml");
+    std::fs::write(&file, review(token)).expect("write");
+    let path = file.to_str().expect("utf-8");
+    let answer: serde_json::Value =
+        serde_json::from_str(&up.ok(None, &["create", "-f", path, "-o", "json"])).expect("json");
+    assert_eq!(answer["status"]["authenticated"], true, "{answer}");
+    assert_eq!(
+        answer["status"]["user"]["username"],
+        "system:serviceaccount:default:robot"
+    );
+    std::fs::write(&file, review(&format!("{token}x"))).expect("write");
+    let answer: serde_json::Value =
+        serde_json::from_str(&up.ok(None, &["create", "-f", path, "-o", "json"])).expect("json");
+    assert_ne!(answer["status"]["authenticated"], true, "{answer}");
+    assert!(answer["status"]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("invalid")));
+    let err = up.fails(Some(token), &["create", "-f", path]);
+    assert!(
+        err.contains("cannot create resource \"tokenreviews\""),
+        "{err}"
+    );
+
+    // SubjectAccessReview and LocalSubjectAccessReview about someone else, as an
+    // aggregated server with system:auth-delegator asks them.
+    let sar = |kind: &str, ns: &str| {
+        format!(
+            "apiVersion: authorization.k8s.io/v1\nkind: {kind}\nmetadata: {{namespace: {ns}}}\nspec:\n  user: system:serviceaccount:default:robot\n  groups: [system:serviceaccounts]\n  resourceAttributes: {{verb: list, resource: pods, namespace: default}}\n"
+        )
+    };
+    let ask = |kind: &str, ns: &str| -> serde_json::Value {
+        std::fs::write(&file, sar(kind, ns)).expect("write");
+        serde_json::from_str(&up.ok(None, &["create", "-f", path, "-o", "json"])).expect("json")
+    };
+    assert_eq!(
+        ask("SubjectAccessReview", "default")["status"]["allowed"],
+        false
+    );
+    up.ok(
+        None,
+        &[
+            "create",
+            "rolebinding",
+            "robot-view",
+            "-n",
+            "default",
+            "--clusterrole=view",
+            "--serviceaccount=default:robot",
+        ],
+    );
+    let allowed = common::wait_for(10, "the binding to count", || {
+        let a = ask("SubjectAccessReview", "default");
+        (a["status"]["allowed"] == true).then_some(a)
+    });
+    assert_eq!(allowed["status"]["reason"], "allowed by RBAC");
+    assert_eq!(
+        ask("LocalSubjectAccessReview", "default")["status"]["allowed"],
+        true
+    );
+    std::fs::write(&file, sar("LocalSubjectAccessReview", "kube-system")).expect("write");
+    let err = up.fails(None, &["create", "-f", path]);
+    assert!(err.contains("must match metadata.namespace"), "{err}");
+
+    // Discovery lists them as create-only kinds.
+    let resources = up.ok(
+        None,
+        &[
+            "api-resources",
+            "--api-group=authentication.k8s.io",
+            "-o",
+            "wide",
+        ],
+    );
+    let row = resources
+        .lines()
+        .find(|l| l.starts_with("tokenreviews "))
+        .unwrap_or_else(|| panic!("no tokenreviews: {resources}"));
+    assert!(row.contains(" create"), "{row}");
+    assert!(!row.contains("list"), "{row}");
+}

@@ -14,7 +14,7 @@ use super::crd::Catalog;
 use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response};
 use super::resources::{Resource, VERBS};
-use super::{aggregator, subresource, State};
+use super::{aggregator, review, subresource, State};
 use crate::KUBE_MINOR;
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -130,6 +130,21 @@ fn aggregated(catalog: &Catalog, core: bool, remote: &[Value]) -> Response {
             json!({"metadata": metadata, "versions": versions})
         })
         .collect();
+    if !core {
+        items.extend(review_groups().into_iter().map(|(g, resources)| {
+            let resources: Vec<Value> = resources
+                .iter()
+                .map(|(kind, plural, namespaced)| {
+                    json!({"resource": plural, "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                           "responseKind": {"group": g, "version": "v1", "kind": kind},
+                           "singularResource": plural.trim_end_matches('s').to_lowercase(),
+                           "verbs": ["create"]})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null},
+                   "versions": [{"version": "v1", "resources": resources, "freshness": "Current"}]})
+        }));
+    }
     items.extend_from_slice(remote);
     let body = json!({
         "kind": "APIGroupDiscoveryList",
@@ -159,7 +174,27 @@ pub fn api(catalog: &Catalog, req: &Req) -> Response {
     )
 }
 
+/// A review kind in discovery: kind, plural, namespaced.
+type ReviewKind = (&'static str, &'static str, bool);
+
+/// The groups of the review kinds ([`review::ALL`], create-only, stored nowhere), each
+/// with its kinds: kind, plural, namespaced.
+fn review_groups() -> Vec<(&'static str, Vec<ReviewKind>)> {
+    let mut out: Vec<(&str, Vec<_>)> = Vec::new();
+    for (_, kind, group, plural, namespaced) in review::ALL {
+        match out.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, kinds)) => kinds.push((kind, plural, namespaced)),
+            None => out.push((group, vec![(kind, plural, namespaced)])),
+        }
+    }
+    out
+}
+
 fn group_object(catalog: &Catalog, group: &str) -> Option<Value> {
+    if let Some((g, _)) = review_groups().into_iter().find(|(g, _)| *g == group) {
+        let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
+        return Some(json!({"name": g, "versions": [gv], "preferredVersion": gv}));
+    }
     let (g, vs) = catalog
         .groups()
         .into_iter()
@@ -179,7 +214,9 @@ pub fn apis(catalog: &Catalog, req: &Req, remote: &aggregator::Listed) -> Respon
     let mut groups: Vec<Value> = catalog
         .groups()
         .into_iter()
-        .filter_map(|(g, _)| group_object(catalog, g))
+        .map(|(g, _)| g)
+        .chain(review_groups().into_iter().map(|(g, _)| g))
+        .filter_map(|g| group_object(catalog, g))
         .collect();
     groups.extend(remote.groups.iter().cloned());
     json_response(
@@ -227,6 +264,17 @@ pub fn group_version(catalog: &Catalog, group: &str, version: &str) -> Result<Re
                 entry["version"] = kind["version"].clone();
             }
             list.push(entry);
+        }
+    }
+    if let Some((_, kinds)) = review_groups()
+        .into_iter()
+        .find(|(g, _)| *g == group && version == "v1")
+    {
+        for (kind, plural, namespaced) in kinds {
+            list.push(
+                json!({"name": plural, "singularName": plural.trim_end_matches('s').to_lowercase(),
+                             "namespaced": namespaced, "kind": kind, "verbs": ["create"]}),
+            );
         }
     }
     if list.is_empty() {

@@ -32,7 +32,8 @@
 //!
 //! `APIService`s register API servers of the users' own; requests for their
 //! group/version are authorized here and proxied there with the caller's identity in
-//! front-proxy headers ([`aggregator`]).
+//! front-proxy headers ([`aggregator`]). The review kinds (`TokenReview`,
+//! `SubjectAccessReview`, …) answer with the same authentication and RBAC ([`review`]).
 //!
 //! CustomResourceDefinitions add kinds at run time ([`crd`]): routing, discovery, OpenAPI
 //! and Table output read the [`crd::Catalog`] of built-in and custom rows; custom objects
@@ -77,6 +78,7 @@ mod rbac;
 mod rbac_defaults;
 pub mod resources;
 mod rest;
+mod review;
 pub mod sa_admission;
 mod schemas;
 mod selector;

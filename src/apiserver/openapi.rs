@@ -71,8 +71,14 @@ fn custom_in<'a>(
 /// `/openapi/v3`: one entry per served group-version.
 fn index(catalog: &Catalog) -> Value {
     let hash = env!("CARGO_PKG_VERSION").replace('.', "");
-    let paths: Map<String, Value> = catalog
-        .group_versions()
+    let reviews = super::review::ALL.iter().map(|(_, _, g, _, _)| (*g, "v1"));
+    let mut gvs = catalog.group_versions();
+    for gv in reviews {
+        if !gvs.contains(&gv) {
+            gvs.push(gv);
+        }
+    }
+    let paths: Map<String, Value> = gvs
         .into_iter()
         .map(|(g, v)| {
             let p = prefix(g, v);
@@ -128,6 +134,36 @@ fn group_version(catalog: &Catalog, group: &str, version: &str) -> Option<Value>
             format!("{base}/{}", r.plural)
         };
         paths.insert(collection, json!({"get": op("list"), "post": op("post")}));
+    }
+    for (_, kind, g, plural, namespaced) in super::review::ALL {
+        if g != group || version != "v1" {
+            continue;
+        }
+        let base = format!("/{}", prefix(group, version));
+        let path = if namespaced {
+            format!("{base}/namespaces/{{namespace}}/{plural}")
+        } else {
+            format!("{base}/{plural}")
+        };
+        let params = json!([
+            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+        ]);
+        let op = |action: &str| {
+            json!({
+                "operationId": format!("{action}{kind}"),
+                "parameters": params,
+                "responses": {"201": {"description": "Created"}},
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": {"group": g, "version": "v1", "kind": kind},
+            })
+        };
+        // kube-apiserver has no PATCH for reviews; kubectl looks for the PATCH operation
+        // of a kind to learn that the server validates fields itself, and otherwise
+        // wants the protobuf OpenAPI v2 document, which kimg does not serve.
+        let post = json!({"post": op("post"), "patch": op("patch")});
+        paths.insert(path, post);
     }
     if paths.is_empty() {
         return None;

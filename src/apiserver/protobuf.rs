@@ -6,8 +6,8 @@
 //! back to JSON on 415. How: the body is the `k8s\0` magic followed by a `runtime.Unknown`
 //! (type meta + raw bytes); the raw object is decoded with a small field table per message
 //! into the same JSON the kind has on the wire. Limits: only Namespace, ConfigMap, Secret,
-//! ServiceAccount, Service, Pod, Deployment, Job, CronJob, the RBAC kinds,
-//! SelfSubjectAccessReview, TokenRequest and CertificateSigningRequest (`kubectl
+//! ServiceAccount, Service, Pod, Deployment, Job, CronJob, the RBAC kinds, the review
+//! kinds ([`super::review`]), TokenRequest and CertificateSigningRequest (`kubectl
 //! certificate approve|deny` update the approval subresource with one), with the fields the
 //! `kubectl create`/`run` generators set; any other kind, or an unlisted field holding a
 //! non-zero value, is refused with 415, never silently dropped. Zero values (`""`, `0`,
@@ -291,6 +291,36 @@ const ACCESS_REVIEW: &[F] = &[
     (1, "metadata", Ty::Msg(OBJECT_META), false),
     (2, "spec", Ty::Msg(ACCESS_REVIEW_SPEC), false),
 ];
+const SUBJECT_ACCESS_REVIEW_SPEC: &[F] = &[
+    (1, "resourceAttributes", Ty::Msg(RESOURCE_ATTRIBUTES), false),
+    (
+        2,
+        "nonResourceAttributes",
+        Ty::Msg(NON_RESOURCE_ATTRIBUTES),
+        false,
+    ),
+    (3, "user", Ty::Str, false),
+    (4, "groups", Ty::Str, true),
+    (6, "uid", Ty::Str, false),
+];
+const SUBJECT_ACCESS_REVIEW: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(SUBJECT_ACCESS_REVIEW_SPEC), false),
+];
+const RULES_REVIEW_SPEC: &[F] = &[(1, "namespace", Ty::Str, false)];
+const RULES_REVIEW: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(RULES_REVIEW_SPEC), false),
+];
+const TOKEN_REVIEW_SPEC: &[F] = &[
+    (1, "token", Ty::Str, false),
+    (2, "audiences", Ty::Str, true),
+];
+const TOKEN_REVIEW: &[F] = &[
+    (1, "metadata", Ty::Msg(OBJECT_META), false),
+    (2, "spec", Ty::Msg(TOKEN_REVIEW_SPEC), false),
+];
+const SELF_SUBJECT_REVIEW: &[F] = &[(1, "metadata", Ty::Msg(OBJECT_META), false)];
 const BOUND_OBJECT: &[F] = &[
     (1, "kind", Ty::Str, false),
     (2, "apiVersion", Ty::Str, false),
@@ -523,6 +553,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
         ("batch/v1", "CronJob") => CRON_JOB,
         ("rbac.authorization.k8s.io/v1", "Role" | "ClusterRole") => ROLE,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SubjectAccessReview" | "LocalSubjectAccessReview") => {
+            SUBJECT_ACCESS_REVIEW
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => RULES_REVIEW,
+        ("authentication.k8s.io/v1", "TokenReview") => TOKEN_REVIEW,
+        ("authentication.k8s.io/v1", "SelfSubjectReview") => SELF_SUBJECT_REVIEW,
         ("certificates.k8s.io/v1", "CertificateSigningRequest") => CSR,
         ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => BINDING,

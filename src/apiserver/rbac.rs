@@ -19,13 +19,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hyper::StatusCode;
 use serde_json::{json, Value};
 
 pub use super::attributes::Attributes;
 use super::error::ApiError;
-use super::http::{json_response, Req, Response};
-use super::object::{decode, from_kv};
+use super::object::from_kv;
 use super::tls::User;
 use super::State;
 
@@ -338,48 +336,6 @@ pub fn forbidden(user: &User, a: &Attributes) -> ApiError {
         group: a.group.clone(),
         resource,
     }
-}
-
-/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (what `kubectl auth
-/// can-i` asks): the answer RBAC gives the requesting user.
-pub async fn access_review(st: &State, req: &Req) -> Result<Response, ApiError> {
-    let user = req.user.as_ref().ok_or(ApiError::Unauthenticated)?;
-    let mut review = decode(&req.body, &req.content_type)?;
-    let s = |v: &Value, f: &str| v[f].as_str().unwrap_or_default().to_string();
-    let spec = review["spec"].clone();
-    let a = if let Some(ra) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
-        Attributes {
-            verb: s(ra, "verb"),
-            group: s(ra, "group"),
-            resource: s(ra, "resource"),
-            subresource: s(ra, "subresource"),
-            namespace: s(ra, "namespace"),
-            name: s(ra, "name"),
-            path: None,
-        }
-    } else if let Some(nr) = spec.get("nonResourceAttributes").filter(|v| v.is_object()) {
-        Attributes {
-            verb: s(nr, "verb"),
-            path: Some(s(nr, "path")),
-            ..Default::default()
-        }
-    } else {
-        return Err(ApiError::Invalid {
-            kind: "SelfSubjectAccessReview".into(),
-            name: String::new(),
-            reason: "spec.resourceAttributes: Required value: exactly one of nonResourceAttributes or resourceAttributes must be specified".into(),
-        });
-    };
-    let allowed = allowed(st, user, &a).await?;
-    review["kind"] = json!("SelfSubjectAccessReview");
-    review["apiVersion"] = json!("authorization.k8s.io/v1");
-    review["metadata"] = json!({"creationTimestamp": null});
-    review["status"] = if allowed {
-        json!({"allowed": true, "reason": "allowed by RBAC"})
-    } else {
-        json!({"allowed": false})
-    };
-    Ok(json_response(StatusCode::CREATED, &review))
 }
 
 #[cfg(test)]

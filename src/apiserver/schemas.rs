@@ -12,7 +12,8 @@
 use std::sync::OnceLock;
 
 use k8s_openapi::api::{
-    apps, batch, certificates, coordination, core, discovery, networking, rbac,
+    apps, authentication, authorization, batch, certificates, coordination, core, discovery,
+    networking, rbac,
 };
 use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
@@ -62,6 +63,12 @@ fn kinds(
         "rbac.authorization.k8s.io" "v1" "ClusterRole" => rbac::v1::ClusterRole,
         "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
         "certificates.k8s.io" "v1" "CertificateSigningRequest" => certificates::v1::CertificateSigningRequest,
+        "authorization.k8s.io" "v1" "SelfSubjectAccessReview" => authorization::v1::SelfSubjectAccessReview,
+        "authorization.k8s.io" "v1" "SubjectAccessReview" => authorization::v1::SubjectAccessReview,
+        "authorization.k8s.io" "v1" "LocalSubjectAccessReview" => authorization::v1::LocalSubjectAccessReview,
+        "authorization.k8s.io" "v1" "SelfSubjectRulesReview" => authorization::v1::SelfSubjectRulesReview,
+        "authentication.k8s.io" "v1" "TokenReview" => authentication::v1::TokenReview,
+        "authentication.k8s.io" "v1" "SelfSubjectReview" => authentication::v1::SelfSubjectReview,
     ];
     // Kinds with a file of their own name their schema there.
     for r in RESOURCES {

@@ -27,7 +27,7 @@ use super::error::ApiError;
 use super::http::{parse_query, Req, Response, Target};
 use super::tls::User;
 use super::{
-    aggregator, authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest,
+    aggregator, authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, review,
     subresource, watch, State,
 };
 
@@ -41,7 +41,8 @@ enum Route {
     Group(String),
     GroupVersion(String, String),
     OpenApi,
-    AccessReview,
+    /// A review (`SubjectAccessReview`, `TokenReview`, …), in its namespace if any.
+    Review(review::Review, Option<String>),
     Resource(Target),
 }
 
@@ -108,9 +109,9 @@ fn route(catalog: &crd::Catalog, path: &str) -> Result<Route, ApiError> {
         ["api", "v1", rest @ ..] => resource_route(catalog, "", "v1", rest),
         ["apis"] => Ok(Route::Apis),
         ["apis", g] => Ok(Route::Group(g.to_string())),
-        ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"] => {
-            Ok(Route::AccessReview)
-        }
+        ["apis", g, "v1", rest @ ..] if review::find(g, rest).is_some() => review::find(g, rest)
+            .map(|(r, ns)| Route::Review(r, ns))
+            .ok_or(ApiError::RouteNotFound),
         ["apis", g, v] => Ok(Route::GroupVersion(g.to_string(), v.to_string())),
         ["apis", g, v, rest @ ..] => resource_route(catalog, g, v, rest),
         _ => Err(ApiError::RouteNotFound),
@@ -341,7 +342,7 @@ async fn dispatch(
         warnings: Default::default(),
     };
     let route = route?;
-    if !matches!(route, Route::Resource(_) | Route::AccessReview) {
+    if !matches!(route, Route::Resource(_) | Route::Review(..)) {
         let a = rbac::Attributes {
             verb: "get".into(),
             path: Some(path.trim_end_matches('/').to_string()),
@@ -362,15 +363,14 @@ async fn dispatch(
         }
         Route::GroupVersion(g, v) => discovery::group_version(&catalog, &g, &v),
         Route::OpenApi => openapi::serve(&catalog, &path, &r.accept),
-        Route::AccessReview => {
-            let a = rbac::Attributes {
-                verb: "create".into(),
-                group: "authorization.k8s.io".into(),
-                resource: "selfsubjectaccessreviews".into(),
-                ..Default::default()
-            };
+        Route::Review(kind, namespace) => {
+            if r.method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            note.verb = "create".into();
+            let a = kind.attributes(namespace.as_deref());
             authorize(state, r.user.as_ref(), &a).await?;
-            rbac::access_review(state, &r).await
+            review::serve(state, kind, namespace.as_deref(), &r).await
         }
         Route::Resource(t) => {
             let verb = verb(&r.method, &t, &r)?;
