@@ -147,6 +147,22 @@ fn kubectl_session(up: &Up) {
     ] {
         assert!(ns.contains(want), "{want} in {ns}");
     }
+    // `kubectl get cs` (the seeds' first check): computed, read-only, deprecated.
+    let cs = common::wait_for(20, "every component Healthy", || {
+        let out = up.kubectl(&["get", "cs"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.matches("Healthy").count() == 3 && !text.contains("Unhealthy"))
+            .then(|| (text, String::from_utf8_lossy(&out.stderr).into_owned()))
+    });
+    for want in ["scheduler", "controller-manager", "etcd-0", "MESSAGE"] {
+        assert!(cs.0.contains(want), "{want} in {}", cs.0);
+    }
+    assert!(cs.1.contains("ComponentStatus is deprecated"), "{}", cs.1);
+    let one = up.ok(&["get", "componentstatus", "scheduler", "-o", "json"]);
+    assert!(one.contains("\"type\": \"Healthy\""), "{one}");
+    assert!(up
+        .fails(&["delete", "cs", "scheduler"])
+        .contains("MethodNotAllowed"));
     assert!(up.ok(&["get", "svc", "kubernetes"]).contains("10.96.0.1"));
     assert!(up
         .ok(&["create", "namespace", "demo"])
@@ -651,6 +667,13 @@ fn kubectl_session(up: &Up) {
         .contains("NotFound"));
     assert!(up.ok(&["delete", "namespace", "demo"]).contains("deleted"));
     assert!(up.ok(&["get", "deploy", "-A"]).is_empty());
+    for ns in ["default", "kube-system", "kube-public"] {
+        let err = up.fails(&["delete", "namespace", ns]);
+        assert!(err.contains("this namespace may not be deleted"), "{err}");
+    }
+    assert!(up
+        .ok(&["get", "namespace", "kube-system"])
+        .contains("Active"));
 }
 
 /// What add-on manifests create besides workloads (ingress-nginx's class, a default

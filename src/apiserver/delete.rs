@@ -211,13 +211,27 @@ async fn empty_definition(st: &State, crd: &Value) -> Result<(), ApiError> {
     delete_prefix(st, &format!("/registry/{group}/{plural}/")).await
 }
 
-/// Deletes one object, or marks it for deletion (finalizers, graceful pods).
+/// The namespaces kube-apiserver's NamespaceLifecycle admission never lets go.
+pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
+/// Deletes one object, or marks it for deletion (finalizers, graceful pods). The
+/// [`IMMORTAL_NAMESPACES`] are refused (403).
 pub async fn delete_object(
     st: &State,
     t: &Target,
     o: &DeleteOptions,
     dry_run: bool,
 ) -> Result<Value, ApiError> {
+    if t.res.plural == "namespaces" && IMMORTAL_NAMESPACES.contains(&name_of(t)) {
+        return Err(ApiError::Forbidden {
+            message: format!(
+                "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                name_of(t)
+            ),
+            group: String::new(),
+            resource: "namespaces".into(),
+        });
+    }
     let key = t.res.key(t.namespace.as_deref(), name_of(t));
     for _ in 0..16 {
         let (old, rev) = read(st, t).await?;

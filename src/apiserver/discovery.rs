@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::crd::Catalog;
 use super::error::ApiError;
 use super::http::{full_response, json_response, Req, Response};
-use super::resources::{Resource, VERBS};
+use super::resources::Resource;
 use super::{aggregator, review, subresource, State};
 use crate::KUBE_MINOR;
 
@@ -103,7 +103,7 @@ fn aggregated_version(catalog: &Catalog, group: &str, version: &str) -> Value {
                 "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                 "scope": scope(r),
                 "singularResource": r.singular,
-                "verbs": VERBS,
+                "verbs": r.verbs,
                 "shortNames": r.short_names,
                 "categories": r.categories,
                 "subresources": subs,
@@ -247,7 +247,7 @@ pub fn group_version(catalog: &Catalog, group: &str, version: &str) -> Result<Re
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs,
             "shortNames": r.short_names,
             "categories": r.categories,
         }));

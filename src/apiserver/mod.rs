@@ -57,6 +57,7 @@ mod bootstrap;
 mod cache;
 mod clock;
 pub mod compactor;
+mod component_status;
 mod crd;
 mod defaults;
 mod delete;

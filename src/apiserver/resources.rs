@@ -46,6 +46,8 @@ pub struct Resource {
     /// Defined by a CustomResourceDefinition ([`super::crd`]): stored under
     /// `/registry/<group>/<plural>/`.
     pub custom: bool,
+    /// The verbs it serves ([`VERBS`] for stored kinds); others are answered 405.
+    pub verbs: &'static [&'static str],
 }
 
 const ALL: &[&str] = &["all"];
@@ -73,6 +75,7 @@ const fn r(
         names: NameRule::Subdomain,
         strategy: None,
         custom: false,
+        verbs: VERBS,
     }
 }
 
@@ -98,6 +101,12 @@ const fn scalable(mut res: Resource) -> Resource {
     res
 }
 
+/// Served for reading only, computed rather than stored (ComponentStatus).
+const fn read_only(mut res: Resource) -> Resource {
+    res.verbs = &["get", "list"];
+    res
+}
+
 const fn named(mut res: Resource, names: NameRule) -> Resource {
     res.names = names;
     res
@@ -118,6 +127,18 @@ pub static RESOURCES: &[Resource] = &[
         NameRule::Label,
     ),
     with_status(r("", "v1", "Node", "nodes", "node", false, &["no"])),
+    read_only(with(
+        r(
+            "",
+            "v1",
+            "ComponentStatus",
+            "componentstatuses",
+            "componentstatus",
+            false,
+            &["cs"],
+        ),
+        &kinds::componentstatus::STRATEGY,
+    )),
     in_all(with_status(r(
         "",
         "v1",

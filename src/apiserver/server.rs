@@ -27,8 +27,8 @@ use super::error::ApiError;
 use super::http::{parse_query, Req, Response, Target};
 use super::tls::User;
 use super::{
-    aggregator, authn, crd, delete, discovery, kubelet_proxy, object, openapi, rbac, rest, review,
-    subresource, watch, State,
+    aggregator, authn, component_status, crd, delete, discovery, kubelet_proxy, object, openapi,
+    rbac, rest, review, subresource, watch, State,
 };
 
 /// What a path addresses.
@@ -374,12 +374,18 @@ async fn dispatch(
         }
         Route::Resource(t) => {
             let verb = verb(&r.method, &t, &r)?;
+            if !t.res.verbs.contains(&verb) {
+                return Err(ApiError::MethodNotAllowed);
+            }
             note.verb = verb.to_string();
             authorize(state, r.user.as_ref(), &attributes(&t, verb)).await?;
             if let Some(w) = t.custom.as_ref().and_then(|c| c.deprecated.clone()) {
                 r.warn(w);
             }
             match verb {
+                "get" | "list" if t.res.plural == "componentstatuses" => {
+                    component_status::serve(state, &t, &r).await
+                }
                 "get" => rest::get(state, &t, &r).await,
                 "list" => rest::list(state, &t, &r).await,
                 "watch" => watch::watch(state, &t, &r).await,

@@ -255,6 +255,7 @@ pub fn intern(spec: RowSpec) -> Option<&'static Resource> {
         names: NameRule::Subdomain,
         strategy: None,
         custom: true,
+        verbs: resources::VERBS,
     }));
     rows.insert(spec, row);
     Some(row)

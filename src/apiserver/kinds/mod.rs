@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 pub mod apiservice;
+pub mod componentstatus;
 pub mod configmap;
 pub mod csidriver;
 pub mod horizontalpodautoscaler;
