@@ -787,6 +787,65 @@ fn add_on_kinds_apply_print_explain_and_refuse_like_kube_apiserver() {
     ] {
         assert!(resources.contains(want), "{want} in {resources}");
     }
+    // Namespace policy kinds: a quota (printed used/hard), a LimitRange whose container
+    // defaults and bounds apply to new pods, and a PodTemplate.
+    let policy = write(
+        &up.dir,
+        "policy.yaml",
+        "apiVersion: v1
+kind: ResourceQuota
+metadata: {name: team, namespace: default}
+spec:
+  hard: {pods: \"10\", requests.cpu: \"4\", limits.memory: 8Gi}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {name: defaults, namespace: default}
+spec:
+  limits:
+  - type: Container
+    default: {cpu: 500m, memory: 256Mi}
+    max: {cpu: \"1\"}
+    min: {memory: 64Mi}
+---
+apiVersion: v1
+kind: PodTemplate
+metadata: {name: web, namespace: default}
+template:
+  metadata: {labels: {app: web}}
+  spec:
+    containers: [{name: web, image: nginx}]
+",
+    );
+    up.ok(&["apply", "-f", &policy]);
+    let quota = up.ok(&["get", "quota", "team"]);
+    assert!(quota.contains("pods: 0/10, requests.cpu: 0/4"), "{quota}");
+    assert!(quota.contains("limits.memory: 0/8Gi"), "{quota}");
+    let limits = up.ok(&["get", "limits", "defaults", "-o", "json"]);
+    assert!(limits.contains("\"defaultRequest\""), "defaulted: {limits}");
+    assert!(up.ok(&["get", "podtemplates"]).contains("app=web"));
+    up.ok(&["run", "bare", "--image=nginx", "--restart=Never"]);
+    let pod = up.ok(&[
+        "get",
+        "pod",
+        "bare",
+        "-o",
+        "jsonpath={.spec.containers[0].resources}",
+    ]);
+    assert!(
+        pod.contains("\"cpu\":\"500m\"") && pod.contains("\"memory\":\"256Mi\""),
+        "{pod}"
+    );
+    let err = up.fails(&["run", "greedy", "--image=nginx", "--restart=Never", "--overrides",
+        r#"{"spec":{"containers":[{"name":"greedy","image":"nginx","resources":{"limits":{"cpu":"2"}}}]}}"#]);
+    assert!(
+        err.contains("maximum cpu usage per Container is 1, but limit is 2"),
+        "{err}"
+    );
+    let bad = write(&up.dir, "bad-lr.yaml", "apiVersion: v1\nkind: LimitRange\nmetadata: {name: bad}\nspec:\n  limits: [{type: Container, min: {cpu: \"2\"}, max: {cpu: \"1\"}}]\n");
+    assert!(up
+        .fails(&["apply", "-f", &bad])
+        .contains("min value 2 is greater than max value 1"));
     // kubectl's columns, with the defaults kube-apiserver fills in.
     let sc = up.ok(&["get", "sc"]);
     assert!(

@@ -57,6 +57,7 @@ pub async fn on_create(st: &State, res: &Resource, obj: &mut Value) -> Result<()
             default(obj, &["status", "phase"], json!("Pending"));
             super::sa_admission::admit(st, obj).await?;
             super::priority::admit(st, obj).await?;
+            super::limit_ranger::admit(st, obj).await?;
         }
         "Deployment" => {
             default(obj, &["spec", "replicas"], json!(1));

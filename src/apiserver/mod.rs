@@ -67,6 +67,7 @@ mod http;
 pub mod jwt;
 mod kinds;
 mod kubelet_proxy;
+mod limit_ranger;
 mod list;
 mod node_authz;
 mod object;

@@ -127,6 +127,42 @@ pub static RESOURCES: &[Resource] = &[
         NameRule::Label,
     ),
     with_status(r("", "v1", "Node", "nodes", "node", false, &["no"])),
+    with(
+        with_status(r(
+            "",
+            "v1",
+            "ResourceQuota",
+            "resourcequotas",
+            "resourcequota",
+            true,
+            &["quota"],
+        )),
+        &kinds::resourcequota::STRATEGY,
+    ),
+    with(
+        r(
+            "",
+            "v1",
+            "LimitRange",
+            "limitranges",
+            "limitrange",
+            true,
+            &["limits"],
+        ),
+        &kinds::limitrange::STRATEGY,
+    ),
+    with(
+        r(
+            "",
+            "v1",
+            "PodTemplate",
+            "podtemplates",
+            "podtemplate",
+            true,
+            &[],
+        ),
+        &kinds::podtemplate::STRATEGY,
+    ),
     read_only(with(
         r(
             "",
