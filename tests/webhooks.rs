@@ -214,6 +214,61 @@ fn webhooks_mutate_and_refuse_and_fail_as_their_policy_says() {
 }
 
 #[test]
+fn deletions_are_sent_to_the_webhooks_that_ask_for_them() {
+    let api = Api::start();
+    let hook = webhook::Webhook::start();
+    api.ok(&["create", "configmap", "forbidden-x", "--from-literal=k=v"]);
+    api.ok(&["create", "configmap", "ordinary", "--from-literal=k=v"]);
+    api.apply(&format!(
+        r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: guard-deletes}}
+webhooks:
+- name: guard.webhooks.example.io
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  clientConfig: {{url: {url}, caBundle: {ca}}}
+  rules:
+  - {{operations: [DELETE], apiGroups: [""], apiVersions: [v1], resources: [configmaps]}}
+"#,
+        url = hook.url("/validate"),
+        ca = hook.ca_bundle,
+    ));
+    let seen = hook.users.lock().expect("users").len();
+    let out = api.run(&["delete", "configmap", "forbidden-x"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("denied the request: names starting with forbidden- are refused"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        hook.users.lock().expect("users").len() > seen,
+        "the webhook was not called"
+    );
+    // `--all` deletes object by object: the refused one stays, the others go.
+    let out = api.run(&["delete", "configmap", "--all"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    api.ok(&["get", "configmap", "forbidden-x"]);
+    assert!(!api.run(&["get", "configmap", "ordinary"]).status.success());
+    // A DELETE of the collection asks for each object and stops at the refusal.
+    let out = api.run(&["delete", "--raw", "/api/v1/namespaces/default/configmaps"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    api.ok(&["get", "configmap", "forbidden-x"]);
+    // Creates are not sent to a DELETE-only webhook.
+    api.ok(&["create", "configmap", "forbidden-y", "--from-literal=k=v"]);
+    api.ok(&["delete", "validatingwebhookconfiguration", "guard-deletes"]);
+    common::wait_for(10, "the configuration to be gone", || {
+        api.run(&["delete", "configmap", "forbidden-x"])
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
+#[test]
 fn bad_configurations_are_refused_with_the_field() {
     let api = Api::start();
     let path = api.tmp.path().join("bad.yaml");

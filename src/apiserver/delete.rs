@@ -283,6 +283,8 @@ pub async fn delete(st: &State, t: &Target, req: &Req) -> Result<Response, ApiEr
         return Err(ApiError::MethodNotAllowed);
     }
     let o = DeleteOptions::from_req(req)?;
+    let (old, _) = read(st, t).await?;
+    super::webhook::validate_delete(st, t, req, &old).await?;
     let obj = delete_object(st, t, &o, req.q("dryRun").is_some()).await?;
     Ok(json_response(StatusCode::OK, &obj))
 }
@@ -301,6 +303,7 @@ pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Resp
             sub: None,
             custom: t.custom.clone(),
         };
+        super::webhook::validate_delete(st, &one, req, &obj).await?;
         match delete_object(st, &one, &o, req.q("dryRun").is_some()).await {
             Ok(o) => deleted.push(o),
             Err(ApiError::NotFound { .. }) => {}

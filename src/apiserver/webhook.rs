@@ -24,7 +24,10 @@
 //! answers are read up to the apiserver's body limit and their patches are applied with
 //! the patch budget.
 //!
-//! Limits: DELETE and CONNECT requests are not sent to webhooks yet; webhooks receive the
+//! A DELETE (of one object, or of each object of a collection) is sent with the object in
+//! `oldObject` to the webhooks whose rules name `DELETE`.
+//!
+//! Limits: CONNECT requests are not sent to webhooks yet; webhooks receive the
 //! whole object for subresource writes (kube-apiserver sends e.g. a `Scale`); no
 //! authentication to webhooks (kube-apiserver's admission kubeconfig).
 
@@ -543,18 +546,44 @@ pub async fn validate(
     obj: &Value,
     old: Option<&Value>,
 ) -> Result<(), ApiError> {
+    check(st, t, req, operation, Some(obj), old, false).await
+}
+
+/// Runs the webhooks that match the deletion of `old`, mutating ones included (as
+/// kube-apiserver admits a DELETE through both; there is no object to patch, so a
+/// mutating webhook can only refuse), concurrently.
+pub async fn validate_delete(
+    st: &State,
+    t: &Target,
+    req: &Req,
+    old: &Value,
+) -> Result<(), ApiError> {
+    check(st, t, req, "DELETE", None, Some(old), true).await
+}
+
+/// Calls the matching webhooks (validating ones; `mutating` ones too when asked) and
+/// fails on the first refusal.
+async fn check(
+    st: &State,
+    t: &Target,
+    req: &Req,
+    operation: &str,
+    obj: Option<&Value>,
+    old: Option<&Value>,
+    mutating: bool,
+) -> Result<(), ApiError> {
     if exempt(t) {
         return Ok(());
     }
     let all = hooks(st).await?;
     let mut matching = Vec::new();
-    for h in all.0.iter().filter(|h| !h.mutating) {
-        if applies(st, h, t, operation, Some(obj), old).await? {
+    for h in all.0.iter().filter(|h| mutating || !h.mutating) {
+        if applies(st, h, t, operation, obj, old).await? {
             matching.push(h);
         }
     }
     let calls = matching.iter().map(|h| async {
-        let r = review(t, req, operation, Some(obj), old);
+        let r = review(t, req, operation, obj, old);
         (*h, call(st, h, &r).await)
     });
     for (h, outcome) in futures::future::join_all(calls).await {

@@ -3,7 +3,8 @@
 //!
 //! - `/mutate` allows and patches in the label `webhook.example.io/mutated: "true"`, with a
 //!   warning;
-//! - `/validate` refuses objects whose name starts with `forbidden-` (403, with a message);
+//! - `/validate` refuses objects whose name starts with `forbidden-` (403, with a message),
+//!   the old object's name for a DELETE;
 //! - `/slow` answers after five seconds;
 //! - hostile answers: `/wrong-uid` (another request's uid), `/huge` (4 MiB of JSON),
 //!   `/garbage` (not JSON), `/bad-patch` (a patch that does not decode);
@@ -31,8 +32,10 @@ pub struct Webhook {
 fn answer(path: &str, review: &Value) -> Value {
     let req = &review["request"];
     let uid = req["uid"].clone();
+    // A DELETE carries the object in `oldObject` only.
     let name = req["object"]["metadata"]["name"]
         .as_str()
+        .or(req["oldObject"]["metadata"]["name"].as_str())
         .unwrap_or_default();
     let response = match path {
         "/mutate" => {
