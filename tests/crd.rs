@@ -21,24 +21,7 @@ up_handle!(
 
 impl Api {
     fn start() -> Api {
-        let (tmp, dir) = common::new_cluster();
-        Api(common::Up::start(
-            tmp,
-            dir,
-            &["--no-scheduler", "--no-controller-manager"],
-        ))
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        common::kubectl(&self.kubeconfig, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        common::kubectl_ok(&self.kubeconfig, args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        common::kubectl_json(&self.kubeconfig, args)
+        Api(common::Up::api_only())
     }
 
     /// `kubectl get --raw PATH`, parsed.
@@ -47,7 +30,7 @@ impl Api {
     }
 
     /// `kubectl apply -f -` of `yaml` with extra flags: the output.
-    fn apply(&self, yaml: &str, flags: &[&str]) -> Output {
+    fn apply_with(&self, yaml: &str, flags: &[&str]) -> Output {
         use std::io::Write;
         let mut child = std::process::Command::new("kubectl")
             .arg("--kubeconfig")
@@ -69,7 +52,7 @@ impl Api {
     }
 
     fn apply_ok(&self, yaml: &str, flags: &[&str]) -> String {
-        common::checked_ok(&["apply", "-f", "-"], self.apply(yaml, flags))
+        common::checked_ok(&["apply", "-f", "-"], self.apply_with(yaml, flags))
     }
 
     fn establish(&self, file: &str) {
@@ -182,7 +165,7 @@ spec:
   usages: [teleportation]
   privateKey: {size: 12}
 "#;
-    let err = stderr(&api.apply(bad, &[]));
+    let err = stderr(&api.apply_with(bad, &[]));
     for want in [
         "The Certificate.pki.example.io \"bad\" is invalid",
         "spec.secretName: Invalid value: \"Not_A_Name\": spec.secretName in body should match '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'",
@@ -205,12 +188,12 @@ spec:
     let extra = CERT
         .replace("name: web\n", "name: extra\n")
         .replace("issuerRef:", "bogus: 1\n  issuerRef:");
-    let err = stderr(&api.apply(&extra, &[]));
+    let err = stderr(&api.apply_with(&extra, &[]));
     assert!(
         err.contains("strict decoding error: unknown field \"spec.bogus\""),
         "{err}"
     );
-    let out = api.apply(&extra, &["--validate=warn"]);
+    let out = api.apply_with(&extra, &["--validate=warn"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("unknown field \"spec.bogus\""),
@@ -348,7 +331,7 @@ spec:
         "{table}"
     );
 
-    let err = stderr(&api.apply(
+    let err = stderr(&api.apply_with(
         "apiVersion: backup.example.io/v1beta1\nkind: BackupSchedule\nmetadata: {name: x}\nspec: {schedule: '@daily', retention: 1.5, template: {kind: Job}}\n",
         &[],
     ));
@@ -377,7 +360,7 @@ fn bad_definitions_are_refused_with_the_field_and_why() {
         (crd("things.bad.example.io", "{type: thing}"), "spec.versions[0].schema.openAPIV3Schema.type: Unsupported value: \"thing\""),
     ];
     for (yaml, want) in cases {
-        let err = stderr(&api.apply(&yaml, &[]));
+        let err = stderr(&api.apply_with(&yaml, &[]));
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(!api.ok(&["get", "crd", "-o", "name"]).contains("things"));
@@ -481,7 +464,7 @@ fn a_prometheus_sized_schema_is_served_validated_and_pruned() {
                "spec": {"podSpec": {"containers": containers, "unknownThing": 1}}})
         .to_string()
     };
-    let err = stderr(&api.apply(
+    let err = stderr(&api.apply_with(
         &monitor(json!([{"name": "prom", "image": "prom", "ports": [{"containerPort": "web"}]}])),
         &["--validate=false"],
     ));

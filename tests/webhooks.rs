@@ -11,8 +11,6 @@ mod webhook;
 
 use std::process::Output;
 
-use serde_json::Value;
-
 up_handle!(
     /// `kimg up` serving the API alone.
     Api
@@ -20,30 +18,7 @@ up_handle!(
 
 impl Api {
     fn start() -> Api {
-        let (tmp, dir) = common::new_cluster();
-        Api(common::Up::start(
-            tmp,
-            dir,
-            &["--no-scheduler", "--no-controller-manager"],
-        ))
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        common::kubectl(&self.kubeconfig, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        common::kubectl_ok(&self.kubeconfig, args)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        common::kubectl_json(&self.kubeconfig, args)
-    }
-
-    fn apply(&self, yaml: &str) {
-        let path = self.tmp.path().join("manifest.yaml");
-        std::fs::write(&path, yaml).expect("write");
-        self.ok(&["apply", "-f", path.to_str().expect("utf-8")]);
+        Api(common::Up::api_only())
     }
 }
 

@@ -151,6 +151,38 @@ impl Up {
     }
 }
 
+impl Up {
+    /// `kimg up` for a new cluster serving the API alone (no scheduler, no
+    /// controller-manager).
+    pub fn api_only() -> Up {
+        let (tmp, dir) = new_cluster();
+        Up::start(tmp, dir, &["--no-scheduler", "--no-controller-manager"])
+    }
+
+    /// `kubectl ARGS` with the admin kubeconfig.
+    pub fn run(&self, args: &[&str]) -> Output {
+        kubectl(&self.kubeconfig, args)
+    }
+
+    /// [`Up::run`], which must succeed: its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        kubectl_ok(&self.kubeconfig, args)
+    }
+
+    /// [`Up::ok`] with `-o json`-style output, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        kubectl_json(&self.kubeconfig, args)
+    }
+
+    /// `kubectl apply -f` of `yaml` (written to a file in the test's directory), which
+    /// must succeed.
+    pub fn apply(&self, yaml: &str) -> String {
+        let path = self.tmp.path().join("manifest.yaml");
+        std::fs::write(&path, yaml).expect("write");
+        self.ok(&["apply", "-f", path.to_str().expect("utf-8")])
+    }
+}
+
 impl Drop for Up {
     fn drop(&mut self) {
         let _ = self.child.kill();
