@@ -6,14 +6,16 @@
 //! creates of a custom resource whose CRD schema is as large as kube-prometheus'
 //! `Prometheus` (~10,000 schema nodes) against ConfigMaps of the same size, and the
 //! latency one mutating plus one validating admission webhook add to a create (the test
-//! webhook server of `tests/common/webhook.rs`, over TLS on loopback).
+//! webhook server of `tests/common/webhook.rs`, over TLS on loopback), and what a GET
+//! through the aggregation layer costs next to a GET the apiserver answers itself (the
+//! aggregated server of `tests/common/aggregated.rs`, registered by an `APIService`).
 //!
 //! The apiserver runs as its own process, `kimg up DIR --store etcd=URL --no-scheduler
 //! --no-controller-manager` (the binary from `$KIMG`, else the release build next to this
 //! example), so its RSS is its own.
 //!
 //! Run: `cargo build --release && cargo run --release --example apiserver_bench [-- --quick]`
-//! (`--skip-extensions` leaves out the custom resource and webhook sections).
+//! (`--skip-extensions` leaves out the custom resource, webhook and aggregation sections).
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +26,9 @@ use kimg::store::{EtcdStore, LocalEtcd, Store};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+#[allow(dead_code)] // tests/aggregation.rs reads more of what it records
+#[path = "../tests/common/aggregated.rs"]
+mod aggregated;
 #[path = "../tests/common/webhook.rs"]
 mod webhook;
 
@@ -343,6 +348,111 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `gets` GETs of `path(N)`, `CONCURRENCY` at a time; returns GETs/s and the latencies.
+fn get_all(
+    agent: &ureq::Agent,
+    gets: usize,
+    path: impl Fn(usize) -> String + Sync,
+) -> (f64, Vec<Duration>) {
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(gets)));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for w in 0..CONCURRENCY {
+            let latencies = latencies.clone();
+            let path = &path;
+            s.spawn(move || {
+                for i in (w..gets).step_by(CONCURRENCY) {
+                    let one = Instant::now();
+                    agent.get(&path(i)).call().expect("get");
+                    latencies.lock().expect("lock").push(one.elapsed());
+                }
+            });
+        }
+    });
+    let rate = gets as f64 / t.elapsed().as_secs_f64();
+    let lat = latencies.lock().expect("lock").clone();
+    (rate, lat)
+}
+
+/// GETs through an `APIService` to the test aggregated server, against GETs of a
+/// ConfigMap the apiserver serves itself.
+fn aggregation(agent: &ureq::Agent, url: &str, gets: usize) {
+    let cm: serde_json::Value = agent
+        .get(&format!(
+            "{url}/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication"
+        ))
+        .call()
+        .expect("the published ConfigMap")
+        .into_string()
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .expect("json");
+    let ca = cm["data"]["requestheader-client-ca-file"]
+        .as_str()
+        .expect("request-header CA");
+    let server = aggregated::Aggregated::start(ca, vec!["front-proxy-client".into()]);
+    let post = |path: &str, body: serde_json::Value| {
+        agent
+            .post(&format!("{url}{path}"))
+            .set("Content-Type", "application/json")
+            .send_string(&body.to_string())
+            .expect("create");
+    };
+    post(
+        "/api/v1/namespaces/default/services",
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "wardle", "namespace": "default"},
+            "spec": {"type": "ExternalName", "externalName": "127.0.0.1"}}),
+    );
+    post(
+        "/apis/apiregistration.k8s.io/v1/apiservices",
+        serde_json::json!({"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+            "metadata": {"name": "v1alpha1.wardle.example.io"},
+            "spec": {"group": "wardle.example.io", "version": "v1alpha1",
+                     "groupPriorityMinimum": 1000, "versionPriority": 15,
+                     "caBundle": server.ca_bundle,
+                     "service": {"namespace": "default", "name": "wardle", "port": server.addr.port()}}}),
+    );
+    let base = format!("{url}/apis/wardle.example.io/v1alpha1/namespaces/default/flunders");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.get(&format!("{base}/probe")).call().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the APIService never became reachable"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    post(
+        "/api/v1/namespaces/default/configmaps",
+        serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "local-get"}, "data": {"k": "v"}}),
+    );
+    let (local_rate, mut local) = get_all(agent, gets, |_| {
+        format!("{url}/api/v1/namespaces/default/configmaps/local-get")
+    });
+    let (agg_rate, mut agg) = get_all(agent, gets, |i| format!("{base}/f{i}"));
+    let served = server.seen().len();
+    println!("aggregation: {gets} GETs each, {CONCURRENCY} concurrent clients ({served} answered by the aggregated server)");
+    println!(
+        "  local GET        {local_rate:7.0}/s  p50 {:?}  p99 {:?}",
+        pct(&mut local, 0.5),
+        pct(&mut local, 0.99)
+    );
+    println!(
+        "  aggregated GET   {agg_rate:7.0}/s  p50 {:?}  p99 {:?}",
+        pct(&mut agg, 0.5),
+        pct(&mut agg, 0.99)
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "BENCH aggregated_get_p50_ms={:.2} aggregated_get_p99_ms={:.2} local_get_p50_ms={:.2} local_get_p99_ms={:.2}",
+        ms(pct(&mut agg, 0.5)),
+        ms(pct(&mut agg, 0.99)),
+        ms(pct(&mut local, 0.5)),
+        ms(pct(&mut local, 0.99))
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (creates, pods, watchers, updates) = if quick {
@@ -478,6 +588,7 @@ fn main() {
 
     if !std::env::args().any(|a| a == "--skip-extensions") {
         extensions(&agent, &url, creates, pid);
+        aggregation(&agent, &url, creates);
         println!(
             "apiserver rss after the extension sections: {:.0} MB",
             rss_mb(pid)
