@@ -199,6 +199,47 @@ pub async fn service_address(
     Ok(format!("{ip}:{port}"))
 }
 
+/// Open connections to one backend kept between calls, each with the address it was
+/// dialed at: at most [`Pool::IDLE`], as kube-apiserver's HTTP clients keep them.
+pub struct Pool<B>(std::sync::Mutex<Vec<(String, hyper::client::conn::http1::SendRequest<B>)>>);
+
+impl<B> Default for Pool<B> {
+    fn default() -> Self {
+        Pool(Default::default())
+    }
+}
+
+impl<B> std::fmt::Debug for Pool<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl<B> Pool<B> {
+    /// Connections kept per backend.
+    pub const IDLE: usize = 4;
+
+    /// A kept connection to `addr` that is ready for a request, if one is left (busy or
+    /// closed ones met on the way are dropped: a busy one closes once its answer ends).
+    pub fn take(&self, addr: &str) -> Option<hyper::client::conn::http1::SendRequest<B>> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((a, s)) = idle.pop() {
+            if a == addr && !s.is_closed() && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection for a later call.
+    pub fn keep(&self, addr: &str, s: hyper::client::conn::http1::SendRequest<B>) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < Self::IDLE && !s.is_closed() {
+            idle.push((addr.to_string(), s));
+        }
+    }
+}
+
 /// Reads a body of at most `limit` bytes.
 pub async fn read_bounded(mut body: Incoming, limit: usize) -> Result<Bytes, String> {
     let mut buf = Vec::new();

@@ -82,34 +82,8 @@ struct Hook {
     object_selector: Option<Selector>,
     endpoint: Endpoint,
     tls: Result<Arc<rustls::ClientConfig>, String>,
-    /// Open connections between calls, with the address each was dialed at.
-    idle: std::sync::Mutex<Vec<(String, Sender)>>,
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// Open connections kept per webhook between calls.
-const IDLE: usize = 4;
-
-impl Hook {
-    /// An open, idle connection to `addr` from an earlier call, if one is left.
-    fn reuse(&self, addr: &str) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((a, s)) = idle.pop() {
-            if a == addr && !s.is_closed() && s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection for the next call.
-    fn keep(&self, addr: &str, s: Sender) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < IDLE && !s.is_closed() {
-            idle.push((addr.to_string(), s));
-        }
-    }
+    /// Open connections between calls.
+    idle: super::backend::Pool<Full<Bytes>>,
 }
 
 /// Every webhook, mutating ones first in calling order.
@@ -360,7 +334,7 @@ async fn call(st: &State, h: &Hook, review: &Value) -> Result<Value, String> {
         };
         // A kept connection the webhook has closed meanwhile fails before anything is
         // sent; the call then dials afresh, once.
-        let reused = match h.reuse(&addr) {
+        let reused = match h.idle.take(&addr) {
             Some(mut s) => match s.send_request(request()?).await {
                 Ok(resp) => Some((s, resp)),
                 Err(_) => None,
@@ -381,7 +355,7 @@ async fn call(st: &State, h: &Hook, review: &Value) -> Result<Value, String> {
         };
         let status = resp.status();
         let bytes = super::backend::read_bounded(resp.into_body(), MAX_BODY).await?;
-        h.keep(&addr, sender);
+        h.idle.keep(&addr, sender);
         if !status.is_success() {
             return Err(format!(
                 "the server responded with status {}: {}",

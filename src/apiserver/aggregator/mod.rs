@@ -24,6 +24,8 @@
 //! whatever an `APIService` says: kube-apiserver's own registration controllers keep
 //! those `Local`.
 //!
+//! Up to [`backend::Pool::IDLE`] connections per server are kept between requests.
+//!
 //! Limits: `Local` `APIService`s for the built-in groups are not listed; upgrade requests
 //! (exec, port-forward of an aggregated API) are refused; OpenAPI documents of aggregated
 //! servers are not merged into `/openapi/v2` and `/openapi/v3`; a Service is dialed at its
@@ -76,6 +78,8 @@ pub struct Backend {
     pub version_priority: i64,
     pub service: ServiceRef,
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Open connections between requests.
+    idle: backend::Pool<http_body_util::Full<bytes::Bytes>>,
 }
 
 impl Backend {
@@ -180,6 +184,7 @@ fn compile(o: &Value, identity: Option<&Identity>) -> Option<Backend> {
             port: svc["port"].as_i64().unwrap_or(443),
         },
         tls,
+        idle: Default::default(),
     })
 }
 
