@@ -231,6 +231,42 @@ impl<B> Pool<B> {
         None
     }
 
+    /// Sends `request()` on a kept connection to `addr`, else on one dialed afresh (TLS
+    /// name `name`, within `deadline`). A kept connection the server closed meanwhile
+    /// fails before anything is sent; the request is then dialed afresh, once. Returns the
+    /// connection with the answer: [`Pool::keep`] it once the answer is read.
+    pub async fn send(
+        &self,
+        addr: &str,
+        name: &str,
+        tls: Arc<rustls::ClientConfig>,
+        deadline: Duration,
+        request: impl Fn() -> Result<hyper::Request<B>, String>,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<B>,
+            hyper::Response<Incoming>,
+        ),
+        String,
+    >
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(mut s) = self.take(addr) {
+            if let Ok(resp) = s.send_request(request()?).await {
+                return Ok((s, resp));
+            }
+        }
+        let mut s = dial::<B>(addr, name, tls, deadline).await?;
+        let resp = s
+            .send_request(request()?)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((s, resp))
+    }
+
     /// Keeps a connection for a later call.
     pub fn keep(&self, addr: &str, s: hyper::client::conn::http1::SendRequest<B>) {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -68,6 +68,16 @@ fn custom_in<'a>(
         .filter(move |v| v.res.group == group && v.res.version == version)
 }
 
+/// The query parameters of every write operation (kubectl reads `fieldValidation` off
+/// a kind's PATCH to learn that the server validates fields itself).
+fn write_params() -> Value {
+    json!([
+        {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+    ])
+}
+
 /// `/openapi/v3`: one entry per served group-version.
 fn index(catalog: &Catalog) -> Value {
     let hash = env!("CARGO_PKG_VERSION").replace('.', "");
@@ -104,11 +114,7 @@ fn group_version(catalog: &Catalog, group: &str, version: &str) -> Option<Value>
         .filter(|r| r.group == group && r.version == version)
     {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
-        let params = json!([
-            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-        ]);
+        let params = write_params();
         let op = |action: &str| {
             json!({
                 "operationId": format!("{action}{}", r.kind),
@@ -145,11 +151,7 @@ fn group_version(catalog: &Catalog, group: &str, version: &str) -> Option<Value>
         } else {
             format!("{base}/{plural}")
         };
-        let params = json!([
-            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
-            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
-        ]);
+        let params = write_params();
         let op = |action: &str| {
             json!({
                 "operationId": format!("{action}{kind}"),

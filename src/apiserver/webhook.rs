@@ -332,27 +332,7 @@ async fn call(st: &State, h: &Hook, review: &Value) -> Result<Value, String> {
                 .body(Full::new(body.clone()))
                 .map_err(|e| e.to_string())
         };
-        // A kept connection the webhook has closed meanwhile fails before anything is
-        // sent; the call then dials afresh, once.
-        let reused = match h.idle.take(&addr) {
-            Some(mut s) => match s.send_request(request()?).await {
-                Ok(resp) => Some((s, resp)),
-                Err(_) => None,
-            },
-            None => None,
-        };
-        let (sender, resp) = match reused {
-            Some(x) => x,
-            None => {
-                let mut s =
-                    super::backend::dial::<Full<Bytes>>(&addr, &name, tls, h.timeout).await?;
-                let resp = s
-                    .send_request(request()?)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (s, resp)
-            }
-        };
+        let (sender, resp) = h.idle.send(&addr, &name, tls, h.timeout, request).await?;
         let status = resp.status();
         let bytes = super::backend::read_bounded(resp.into_body(), MAX_BODY).await?;
         h.idle.keep(&addr, sender);

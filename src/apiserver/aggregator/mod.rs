@@ -219,14 +219,16 @@ pub async fn route(
     let (Some("apis"), Some(group), Some(version)) = (segs.next(), segs.next(), segs.next()) else {
         return Ok(None);
     };
-    if catalog
+    // The registered backends (usually none) first: the catalog's group list is built
+    // afresh on each call.
+    let Some(b) = backends(st).await?.get(group, version) else {
+        return Ok(None);
+    };
+    let local = catalog
         .groups()
         .iter()
-        .any(|(g, vs)| *g == group && vs.contains(&version))
-    {
-        return Ok(None);
-    }
-    Ok(backends(st).await?.get(group, version))
+        .any(|(g, vs)| *g == group && vs.contains(&version));
+    Ok((!local).then_some(b))
 }
 
 /// What `backend`'s server last listed at `/apis/<group>/<version>` (its

@@ -11,7 +11,7 @@ use super::super::error::ApiError;
 use super::super::http::Response;
 use super::super::tls::User;
 use super::super::State;
-use super::{backend, Backend, GROUP_HEADER, USER_HEADER};
+use super::{Backend, GROUP_HEADER, USER_HEADER};
 
 /// How long dialing an aggregated server may take.
 const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -119,19 +119,19 @@ pub async fn proxy(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let request = || -> Result<hyper::Request<Full<Bytes>>, ApiError> {
+    let request = || -> Result<hyper::Request<Full<Bytes>>, String> {
         let mut req = hyper::Request::builder()
             .method(head.method.clone())
             .uri(path.as_str())
             .body(Full::new(body.clone()))
-            .map_err(|e| unavailable(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         let headers = req.headers_mut();
         for (name, value) in &head.headers {
             if !dropped(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let header = |v: &str| HeaderValue::from_str(v).map_err(|e| unavailable(e.to_string()));
+        let header = |v: &str| HeaderValue::from_str(v).map_err(|e| e.to_string());
         headers.insert(
             hyper::header::HOST,
             header(&format!("{host}:{}", b.service.port))?,
@@ -142,28 +142,11 @@ pub async fn proxy(
         }
         Ok(req)
     };
-    // A kept connection the server closed meanwhile fails before anything is sent; the
-    // request is then dialed afresh, once.
-    let reused = match b.idle.take(&addr) {
-        Some(mut s) => match s.send_request(request()?).await {
-            Ok(resp) => Some((s, resp)),
-            Err(_) => None,
-        },
-        None => None,
-    };
-    let (sender, resp) = match reused {
-        Some(x) => x,
-        None => {
-            let mut s = backend::dial::<Full<Bytes>>(&addr, &host, tls, DIAL_TIMEOUT)
-                .await
-                .map_err(unavailable)?;
-            let resp = s
-                .send_request(request()?)
-                .await
-                .map_err(|e| unavailable(e.to_string()))?;
-            (s, resp)
-        }
-    };
+    let (sender, resp) = b
+        .idle
+        .send(&addr, &host, tls, DIAL_TIMEOUT, request)
+        .await
+        .map_err(unavailable)?;
     // Ready again once this answer has been read to its end (a watch keeps it busy).
     b.idle.keep(&addr, sender);
     let (mut parts, body) = resp.into_parts();
