@@ -2,9 +2,10 @@
 //! `tests/manifests/crds/` (in the shape of cert-manager's Certificate and a backup
 //! operator's schedule) and a CRD with a schema as large as kube-prometheus' Prometheus
 //! (a whole PodSpec inlined). Covers establishment, discovery and short names, printer
-//! columns, defaults, pruning, schema violations with their causes, status and scale
-//! subresources, several versions, `kubectl explain`, watch, server-side apply, the
-//! `all` category, and deletion of a namespace and of the CRD itself.
+//! columns, defaults, pruning, schema violations with their causes, CEL rules
+//! (`x-kubernetes-validations`), status and scale subresources, several versions, `kubectl
+//! explain`, watch, server-side apply, the `all` category, and deletion of a namespace and
+//! of the CRD itself.
 
 #[macro_use]
 mod common;
@@ -176,6 +177,54 @@ spec:
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+    // CEL rules: a cross-field rule with its message, a rule without one (`failed rule:`),
+    // a rule reported on a sub-field with its reason and message expression; the same
+    // wording kube-apiserver uses, one cause each.
+    let ruled = r#"
+apiVersion: pki.example.io/v1
+kind: Certificate
+metadata: {name: ruled}
+spec:
+  secretName: ruled-tls
+  duration: 24h
+  renewBefore: 24h
+  issuerRef: {name: ca}
+  privateKey: {algorithm: Ed25519, size: 256}
+"#;
+    let err = stderr(&api.apply_with(ruled, &[]));
+    for want in [
+        "The Certificate.pki.example.io \"ruled\" is invalid",
+        "spec: Invalid value: at least one of commonName or dnsNames must be set",
+        "spec: Invalid value: failed rule: !has(self.renewBefore) || self.renewBefore != self.duration",
+        "spec.privateKey.size: Forbidden: size cannot be set for Ed25519 keys",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // A transition rule: `oldSelf` holds on updates only, so creating is fine and a change
+    // of the immutable field is refused; other changes still pass.
+    api.apply_ok(&CERT.replace("name: web\n", "name: moving\n"), &[]);
+    let err = stderr(&api.run(&[
+        "patch",
+        "cert",
+        "moving",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"secretName":"elsewhere"}}"#,
+    ]));
+    assert!(
+        err.contains("spec.secretName: Invalid value: \"elsewhere\": secretName is immutable"),
+        "{err}"
+    );
+    api.ok(&[
+        "patch",
+        "cert",
+        "moving",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"commonName":"moving"}}"#,
+    ]);
+    api.ok(&["delete", "cert", "moving"]);
+
     let status = api.run(&[
         "get",
         "--raw",
@@ -358,6 +407,13 @@ fn bad_definitions_are_refused_with_the_field_and_why() {
         (crd("things.bad.example.io", "{type: object, properties: {a: {type: string, pattern: '(['}}}"), "spec.versions[0].schema.openAPIV3Schema.properties[a].pattern: Invalid value"),
         (crd("things.bad.example.io", "{type: object, properties: {a: {type: integer, default: x}}}"), "properties[a].default: Invalid value"),
         (crd("things.bad.example.io", "{type: thing}"), "spec.versions[0].schema.openAPIV3Schema.type: Unsupported value: \"thing\""),
+        // CEL rules that do not compile, name what the schema lacks, or cost too much.
+        (crd("things.bad.example.io", "{type: object, x-kubernetes-validations: [{rule: 'self.a >'}], properties: {a: {type: integer}}}"),
+            "spec.versions[0].schema.openAPIV3Schema.x-kubernetes-validations[0].rule: Invalid value: \"self.a >\": compilation failed: ERROR: <input>:1:"),
+        (crd("things.bad.example.io", "{type: object, x-kubernetes-validations: [{rule: 'self.b > 1'}], properties: {a: {type: integer}}}"),
+            "undefined field 'b'"),
+        (crd("things.bad.example.io", "{type: object, x-kubernetes-validations: [{rule: 'self.xs.all(x, self.xs.exists(y, x.startsWith(y)))'}], properties: {xs: {type: array, items: {type: string}}}}"),
+            "x-kubernetes-validations[0].rule: Forbidden: estimated rule cost exceeds budget by factor of more than 100x (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)"),
     ];
     for (yaml, want) in cases {
         let err = stderr(&api.apply_with(&yaml, &[]));

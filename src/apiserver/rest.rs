@@ -242,7 +242,7 @@ async fn create_object(
     }
     defaults::on_create(st, res, &mut obj).await?;
     webhook::mutate(st, t, req, "CREATE", &mut obj, None).await?;
-    admit_custom(t, req, &mut obj)?;
+    admit_custom(t, req, &mut obj, None)?;
     if res.kind == "CertificateSigningRequest" {
         stamp_requester(&mut obj, req);
     }
@@ -263,7 +263,12 @@ async fn create_object(
 }
 
 /// Defaults, prunes and validates a custom object against its version's schema.
-fn admit_custom(t: &Target, req: &Req, obj: &mut Value) -> Result<(), ApiError> {
+fn admit_custom(
+    t: &Target,
+    req: &Req,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let Some(v) = &t.custom else {
         return Ok(());
     };
@@ -274,7 +279,7 @@ fn admit_custom(t: &Target, req: &Req, obj: &mut Value) -> Result<(), ApiError> 
     } else {
         req.q("fieldValidation")
     };
-    crd::admit(v, obj, mode, &mut |w| req.warn(w))
+    crd::admit(v, obj, old, mode, &mut |w| req.warn(w))
 }
 
 /// A CSR records who asked for it: the server overwrites `spec.username` and
@@ -412,7 +417,7 @@ async fn commit(
     let mut new = merge_update(t, &old, new);
     defaults::on_update(st, res, &old, &mut new).await?;
     webhook::mutate(st, t, req, "UPDATE", &mut new, Some(&old)).await?;
-    admit_custom(t, req, &mut new)?;
+    admit_custom(t, req, &mut new, Some(&old))?;
     admission::admit(st, req, t, Some(&old), &new).await?;
     if to_bytes(&new) != to_bytes(&old) {
         webhook::validate(st, t, req, "UPDATE", &new, Some(&old)).await?;

@@ -17,11 +17,14 @@
 //! once per distinct definition ([`MAX_ROWS`] at most per process), so re-applying the
 //! same CRD costs nothing.
 //!
-//! Limits: `Webhook` conversion is not supported (refused when the CRD is written);
-//! `x-kubernetes-validations` (CEL) are not evaluated; custom objects that carry
+//! `x-kubernetes-validations` rules are compiled with the schema and evaluated on every
+//! write ([`cel`]).
+//!
+//! Limits: `Webhook` conversion is not supported (refused when the CRD is written); custom objects that carry
 //! finalizers are deleted with their CRD without waiting for them; `selectableFields` are
 //! not served.
 
+pub mod cel;
 pub mod columns;
 pub mod definition;
 pub mod schema;
@@ -272,10 +275,12 @@ pub fn present(res: &Resource, obj: &mut Value) {
 
 /// Prepares a custom object for storage: the storage `apiVersion`, defaults, pruning
 /// (pruned request fields are an error under `fieldValidation=Strict`, warnings under
-/// `Warn`, the default) and validation. `Err` holds the field errors.
+/// `Warn`, the default), validation and the schema's CEL rules (`old`, the stored object
+/// on updates, is their `oldSelf`). `Err` holds the field errors.
 pub fn admit(
     v: &Version,
     obj: &mut Value,
+    old: Option<&Value>,
     field_validation: Option<&str>,
     warn: &mut dyn FnMut(String),
 ) -> Result<(), super::ApiError> {
@@ -311,7 +316,11 @@ pub fn admit(
             _ => fields.into_iter().for_each(&mut *warn),
         }
     }
-    let errors = schema.validate(obj);
+    let mut errors = schema.validate(obj);
+    if errors.is_empty() {
+        // Rules read typed values: only an object its schema accepts is evaluated.
+        errors = schema.check_rules(obj, old);
+    }
     if errors.is_empty() {
         Ok(())
     } else {

@@ -14,9 +14,10 @@
 //!
 //! Bounds: a compiled schema holds at most [`MAX_NODES`] nodes; patterns compile with a
 //! size limit and match in linear time (the `regex` crate); walking an object follows the
-//! schema, whose depth the JSON decoder already bounds. Limits: `x-kubernetes-validations`
-//! (CEL) rules are not evaluated yet; list types (`x-kubernetes-list-type: set/map`) are
-//! checked for duplicates but do not change how patches merge.
+//! schema, whose depth the JSON decoder already bounds. `x-kubernetes-validations` rules
+//! are compiled with their node ([`super::cel`]) and run by [`Schema::check_rules`].
+//! Limits: list types (`x-kubernetes-list-type: set/map`) are checked for duplicates and
+//! correlate old items for `oldSelf`, but do not change how patches merge.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,14 +31,14 @@ pub const MAX_NODES: usize = 200_000;
 /// One node of a structural schema.
 #[derive(Debug, Default)]
 pub struct Schema {
-    ty: Option<String>,
-    nullable: bool,
+    pub(super) ty: Option<String>,
+    pub(super) nullable: bool,
     /// Boxed: a B-tree node holds eleven values, most of them empty slots.
-    properties: BTreeMap<String, Box<Schema>>,
+    pub(super) properties: BTreeMap<String, Box<Schema>>,
     /// `additionalProperties`: a schema for every other key (`Some`), or none allowed.
-    additional: Option<Box<Schema>>,
+    pub(super) additional: Option<Box<Schema>>,
     additional_false: bool,
-    items: Option<Box<Schema>>,
+    pub(super) items: Option<Box<Schema>>,
     required: Vec<String>,
     enumeration: Option<Vec<Value>>,
     /// Shared by every node of the schema with the same pattern: a compiled regex and its
@@ -45,11 +46,11 @@ pub struct Schema {
     pattern: Option<Arc<Regex>>,
     format: Option<String>,
     min_length: Option<u64>,
-    max_length: Option<u64>,
+    pub(super) max_length: Option<u64>,
     min_items: Option<u64>,
-    max_items: Option<u64>,
+    pub(super) max_items: Option<u64>,
     min_properties: Option<u64>,
-    max_properties: Option<u64>,
+    pub(super) max_properties: Option<u64>,
     minimum: Option<f64>,
     maximum: Option<f64>,
     exclusive_minimum: bool,
@@ -57,19 +58,27 @@ pub struct Schema {
     multiple_of: Option<f64>,
     unique: bool,
     default: Option<Value>,
-    preserve_unknown: bool,
-    int_or_string: bool,
+    pub(super) preserve_unknown: bool,
+    pub(super) int_or_string: bool,
     embedded: bool,
     all_of: Vec<Schema>,
     any_of: Vec<Schema>,
     one_of: Vec<Schema>,
     not: Option<Box<Schema>>,
+    /// `x-kubernetes-list-type`.
+    list_type: Option<String>,
+    /// `x-kubernetes-list-map-keys`, for `map` lists.
+    map_keys: Vec<String>,
+    /// `x-kubernetes-validations`, compiled.
+    rules: Vec<super::cel::Rule>,
 }
 
 /// What one compilation shares: the node budget and the compiled patterns.
 struct Compiler {
     budget: usize,
     patterns: HashMap<String, Arc<Regex>>,
+    /// What the CEL rules compiled so far may cost, and where they run.
+    cel: super::cel::Budget,
 }
 
 impl Compiler {
@@ -122,8 +131,10 @@ impl Schema {
         let mut c = Compiler {
             budget: MAX_NODES,
             patterns: HashMap::new(),
+            cel: Default::default(),
         };
         let s = Self::node(v, at, &mut c, true)?;
+        super::cel::check_total(&c.cel, at)?;
         if s.ty.as_deref() != Some("object") {
             return Err(format!(
                 "{at}.type: Invalid value: \"{}\": must be object at the root",
@@ -168,6 +179,19 @@ impl Schema {
             exclusive_maximum: flag("exclusiveMaximum"),
             multiple_of: float(v, "multipleOf", at)?,
             default: m.get("default").cloned(),
+            list_type: m
+                .get("x-kubernetes-list-type")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            map_keys: m
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|keys| {
+                    keys.iter()
+                        .filter_map(|k| k.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Default::default()
         };
         if let Some(t) = &s.ty {
@@ -223,22 +247,32 @@ impl Schema {
                         "{at}.additionalProperties: Forbidden: additionalProperties and properties are mutually exclusive"
                     ));
                 }
-                s.additional = Some(Box::new(Self::node(
-                    a,
-                    &format!("{at}.additionalProperties"),
-                    c,
-                    structural,
-                )?));
+                let outer = c.cel.cardinality;
+                c.cel.cardinality *= s.max_properties.map_or_else(
+                    || super::cel::unbounded_count(a.get("type").and_then(Value::as_str), true),
+                    |m| m.max(1) as f64,
+                );
+                let child = Self::node(a, &format!("{at}.additionalProperties"), c, structural);
+                c.cel.cardinality = outer;
+                s.additional = Some(Box::new(child?));
             }
             _ => {}
         }
         if let Some(i) = m.get("items") {
-            s.items = Some(Box::new(Self::node(
-                i,
-                &format!("{at}.items"),
-                c,
-                structural,
-            )?));
+            // Rules under a list run once per item; only `map` lists match items to old
+            // ones, so elsewhere below a list `oldSelf` has nothing to refer to.
+            let (outer, outer_uncorrelatable) = (c.cel.cardinality, c.cel.uncorrelatable.clone());
+            c.cel.cardinality *= s.max_items.map_or_else(
+                || super::cel::unbounded_count(i.get("type").and_then(Value::as_str), false),
+                |m| m.max(1) as f64,
+            );
+            if s.list_type.as_deref() != Some("map") && c.cel.uncorrelatable.is_none() {
+                c.cel.uncorrelatable = Some(at.to_string());
+            }
+            let child = Self::node(i, &format!("{at}.items"), c, structural);
+            c.cel.cardinality = outer;
+            c.cel.uncorrelatable = outer_uncorrelatable;
+            s.items = Some(Box::new(child?));
         } else if s.ty.as_deref() == Some("array") && structural {
             return Err(format!("{at}.items: Required value: must be specified"));
         }
@@ -260,6 +294,11 @@ impl Schema {
         }
         if let Some(n) = m.get("not") {
             s.not = Some(Box::new(Self::node(n, &format!("{at}.not"), c, false)?));
+        }
+        if let Some(rules) = m.get("x-kubernetes-validations") {
+            if structural {
+                s.rules = super::cel::compile(rules, &s, at, &mut c.cel)?;
+            }
         }
         if structural {
             if let Some(d) = &s.default {
@@ -354,6 +393,84 @@ impl Schema {
             }
         }
         errs
+    }
+
+    /// Evaluates the `x-kubernetes-validations` rules on `obj` (a whole custom object that
+    /// passed [`Schema::validate`]); `old` is the stored object on updates, whose values
+    /// are `oldSelf` where they can be matched (properties, map values, `map` list items
+    /// by key).
+    pub fn check_rules(&self, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        if self.has_rules() {
+            self.rules_walk(obj, old, "", true, &mut errs);
+        }
+        errs
+    }
+
+    fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+            || self.properties.values().any(|p| p.has_rules())
+            || self.additional.as_deref().is_some_and(Schema::has_rules)
+            || self.items.as_deref().is_some_and(Schema::has_rules)
+    }
+
+    fn rules_walk(
+        &self,
+        v: &Value,
+        old: Option<&Value>,
+        at: &str,
+        root: bool,
+        errs: &mut Vec<FieldError>,
+    ) {
+        if !self.rules.is_empty() && !v.is_null() {
+            let this = super::cel::to_cel(v, Some(self), root);
+            let before = old.map(|o| super::cel::to_cel(o, Some(self), root));
+            for rule in &self.rules {
+                if rule.applies(old.is_some()) {
+                    errs.extend(rule.check(at, &this, before.as_ref(), v));
+                }
+            }
+        }
+        let child = |k: &str| {
+            if at.is_empty() {
+                k.to_string()
+            } else {
+                format!("{at}.{k}")
+            }
+        };
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if root && k == "metadata" {
+                        continue;
+                    }
+                    let before = old.and_then(|o| o.get(k));
+                    if let Some(p) = self.properties.get(k) {
+                        if p.has_rules() {
+                            p.rules_walk(x, before, &child(k), false, errs);
+                        }
+                    } else if let Some(a) = self.additional.as_deref().filter(|a| a.has_rules()) {
+                        a.rules_walk(x, before, &format!("{at}[{k}]"), false, errs);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                let Some(schema) = self.items.as_deref().filter(|i| i.has_rules()) else {
+                    return;
+                };
+                let olds = old.and_then(Value::as_array);
+                for (i, x) in items.iter().enumerate() {
+                    let before = match (&self.list_type, olds) {
+                        (Some(t), Some(olds)) if t == "map" && !self.map_keys.is_empty() => olds
+                            .iter()
+                            .find(|o| self.map_keys.iter().all(|k| o.get(k) == x.get(k))),
+                        _ => None,
+                    };
+                    schema.rules_walk(x, before, &format!("{at}[{i}]"), false, errs);
+                }
+            }
+            _ => {}
+        }
     }
 
     fn type_error(at: &str, want: &str, v: &Value) -> FieldError {
