@@ -284,6 +284,7 @@ pub async fn delete(st: &State, t: &Target, req: &Req) -> Result<Response, ApiEr
     }
     let o = DeleteOptions::from_req(req)?;
     let (old, _) = read(st, t).await?;
+    super::policy::validate(st, t, req, "DELETE", None, Some(&old)).await?;
     super::webhook::validate_delete(st, t, req, &old).await?;
     let obj = delete_object(st, t, &o, req.q("dryRun").is_some()).await?;
     Ok(json_response(StatusCode::OK, &obj))
@@ -303,6 +304,7 @@ pub async fn delete_collection(st: &State, t: &Target, req: &Req) -> Result<Resp
             sub: None,
             custom: t.custom.clone(),
         };
+        super::policy::validate(st, &one, req, "DELETE", None, Some(&obj)).await?;
         super::webhook::validate_delete(st, &one, req, &obj).await?;
         match delete_object(st, &one, &o, req.q("dryRun").is_some()).await {
             Ok(o) => deleted.push(o),

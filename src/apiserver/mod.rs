@@ -69,11 +69,13 @@ mod kinds;
 mod kubelet_proxy;
 mod limit_ranger;
 mod list;
+mod matching;
 mod node_authz;
 mod object;
 mod openapi;
 mod patch;
 mod pod_security;
+mod policy;
 mod priority;
 mod protobuf;
 mod rbac;
@@ -128,6 +130,8 @@ pub(crate) struct State {
     pub crds: crd::Registry,
     /// The admission webhooks, as of the last change to their configurations.
     pub hooks: webhook::Registry,
+    /// The validating admission policies and their bindings, as of their last change.
+    pub policies: policy::Registry,
     /// The aggregated API servers (`APIService`s) and the identity the proxy presents.
     pub aggregator: aggregator::Aggregator,
 }
@@ -184,6 +188,7 @@ impl State {
             rules_memo: Default::default(),
             crds: Default::default(),
             hooks: Default::default(),
+            policies: Default::default(),
             aggregator: Default::default(),
         }
     }
@@ -262,6 +267,7 @@ impl ApiServer {
             rules_memo: Default::default(),
             crds: Default::default(),
             hooks: Default::default(),
+            policies: Default::default(),
             aggregator: aggregator::Aggregator::new(proxy_identity),
         };
         bootstrap::run(&state)

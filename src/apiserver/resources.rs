@@ -536,6 +536,30 @@ pub static RESOURCES: &[Resource] = &[
     ),
     with(
         with_status(r(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicy",
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicy",
+            false,
+            &[],
+        )),
+        &kinds::validatingadmissionpolicy::POLICY,
+    ),
+    with(
+        r(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingAdmissionPolicyBinding",
+            "validatingadmissionpolicybindings",
+            "validatingadmissionpolicybinding",
+            false,
+            &[],
+        ),
+        &kinds::validatingadmissionpolicy::BINDING,
+    ),
+    with(
+        with_status(r(
             "apiregistration.k8s.io",
             "v1",
             "APIService",

@@ -25,7 +25,7 @@ use super::object::{
 use super::patch::{self, PatchKind};
 use super::resources;
 use super::storage::{conflict, invalid, name_of, not_found, read, store_err};
-use super::{admission, crd, defaults, table, webhook, State};
+use super::{admission, crd, defaults, policy, table, webhook, State};
 
 /// Where a scalable object keeps its replicas: `.spec.replicas` and `.status.replicas`
 /// for the built-in kinds, the CRD's paths for custom ones.
@@ -247,6 +247,7 @@ async fn create_object(
         stamp_requester(&mut obj, req);
     }
     admission::admit(st, req, t, None, &obj).await?;
+    policy::validate(st, t, req, "CREATE", Some(&obj), None).await?;
     webhook::validate(st, t, req, "CREATE", &obj, None).await?;
     if req.q("dryRun").is_some() {
         return Ok(obj);
@@ -420,6 +421,7 @@ async fn commit(
     admit_custom(t, req, &mut new, Some(&old))?;
     admission::admit(st, req, t, Some(&old), &new).await?;
     if to_bytes(&new) != to_bytes(&old) {
+        policy::validate(st, t, req, "UPDATE", Some(&new), Some(&old)).await?;
         webhook::validate(st, t, req, "UPDATE", &new, Some(&old)).await?;
     }
     let key = res.key(t.namespace.as_deref(), &name);

@@ -7,10 +7,8 @@
 //! are called once more when a later webhook changed the object. Then, after kimg's own
 //! validation, every matching validating webhook is called concurrently; the first refusal
 //! fails the request as kube-apiserver fails it (`admission webhook "x" denied the
-//! request: why`, the webhook's code, at least 400). Matching follows kube-apiserver: rules
-//! (operations, groups, versions — any version under `matchPolicy: Equivalent` — resources
-//! and subresources, scope), `namespaceSelector` (the namespace's labels; the object's own
-//! for a Namespace) and `objectSelector` (old or new labels). A webhook that cannot be
+//! request: why`, the webhook's code, at least 400). Matching follows kube-apiserver
+//! ([`super::matching`]: rules, `matchPolicy`, namespace and object selectors). A webhook that cannot be
 //! called (refused connection, timeout, bad TLS, malformed answer) fails the request with
 //! 500 under `failurePolicy: Fail`, and is skipped (logged) under `Ignore`. Warnings in
 //! answers reach the client. Requests on the webhook configurations themselves are never
@@ -41,10 +39,9 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::http::{Req, Target};
-use super::kinds::selector_text;
+use super::matching::Matcher;
 use super::object::{self, MAX_BODY};
 use super::patch::{self, PatchKind};
-use super::selector::Selector;
 use super::State;
 
 const KINDS: [&str; 2] = [
@@ -73,13 +70,10 @@ enum Endpoint {
 struct Hook {
     name: String,
     mutating: bool,
-    rules: Vec<Value>,
-    exact: bool,
+    matcher: Matcher,
     ignore_failure: bool,
     reinvoke: bool,
     timeout: Duration,
-    namespace_selector: Option<Selector>,
-    object_selector: Option<Selector>,
     endpoint: Endpoint,
     tls: Result<Arc<rustls::ClientConfig>, String>,
     /// Open connections between calls.
@@ -92,18 +86,6 @@ pub struct Hooks(Vec<Hook>);
 
 /// The webhooks as of the last change to their configurations.
 pub type Registry = super::cache::Derived<Hooks>;
-
-/// A webhook's label selector; `None` (everything) when empty.
-fn selector(v: &Value) -> Option<Selector> {
-    let text = selector_text(Some(v));
-    if text.is_empty() || text == "<none>" {
-        return None;
-    }
-    // A selector that does not parse matches nothing, as an invalid one would.
-    Selector::labels(&text)
-        .ok()
-        .or_else(|| Selector::labels("kimg.io/invalid,!kimg.io/invalid").ok())
-}
 
 fn compile(h: &Value, mutating: bool) -> Option<Hook> {
     let cc = &h["clientConfig"];
@@ -136,13 +118,10 @@ fn compile(h: &Value, mutating: bool) -> Option<Hook> {
     Some(Hook {
         name: h["name"].as_str()?.to_string(),
         mutating,
-        rules: h["rules"].as_array().cloned().unwrap_or_default(),
-        exact: h["matchPolicy"] == "Exact",
+        matcher: Matcher::new(h),
         ignore_failure: h["failurePolicy"] == "Ignore",
         reinvoke: h["reinvocationPolicy"] == "IfNeeded",
         timeout: Duration::from_secs(h["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30)),
-        namespace_selector: selector(&h["namespaceSelector"]),
-        object_selector: selector(&h["objectSelector"]),
         endpoint,
         tls,
         idle: Default::default(),
@@ -175,84 +154,8 @@ async fn hooks(st: &State) -> Result<Arc<Hooks>, ApiError> {
     Ok(hooks)
 }
 
-fn listed(rule: &Value, key: &str, value: &str) -> bool {
-    rule[key]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .any(|v| v == "*" || v == value)
-}
-
-/// Whether a rule covers `operation` on the target.
-fn rule_matches(rule: &Value, t: &Target, operation: &str, exact: bool) -> bool {
-    let resource = match &t.sub {
-        Some(sub) => format!("{}/{sub}", t.res.plural),
-        None => t.res.plural.to_string(),
-    };
-    let resources = rule["resources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str);
-    let resource_ok = resources.into_iter().any(|r| {
-        r == resource
-            || (r == "*" && t.sub.is_none())
-            || r == "*/*"
-            || r.strip_suffix("/*")
-                .is_some_and(|p| p == t.res.plural && t.sub.is_some())
-            || r.strip_prefix("*/")
-                .is_some_and(|s| t.sub.as_deref() == Some(s))
-    });
-    let scope_ok = match rule["scope"].as_str().unwrap_or("*") {
-        "Cluster" => !t.res.namespaced,
-        "Namespaced" => t.res.namespaced,
-        _ => true,
-    };
-    listed(rule, "operations", operation)
-        && listed(rule, "apiGroups", t.res.group)
-        && (!exact || listed(rule, "apiVersions", t.res.version))
-        && resource_ok
-        && scope_ok
-}
-
-async fn applies(
-    st: &State,
-    h: &Hook,
-    t: &Target,
-    operation: &str,
-    obj: Option<&Value>,
-    old: Option<&Value>,
-) -> Result<bool, ApiError> {
-    if !h
-        .rules
-        .iter()
-        .any(|r| rule_matches(r, t, operation, h.exact))
-    {
-        return Ok(false);
-    }
-    if let Some(sel) = &h.object_selector {
-        if !obj.into_iter().chain(old).any(|o| sel.matches(o)) {
-            return Ok(false);
-        }
-    }
-    if let Some(sel) = &h.namespace_selector {
-        if t.res.plural == "namespaces" && t.res.group.is_empty() {
-            return Ok(obj.or(old).is_some_and(|o| sel.matches(o)));
-        }
-        if let Some(ns) = t.namespace.as_deref().filter(|_| t.res.namespaced) {
-            let labels = match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
-                Some(kv) => object::from_kv(&kv)?,
-                None => json!({}),
-            };
-            return Ok(sel.matches(&labels));
-        }
-    }
-    Ok(true)
-}
-
 /// The `AdmissionReview` request for one call.
-fn review(
+pub(super) fn review(
     t: &Target,
     req: &Req,
     operation: &str,
@@ -405,7 +308,9 @@ fn warnings(req: &Req, response: &Value) {
     }
 }
 
-fn exempt(t: &Target) -> bool {
+/// Requests on admission configuration itself (webhooks, policies) are never admitted by
+/// it, so a broken webhook or policy can always be removed.
+pub(super) fn exempt(t: &Target) -> bool {
     t.res.group == "admissionregistration.k8s.io"
 }
 
@@ -452,7 +357,7 @@ async fn call_mutating(
     obj: &mut Value,
     old: Option<&Value>,
 ) -> Result<bool, ApiError> {
-    if !applies(st, h, t, operation, Some(obj), old).await? {
+    if !h.matcher.applies(st, t, operation, Some(obj), old).await? {
         return Ok(false);
     }
     let r = review(t, req, operation, Some(obj), old);
@@ -532,7 +437,7 @@ async fn check(
     let all = hooks(st).await?;
     let mut matching = Vec::new();
     for h in all.0.iter().filter(|h| mutating || !h.mutating) {
-        if applies(st, h, t, operation, obj, old).await? {
+        if h.matcher.applies(st, t, operation, obj, old).await? {
             matching.push(h);
         }
     }
@@ -557,85 +462,6 @@ async fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apiserver::resources::by_plural;
-
-    fn target(plural: &str, sub: Option<&str>) -> Target {
-        Target {
-            res: by_plural(plural).expect("resource"),
-            namespace: Some("default".into()),
-            name: None,
-            sub: sub.map(str::to_string),
-            custom: None,
-        }
-    }
-
-    #[test]
-    fn rules_match_as_kube_apiserver_matches_them() {
-        let rule = json!({"operations": ["CREATE"], "apiGroups": ["apps"], "apiVersions": ["v1"],
-                          "resources": ["deployments"], "scope": "*"});
-        assert!(rule_matches(
-            &rule,
-            &target("deployments", None),
-            "CREATE",
-            true
-        ));
-        assert!(!rule_matches(
-            &rule,
-            &target("deployments", None),
-            "UPDATE",
-            true
-        ));
-        assert!(!rule_matches(
-            &rule,
-            &target("deployments", Some("scale")),
-            "CREATE",
-            true
-        ));
-        assert!(!rule_matches(&rule, &target("pods", None), "CREATE", true));
-        let subs = json!({"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"],
-                          "resources": ["*/scale"], "scope": "Namespaced"});
-        assert!(rule_matches(
-            &subs,
-            &target("deployments", Some("scale")),
-            "UPDATE",
-            true
-        ));
-        assert!(!rule_matches(
-            &subs,
-            &target("deployments", None),
-            "UPDATE",
-            true
-        ));
-        let cluster = json!({"operations": ["*"], "apiGroups": ["*"], "apiVersions": ["*"],
-                             "resources": ["*"], "scope": "Cluster"});
-        assert!(!rule_matches(
-            &cluster,
-            &target("pods", None),
-            "CREATE",
-            true
-        ));
-        assert!(rule_matches(
-            &cluster,
-            &target("nodes", None),
-            "CREATE",
-            true
-        ));
-        let other_version = json!({"operations": ["*"], "apiGroups": ["apps"],
-                                   "apiVersions": ["v1beta1"], "resources": ["deployments"]});
-        assert!(rule_matches(
-            &other_version,
-            &target("deployments", None),
-            "CREATE",
-            false
-        ));
-        assert!(!rule_matches(
-            &other_version,
-            &target("deployments", None),
-            "CREATE",
-            true
-        ));
-    }
-
     #[test]
     fn refusals_read_like_kube_apiserver_s() {
         let h = compile(

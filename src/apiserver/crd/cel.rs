@@ -35,7 +35,8 @@ use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::{Key, Map, OptionalValue};
-use cel::{Context, Env, ExecutionError, Program, Value as Cel};
+use cel::{Context, Env, ExecutionError};
+pub use cel::{Program, Value as Cel};
 use serde_json::Value;
 
 use super::schema::Schema;
@@ -686,19 +687,24 @@ impl<'s> Estimator<'s> {
                         cost += len(&args.get(1).cloned());
                         Shape::Scalar
                     }
-                    operators::EQUALS
-                    | operators::NOT_EQUALS
-                    | operators::LESS
+                    operators::EQUALS | operators::NOT_EQUALS => {
+                        cost += 0.1 * len(&first).min(len(&args.get(1).cloned()));
+                        Shape::Scalar
+                    }
+                    operators::LESS
                     | operators::LESS_EQUALS
                     | operators::GREATER
                     | operators::GREATER_EQUALS
                     | "contains"
-                    | "startsWith"
-                    | "endsWith"
                     | "matches"
                     | "indexOf"
                     | "lastIndexOf" => {
                         cost += 0.1 * len(&first);
+                        Shape::Scalar
+                    }
+                    // Comparing a prefix or suffix reads as much as the argument.
+                    "startsWith" | "endsWith" => {
+                        cost += 0.1 * len(&args.first().cloned());
                         Shape::Scalar
                     }
                     operators::ADD => {
@@ -735,6 +741,52 @@ impl<'s> Estimator<'s> {
             }
         }
     }
+}
+
+/// Compiles an expression outside a schema (admission policies), whose variables `vars`
+/// may hold values of any shape: refused, like a rule, when it does not parse, names
+/// another variable, nests too deep, or could cost more than [`PER_RULE_BUDGET`].
+pub fn compile_expression(src: &str, vars: &[&str]) -> Result<Program, String> {
+    if src.len() > MAX_RULE_BYTES {
+        return Err(format!(
+            "Too long: may not be more than {MAX_RULE_BYTES} bytes"
+        ));
+    }
+    let program = parse(src.trim())?;
+    let mut est = Estimator {
+        vars: vars.iter().map(|v| (v.to_string(), Shape::Dyn)).collect(),
+        uses_old_self: false,
+    };
+    let cost = est.cost(program.expression())?;
+    if cost > PER_RULE_BUDGET {
+        return Err(over_budget(
+            "estimated expression cost",
+            cost,
+            PER_RULE_BUDGET,
+        ));
+    }
+    Ok(program)
+}
+
+/// A map key for [`map`].
+pub fn key(k: &str) -> Key {
+    Key::String(Arc::new(k.to_string()))
+}
+
+/// A CEL map value.
+pub fn map(entries: HashMap<Key, Cel>) -> Cel {
+    Cel::Map(Map {
+        map: Arc::new(entries),
+    })
+}
+
+/// Evaluates a compiled expression with its variables bound.
+pub fn evaluate(program: &Program, vars: &[(&str, &Cel)]) -> Result<Cel, String> {
+    let mut ctx = Context::with_env(env().clone());
+    for (name, value) in vars {
+        ctx.add_variable_from_value(*name, (*value).clone());
+    }
+    program.execute(&ctx).map_err(|e| error_text(&e))
 }
 
 /// A JSON value as CEL sees it, typed by its schema: `integer` fields are ints, `number`

@@ -24,6 +24,7 @@ pub mod priorityclass;
 pub mod resourcequota;
 pub mod runtimeclass;
 pub mod storageclass;
+pub mod validatingadmissionpolicy;
 pub mod webhookconfiguration;
 
 /// A table column: name, type, priority (0 always shown, 1 with `-o wide`).
