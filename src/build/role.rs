@@ -92,7 +92,11 @@ pub fn parts(profile: &Profile) -> Vec<Part> {
         parts.push(ETCD);
     }
     if profile.has(Role::Worker) {
-        parts.extend([CONTAINERD, RUNC, CNI, NFT, IPROUTE2]);
+        parts.extend([CONTAINERD, RUNC, CNI]);
+    }
+    // Workers and masters both run the Service proxy and the pod overlay.
+    if profile.has(Role::Worker) || profile.has(Role::Master) {
+        parts.extend([NFT, IPROUTE2]);
     }
     if profile.debug_shell {
         parts.push(BUSYBOX);
@@ -120,11 +124,10 @@ pub fn packages(profile: &Profile) -> Vec<String> {
 pub fn modules(profile: &Profile) -> Vec<String> {
     let mut m: Vec<&str> = vec!["virtio_pci", "virtio_net", "virtio_blk"];
     if profile.has(Role::Worker) {
+        m.extend(["overlay", "bridge", "br_netfilter", "veth"]);
+    }
+    if profile.has(Role::Worker) || profile.has(Role::Master) {
         m.extend([
-            "overlay",
-            "bridge",
-            "br_netfilter",
-            "veth",
             "vxlan",
             "nf_conntrack",
             "nf_nat",

@@ -1,4 +1,5 @@
-//! `kimg sim nodes`: a simulated node fleet (see [`crate::sim`]) against an apiserver.
+//! `kimg sim nodes`: a simulated node fleet (see [`crate::sim`]) against an apiserver;
+//! `kimg sim webhook`: an admission webhook server (see [`crate::sim::webhook`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +16,25 @@ pub enum SimCommand {
     /// Register N simulated nodes that heartbeat and run bound pods (kwok-style). A node
     /// whose name exists as a file in --pause-dir stops heartbeating (and goes NotReady).
     Nodes(SimNodesArgs),
+    /// Serve a small admission webhook over HTTPS: `/mutate` adds the label
+    /// `webhook.example.io/mutated=true`, `/validate` refuses names starting with
+    /// `forbidden-` (and misbehaving paths for tests: /slow, /wrong-uid, /huge, /garbage,
+    /// /bad-patch). Runs as well on a workstation as in a pod (the binary is static).
+    Webhook(SimWebhookArgs),
+}
+
+/// `kimg sim webhook` arguments.
+#[derive(Debug, Args)]
+pub struct SimWebhookArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Serving certificate (PEM, chain first), e.g. `tls.crt` of a `kubernetes.io/tls` Secret.
+    #[arg(long)]
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[arg(long)]
+    pub key: PathBuf,
 }
 
 /// `kimg sim nodes` arguments.
@@ -57,7 +77,10 @@ pub struct SimNodesArgs {
 
 /// Runs a `kimg sim` command.
 pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
-    let SimCommand::Nodes(a) = cmd;
+    let a = match cmd {
+        SimCommand::Nodes(a) => a,
+        SimCommand::Webhook(w) => return webhook(w),
+    };
     let kubeconfig = a.kubeconfig.clone();
     let labels = a
         .labels
@@ -95,5 +118,29 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<()> {
             r = crate::sim::run(client, opts) => r.context("the simulated fleet stopped"),
             _ = shutdown() => Ok(()),
         }
+    })
+}
+
+/// Runs `kimg sim webhook` until SIGINT or SIGTERM.
+fn webhook(a: SimWebhookArgs) -> anyhow::Result<()> {
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let tls = crate::sim::webhook::tls_from_pem(&read(&a.cert)?, &read(&a.key)?)
+        .with_context(|| format!("{} and {}", a.cert.display(), a.key.display()))?;
+    let rt = super::runtime(None)?;
+    rt.block_on(async move {
+        let listener = crate::https::bind(a.listen)
+            .with_context(|| format!("cannot listen on {}", a.listen))?;
+        println!("webhook listening on {}", listener.local_addr()?);
+        crate::sim::webhook::serve(
+            listener,
+            tls,
+            async {
+                shutdown().await;
+            },
+            None,
+        )
+        .await;
+        Ok(())
     })
 }

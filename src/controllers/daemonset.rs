@@ -78,9 +78,12 @@ fn eligible(ds: &DaemonSet, tols: &[Toleration], node: &k8s_openapi::api::core::
     };
     let mut cache = crate::scheduler::cache::Cache::default();
     cache.upsert_node(node);
+    // A Node without pod capacity (a master running no kubelet) runs no daemons either.
     cache
         .node(node.metadata.name.as_deref().unwrap_or_default())
-        .is_some_and(|n| crate::scheduler::plugins::node_affinity_matches(&probe, n))
+        .is_some_and(|n| {
+            n.max_pods > 0 && crate::scheduler::plugins::node_affinity_matches(&probe, n)
+        })
 }
 
 /// Reconciles one DaemonSet (`namespace/name`) or all of them ([`ALL`]).

@@ -548,7 +548,7 @@ fn a_master_runs_the_control_plane_and_is_ready_once_its_apiserver_is() {
     init.run();
     let lines = init.system().console_lines();
     let ready =
-        "kimg: ready role=master node=master-1 services=apiserver,scheduler,controller-manager,vip";
+        "kimg: ready role=master node=master-1 services=apiserver,scheduler,controller-manager,vip,proxy";
     assert!(lines.contains(&ready.to_string()), "{lines:#?}");
     let at = |needle: &str| lines.iter().position(|l| l.starts_with(needle));
     assert!(

@@ -23,13 +23,16 @@ pub const CONF_DIR: &str = "/run/kimg";
 pub const API_PORT: u16 = 6443;
 
 /// The control-plane services of master `node`: apiserver, scheduler,
-/// controller-manager and the VIP manager.
+/// controller-manager, the VIP manager and, unless the machine is also a worker (whose
+/// services include it), the Service proxy with the pod overlay: it registers the master
+/// as a Node that runs no pods, so the apiserver reaches Service and pod IPs (admission
+/// webhooks, aggregated API servers).
 pub fn services(cluster: &Cluster, node: &Node) -> Vec<ServiceSpec> {
     let listen = format!("0.0.0.0:{API_PORT}");
     let scheduler_conf = format!("{CONF_DIR}/scheduler.conf");
     let cm_conf = format!("{CONF_DIR}/controller-manager.conf");
     let pod_cidr = cluster.pod_cidr.to_string();
-    vec![
+    let mut out = vec![
         ServiceSpec::new(
             "apiserver",
             &[
@@ -85,7 +88,26 @@ pub fn services(cluster: &Cluster, node: &Node) -> Vec<ServiceSpec> {
                 &humantime::format_duration(cluster.vip_timing.retry_period).to_string(),
             ],
         ),
-    ]
+    ];
+    if !node.has(crate::cluster::Role::Worker) {
+        out.push(ServiceSpec::new(
+            "proxy",
+            &[
+                KIMG,
+                "proxy",
+                "--kubeconfig",
+                &format!("{CONF_DIR}/admin.conf"),
+                "--cluster-cidr",
+                &pod_cidr,
+                "--node-name",
+                &node.name,
+                "--node-ip",
+                &node.ip.to_string(),
+                "--register-node",
+            ],
+        ));
+    }
+    out
 }
 
 /// GET https://127.0.0.1:6443/readyz as the admin.
@@ -118,7 +140,18 @@ mod tests {
         let names: Vec<&str> = s.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["apiserver", "scheduler", "controller-manager", "vip"]
+            [
+                "apiserver",
+                "scheduler",
+                "controller-manager",
+                "vip",
+                "proxy"
+            ]
+        );
+        let proxy = s[4].argv.join(" ");
+        assert!(
+            proxy.ends_with("--node-ip 10.0.0.21 --register-node"),
+            "{proxy}"
         );
         let vip = s[3].argv.join(" ");
         assert!(

@@ -17,6 +17,8 @@
 //! Limits: no containers, probes or logs; pod IPs are not routable; one process handles
 //! all of its nodes.
 
+pub mod webhook;
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
