@@ -144,15 +144,23 @@ impl Matcher {
             if t.res.plural == "namespaces" && t.res.group.is_empty() {
                 return Ok(obj.or(old).is_some_and(|o| sel.matches(o)));
             }
-            if let Some(ns) = t.namespace.as_deref().filter(|_| t.res.namespaced) {
-                let labels = match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
-                    Some(kv) => object::from_kv(&kv)?,
-                    None => json!({}),
-                };
-                return Ok(sel.matches(&labels));
+            if t.res.namespaced && t.namespace.is_some() {
+                let ns = namespace_object(st, t).await?.unwrap_or_else(|| json!({}));
+                return Ok(sel.matches(&ns));
             }
         }
         Ok(true)
+    }
+}
+
+/// The Namespace object of a namespaced request, if it exists.
+pub async fn namespace_object(st: &State, t: &Target) -> Result<Option<Value>, ApiError> {
+    let Some(ns) = t.namespace.as_deref().filter(|_| t.res.namespaced) else {
+        return Ok(None);
+    };
+    match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
+        Some(kv) => object::from_kv(&kv).map(Some),
+        None => Ok(None),
     }
 }
 

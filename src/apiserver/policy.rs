@@ -146,52 +146,6 @@ fn bind(policy: &Value, binding: &Value) -> Bound {
             },
         })
         .collect();
-    let r = &binding["spec"]["paramRef"];
-    let params = match (&spec["paramKind"], r.is_object()) {
-        (Value::Null, _) => Ok(None),
-        (_, false) => Err("paramRef is required when paramKind is set".to_string()),
-        (k, true) => {
-            let api_version = k["apiVersion"].as_str().unwrap_or_default();
-            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-            let selector = if r["selector"].is_object() {
-                match Selector::labels(&super::kinds::selector_text(Some(&r["selector"]))) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        return Bound {
-                            params: Err(format!("paramRef.selector: {e}")),
-                            ..bound_shell(policy, binding, &actions, validations)
-                        }
-                    }
-                }
-            } else {
-                None
-            };
-            Ok(Some(Params {
-                kind: (
-                    group.to_string(),
-                    version.to_string(),
-                    k["kind"].as_str().unwrap_or_default().to_string(),
-                ),
-                name: r["name"].as_str().map(str::to_string),
-                namespace: r["namespace"].as_str().map(str::to_string),
-                selector,
-                deny_missing: r["parameterNotFoundAction"] == "Deny",
-            }))
-        }
-    };
-    Bound {
-        params,
-        ..bound_shell(policy, binding, &actions, validations)
-    }
-}
-
-fn bound_shell(
-    policy: &Value,
-    binding: &Value,
-    actions: &[&str],
-    validations: Vec<Validation>,
-) -> Bound {
-    let spec = &policy["spec"];
     let narrowing = &binding["spec"]["matchResources"];
     Bound {
         policy: object::meta_str(policy, "name")
@@ -208,8 +162,38 @@ fn bound_shell(
         validations,
         deny: actions.contains(&"Deny"),
         warn: actions.contains(&"Warn"),
-        params: Ok(None),
+        params: params_of(&spec["paramKind"], &binding["spec"]["paramRef"]),
     }
+}
+
+/// Where a binding's parameters come from (`None` without `paramKind`), or why they
+/// cannot be configured.
+fn params_of(kind: &Value, r: &Value) -> Result<Option<Params>, String> {
+    if kind.is_null() {
+        return Ok(None);
+    }
+    if !r.is_object() {
+        return Err("paramRef is required when paramKind is set".into());
+    }
+    let api_version = kind["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let selector = if r["selector"].is_object() {
+        let text = super::kinds::selector_text(Some(&r["selector"]));
+        Some(Selector::labels(&text).map_err(|e| format!("paramRef.selector: {e}"))?)
+    } else {
+        None
+    };
+    Ok(Some(Params {
+        kind: (
+            group.to_string(),
+            version.to_string(),
+            kind["kind"].as_str().unwrap_or_default().to_string(),
+        ),
+        name: r["name"].as_str().map(str::to_string),
+        namespace: r["namespace"].as_str().map(str::to_string),
+        selector,
+        deny_missing: r["parameterNotFoundAction"] == "Deny",
+    }))
 }
 
 async fn policies(st: &State) -> Result<Arc<Policies>, ApiError> {
@@ -421,13 +405,9 @@ pub async fn validate(
         r.remove("object");
         r.remove("oldObject");
     }
-    let namespace_object = match t.namespace.as_deref().filter(|_| t.res.namespaced) {
-        Some(ns) => match st.get_cached(&format!("/registry/namespaces/{ns}")).await? {
-            Some(kv) => object::from_kv(&kv)?,
-            None => Value::Null,
-        },
-        None => Value::Null,
-    };
+    let namespace_object = super::matching::namespace_object(st, t)
+        .await?
+        .unwrap_or(Value::Null);
     let as_cel = |v: Option<&Value>| v.map_or(cel::Cel::Null, |v| cel::to_cel(v, None, false));
     let base_values = [
         ("object", as_cel(obj)),

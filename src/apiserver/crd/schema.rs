@@ -71,6 +71,8 @@ pub struct Schema {
     map_keys: Vec<String>,
     /// `x-kubernetes-validations`, compiled.
     rules: Vec<super::cel::Rule>,
+    /// Whether this node or one below it has rules (so writes skip rule-free subtrees).
+    rules_below: bool,
 }
 
 /// What one compilation shares: the node budget and the compiled patterns.
@@ -300,6 +302,10 @@ impl Schema {
                 s.rules = super::cel::compile(rules, &s, at, &mut c.cel)?;
             }
         }
+        s.rules_below = !s.rules.is_empty()
+            || s.properties.values().any(|p| p.rules_below)
+            || s.additional.as_deref().is_some_and(|a| a.rules_below)
+            || s.items.as_deref().is_some_and(|i| i.rules_below);
         if structural {
             if let Some(d) = &s.default {
                 let mut errs = Vec::new();
@@ -401,17 +407,10 @@ impl Schema {
     /// by key).
     pub fn check_rules(&self, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        if self.has_rules() {
+        if self.rules_below {
             self.rules_walk(obj, old, "", true, &mut errs);
         }
         errs
-    }
-
-    fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
-            || self.properties.values().any(|p| p.has_rules())
-            || self.additional.as_deref().is_some_and(Schema::has_rules)
-            || self.items.as_deref().is_some_and(Schema::has_rules)
     }
 
     fn rules_walk(
@@ -446,16 +445,16 @@ impl Schema {
                     }
                     let before = old.and_then(|o| o.get(k));
                     if let Some(p) = self.properties.get(k) {
-                        if p.has_rules() {
+                        if p.rules_below {
                             p.rules_walk(x, before, &child(k), false, errs);
                         }
-                    } else if let Some(a) = self.additional.as_deref().filter(|a| a.has_rules()) {
+                    } else if let Some(a) = self.additional.as_deref().filter(|a| a.rules_below) {
                         a.rules_walk(x, before, &format!("{at}[{k}]"), false, errs);
                     }
                 }
             }
             Value::Array(items) => {
-                let Some(schema) = self.items.as_deref().filter(|i| i.has_rules()) else {
+                let Some(schema) = self.items.as_deref().filter(|i| i.rules_below) else {
                     return;
                 };
                 let olds = old.and_then(Value::as_array);
